@@ -1,0 +1,51 @@
+# One set of commands for people and CI (.ci/run calls `make test`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CDK := node_modules/.bin/cdk
+ENV ?=
+
+export CDK_DISABLE_CLI_TELEMETRY := true
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
+
+.PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt ml_server/requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
+
+synth: install ## Synthesize every environment (or ENV=name) into cdk.out, offline
+	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
+	$(PY) scripts/synth_summary.py cdk.out
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy .
+
+pytest: install
+	$(BIN)/pytest
+
+test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
+
+clean: ## Remove build outputs (keeps .venv and node_modules)
+	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
