@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CDK := node_modules/.bin/cdk
 ENV ?=
+REGION ?=
 
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -46,6 +47,10 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
+
+cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
+	@test -f cdk.out/manifest.json || $(MAKE) synth
+	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
