@@ -35,10 +35,10 @@ PROVIDER_SECRET_NAMES: Final[tuple[str, ...]] = (
 )
 """Provider secrets, each a Secrets Manager secret named ``/humansa/<env>/<NAME>``."""
 
-GHCR_TOKEN_SECRET_NAME: Final = "GHCR_TOKEN"
+GHCR_TOKEN_SECRET_NAME: Final = "GHCR_TOKEN"  # noqa: S105 - a name, not a value
 """Upstream credential of the ECR pull-through cache rule; never fetched by instances."""
 
-PLACEHOLDER_SECRET_VALUE: Final = "UNSET"
+PLACEHOLDER_SECRET_VALUE: Final = "UNSET"  # noqa: S105 - a public marker
 """Value the CDK gives a provider secret before the operator fills it (Secrets Manager refuses
 an empty SecretString). The boot writes an empty file for it: "provider not configured"."""
 

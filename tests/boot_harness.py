@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,8 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -46,7 +45,7 @@ DB_PASSWORD = "pw-test-not-a-real-password-Zq81"
 PARAMETERS = {
     "alb_dns_name": "humansa-alb-123456789.ap-east-1.elb.amazonaws.com",
     "asg_name": "humansa-production-fleet",
-    "ml_tg_arn": "arn:aws:elasticloadbalancing:ap-east-1:992382528744:targetgroup/ml/0123456789abcdef",
+    "ml_tg_arn": "arn:aws:elasticloadbalancing:ap-east-1:992382528744:targetgroup/ml/0123456789",
     "vpc_id": "vpc-0123456789abcdef0",
     "db_host": "humansa-db.abcdefghijkl.ap-east-1.rds.amazonaws.com",
     "db_port": "5432",
@@ -61,7 +60,10 @@ UNSET_PROVIDER = "MEM0_API_KEY"
 
 def provider_values() -> dict[str, str]:
     """Fake provider secrets; MEM0_API_KEY stays the CDK placeholder."""
-    values = {name: f"test-not-a-real-{name.lower().replace('_', '-')}-9f3a" for name in PROVIDER_SECRET_NAMES}
+    values = {
+        name: f"test-not-a-real-{name.lower().replace('_', '-')}-9f3a"
+        for name in PROVIDER_SECRET_NAMES
+    }
     values["OPENAI_API_KEY"] = "sk-test-not-a-real-key-openai-9f3a"
     values[UNSET_PROVIDER] = PLACEHOLDER_SECRET_VALUE
     return values
