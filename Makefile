@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean
+.PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
 	@test -f cdk.out/manifest.json || $(MAKE) synth
 	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
+	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
