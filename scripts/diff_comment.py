@@ -221,7 +221,7 @@ def merge_stacks(diffs: list[StackDiff]) -> list[StackDiff]:
     return list(seen.values())
 
 
-def _load_costs(path: Path | None) -> dict[str, float]:
+def load_costs(path: Path | None) -> dict[str, float]:
     if path is None:
         return {}
     try:
@@ -402,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             title=args.title,
             source=args.source,
             marker=args.marker,
-            cost_before=_load_costs(args.cost_before),
-            cost_after=_load_costs(args.cost_after),
+            cost_before=load_costs(args.cost_before),
+            cost_after=load_costs(args.cost_after),
         )
     except DiffCommentError as exc:
         print(f"diff_comment: {exc}", file=sys.stderr)
