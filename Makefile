@@ -36,6 +36,9 @@ synth: install ## Synthesize every environment (or ENV=name) into cdk.out, offli
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
 	$(PY) scripts/synth_summary.py cdk.out
 
+diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
+	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,198 @@
+"""The account-level CI stack: GitHub OIDC trust pinned exactly, least-privilege roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk.assertions import Match, Template
+from cdk_nag import AwsSolutionsChecks
+
+from components.github_oidc import validate_github_repository
+from stacks.ci_stack import CiStack
+
+ACCOUNT = "992382528744"
+REGION = "ap-east-1"
+REPO = "octo-org/humansa-ml-server"
+ENV = cdk.Environment(account=ACCOUNT, region=REGION)
+READ_ONLY_VERBS = ("Describe", "Get", "List")
+
+
+@pytest.fixture(scope="module")
+def templates() -> dict[str, Template]:
+    """One synth of a small app holding the CI stack, with cdk-nag on (raises on a finding)."""
+    app = cdk.App()
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    CiStack(app, "Humansa-CI", github_repository=REPO, env=ENV)
+    CiStack(
+        app,
+        "Humansa-CI-Existing",
+        github_repository=REPO,
+        env=ENV,
+        existing_oidc_provider_arn=(
+            f"arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com"
+        ),
+    )
+    assembly = app.synth()
+    return {
+        name: Template.from_json(assembly.get_stack_by_name(name).template)
+        for name in ("Humansa-CI", "Humansa-CI-Existing")
+    }
+
+
+def _flatten(value: Any) -> Any:
+    """Resolve the Fn::Join/Ref AWS::Partition that format_arn produces into a plain ARN."""
+    if isinstance(value, dict) and set(value) == {"Fn::Join"}:
+        sep, parts = value["Fn::Join"]
+        return sep.join(_flatten(p) for p in parts)
+    if isinstance(value, dict) and value == {"Ref": "AWS::Partition"}:
+        return "aws"
+    if isinstance(value, list):
+        return [_flatten(v) for v in value]
+    return value
+
+
+def _role_id(template: Template, role_name: str) -> str:
+    (logical_id,) = template.find_resources(
+        "AWS::IAM::Role", {"Properties": {"RoleName": role_name}}
+    )
+    return logical_id
+
+
+def _statements(template: Template, role_name: str) -> list[dict[str, Any]]:
+    role_id = _role_id(template, role_name)
+    policies = template.find_resources(
+        "AWS::IAM::Policy", {"Properties": {"Roles": Match.array_with([{"Ref": role_id}])}}
+    )
+    assert len(policies) == 1, f"{role_name}: expected exactly one policy"
+    (policy,) = policies.values()
+    statements: list[dict[str, Any]] = policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _bootstrap(kind: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/cdk-hnb659fds-{kind}-{ACCOUNT}-{REGION}"
+
+
+def test_oidc_provider_for_github_with_sts_audience(templates: dict[str, Template]) -> None:
+    templates["Humansa-CI"].has_resource_properties(
+        "AWS::IAM::OIDCProvider",
+        {
+            "Url": "https://token.actions.githubusercontent.com",
+            "ClientIdList": ["sts.amazonaws.com"],
+        },
+    )
+    templates["Humansa-CI-Existing"].resource_count_is("AWS::IAM::OIDCProvider", 0)
+
+
+@pytest.mark.parametrize(
+    ("role_name", "subject"),
+    [
+        ("humansa-github-actions-role", f"repo:{REPO}:environment:production"),
+        ("humansa-github-diff-role", f"repo:{REPO}:pull_request"),
+    ],
+)
+def test_trust_pins_audience_and_subject_exactly(
+    templates: dict[str, Template], role_name: str, subject: str
+) -> None:
+    template = templates["Humansa-CI"]
+    role = template.find_resources("AWS::IAM::Role")[_role_id(template, role_name)]
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    provider_id = next(iter(template.find_resources("AWS::IAM::OIDCProvider")))
+    assert statement == {
+        "Action": "sts:AssumeRoleWithWebIdentity",
+        "Effect": "Allow",
+        "Principal": {"Federated": {"Ref": provider_id}},
+        # StringEquals, not StringLike: no wildcard can widen the subject
+        "Condition": {
+            "StringEquals": {
+                "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+                "token.actions.githubusercontent.com:sub": subject,
+            }
+        },
+    }
+    assert "ManagedPolicyArns" not in role["Properties"]
+    assert "Policies" not in role["Properties"]
+
+
+def test_existing_provider_is_trusted_by_arn(templates: dict[str, Template]) -> None:
+    template = templates["Humansa-CI-Existing"]
+    role = template.find_resources("AWS::IAM::Role")[
+        _role_id(template, "humansa-github-actions-role")
+    ]
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {
+        "Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/token.actions.githubusercontent.com"
+    }
+
+
+def test_deploy_role_can_only_assume_the_bootstrap_roles(templates: dict[str, Template]) -> None:
+    statements = _statements(templates["Humansa-CI"], "humansa-github-actions-role")
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    resources = {r for s in statements for r in _as_list(_flatten(s["Resource"]))}
+    assert actions == {"sts:AssumeRole"}
+    assert all(s["Effect"] == "Allow" and "NotResource" not in s for s in statements)
+    assert resources == {
+        _bootstrap(kind)
+        for kind in ("deploy-role", "file-publishing-role", "image-publishing-role", "lookup-role")
+    }
+
+
+def test_diff_role_has_no_write_action(templates: dict[str, Template]) -> None:
+    statements = _statements(templates["Humansa-CI"], "humansa-github-diff-role")
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement and "NotResource" not in statement
+        for action in _as_list(statement["Action"]):
+            verb = action.partition(":")[2]
+            assert "*" not in action, action
+            if action == "sts:AssumeRole":
+                # assuming a role is not reading: allowed only for the read-only lookup role
+                assert _as_list(_flatten(statement["Resource"])) == [_bootstrap("lookup-role")]
+            else:
+                assert verb.startswith(READ_ONLY_VERBS), f"{action} is not read-only"
+
+
+def test_diff_role_reads_only_the_apps_stacks(templates: dict[str, Template]) -> None:
+    statements = _statements(templates["Humansa-CI"], "humansa-github-diff-role")
+    cfn = next(s for s in statements if s["Sid"] == "ReadStacksAndTemplates")
+    assert _flatten(cfn["Resource"]) == (
+        f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/Humansa-*/*"
+    )
+    assert set(cfn["Action"]) == {
+        "cloudformation:DescribeStacks",
+        "cloudformation:GetTemplate",
+        "cloudformation:ListStackResources",
+    }
+
+
+def test_outputs_name_the_two_role_arns(templates: dict[str, Template]) -> None:
+    outputs = templates["Humansa-CI"].find_outputs("*")
+    assert {"DeployRoleArn", "DiffRoleArn", "OidcProviderArn"} <= set(outputs)
+    template = templates["Humansa-CI"]
+    deploy_id = _role_id(template, "humansa-github-actions-role")
+    assert outputs["DeployRoleArn"]["Value"] == {"Fn::GetAtt": [deploy_id, "Arn"]}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["humansa", "https://github.com/octo/humansa", "octo/humansa.git", "octo/", "/x", "a b/c"],
+)
+def test_repository_must_be_owner_slash_name(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"github\.repository: .* expected 'owner/name'"):
+        validate_github_repository(bad)
+
+
+def test_stack_refuses_a_bad_repository_before_building() -> None:
+    with pytest.raises(ValueError, match=r"github\.repository"):
+        CiStack(cdk.App(), "Humansa-CI", github_repository="not-a-repo", env=ENV)
+
+
+def test_stack_needs_a_concrete_environment() -> None:
+    with pytest.raises(ValueError, match="concrete account and region"):
+        CiStack(cdk.App(), "Humansa-CI", github_repository=REPO, env=cdk.Environment())

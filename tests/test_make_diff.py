@@ -1,0 +1,84 @@
+"""`make diff` offline: a throwaway git repo diffed against its main branch with the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_APP = ROOT / "tests" / "fixtures" / "diff" / "fixture_app.py"
+SCRIPT = ROOT / "scripts" / "make_diff.py"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def _write_app(repo: Path, *, db_identifier: str, code: str) -> None:
+    (repo / "assets" / "lambda").mkdir(parents=True, exist_ok=True)
+    (repo / "assets" / "image").mkdir(parents=True, exist_ok=True)
+    (repo / "assets" / "lambda" / "index.py").write_text(code, encoding="utf-8")
+    (repo / "assets" / "image" / "Dockerfile").write_text("FROM scratch\n", encoding="utf-8")
+    cdk_json = {
+        "app": f"{sys.executable} fixture_app.py",
+        "context": {"asset_dir": "assets", "db_identifier": db_identifier},
+    }
+    (repo / "cdk.json").write_text(json.dumps(cdk_json), encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -> None:
+    # GIVEN a repository whose main has one version of the app ...
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(FIXTURE_APP, repo / "fixture_app.py")
+    _write_app(repo, db_identifier="humansa-dev", code="def handler(e, c):\n    return 1\n")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "base")
+    # ... and a working copy that renames the database and changes the Lambda code
+    _write_app(repo, db_identifier="humansa-dev-2", code="def handler(e, c):\n    return 2\n")
+
+    # WHEN make_diff runs with no AWS credentials reachable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    # THEN it chose the offline diff against main and wrote one diff per stack and the comment
+    assert "no AWS access -> offline diff" in result.stdout
+    diffs = sorted(p.name for p in (tmp_path / "out" / "diffs").glob("*.diff"))
+    assert diffs == ["Humansa-Dev-Data.diff", "Humansa-Dev-Service.diff"]
+    comment = (tmp_path / "out" / "comment.md").read_text(encoding="utf-8")
+    assert "compared with the templates synthesized from `main`" in comment
+    assert "AWS::RDS::DBInstance `Database` would be **REPLACED**" in comment
+    assert "change(s) only in asset hashes" in comment
+    # and the temporary worktree of main is gone
+    listed = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert len(listed.stdout.strip().splitlines()) == 1
+
+
+def test_bad_environment_name_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--env", "Prod uction"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "--env / ENV: 'Prod uction' is not an environment name" in result.stderr
