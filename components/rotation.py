@@ -24,9 +24,10 @@ class DatabaseSecretRotation(Construct):
     """Rotates the database instance's generated secret every ``database_secret_days``.
 
     Puts ``Transform: AWS::SecretsManager-2024-09-16`` on the stack (deploy needs
-    ``CAPABILITY_AUTO_EXPAND``, which the CDK CLI passes), an ``AWS::SecretsManager::RotationSchedule``
-    with ``HostedRotationLambda`` (PostgreSQLSingleUser), a security group for the function and an
-    ingress rule from it to the database port. The first rotation happens one period after
+    ``CAPABILITY_AUTO_EXPAND``, which the CDK CLI passes), an
+    ``AWS::SecretsManager::RotationSchedule`` with ``HostedRotationLambda``
+    (PostgreSQLSingleUser), a security group for the function and an ingress rule from it to the
+    database port. The first rotation happens one period after
     deploy; changing the period does not rotate immediately.
 
     Args:

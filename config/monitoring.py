@@ -7,6 +7,7 @@ Every field has a default, so an environment file may leave the whole section ou
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated
 
@@ -151,7 +152,7 @@ class AuditConfig(BaseModel):
             ("expiration_days", self.expiration_days),
         ]
         present = [(name, days) for name, days in steps if days is not None]
-        for (first, first_days), (second, second_days) in zip(present, present[1:], strict=False):
+        for (first, first_days), (second, second_days) in itertools.pairwise(present):
             if second_days <= first_days:
                 raise ValueError(
                     f"audit.{second} ({second_days}) must be greater than "

@@ -55,11 +55,11 @@ STAND_IN = "Test stand-in for a foundation resource; the foundation's own stack 
 
 @dataclass(frozen=True)
 class OpsApp:
+    network: Template
     service: Template
     data: Template
     account: Template
     monitoring: ServiceMonitoring
-    data_stack: Stack
 
 
 @cache
@@ -134,9 +134,9 @@ def ops_app() -> OpsApp:
     )
     app.synth()  # runs cdk-nag: raises ValidationFailed on any unacknowledged finding
     return OpsApp(
+        network=Template.from_stack(network),
         service=Template.from_stack(service),
         data=Template.from_stack(data),
         account=Template.from_stack(account),
         monitoring=monitoring,
-        data_stack=data,
     )
