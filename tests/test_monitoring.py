@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_autoscaling as autoscaling
@@ -231,3 +235,16 @@ def test_config_rejects(data: dict[str, object], message: str) -> None:
 def test_thresholds_are_frozen() -> None:
     with pytest.raises(ValidationError):
         AlarmThresholds().fleet_cpu_percent = 1  # type: ignore[misc]
+
+
+def test_templates_pass_cfn_lint() -> None:
+    """The ops test app's templates (alarms, dashboard, trail, rotation) lint clean."""
+    templates = sorted(str(p) for p in Path(ops_app().templates_dir).glob("*.template.json"))
+    assert len(templates) == 4
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), *templates],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
