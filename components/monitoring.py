@@ -408,10 +408,10 @@ class ServiceMonitoring(Construct):
             cloudwatch.TextWidget(
                 markdown=(
                     "### Server metrics\n"
-                    "The ML server's own Prometheus metrics (request counts and latency per "
-                    "provider and model, token usage) are not exported to CloudWatch yet. "
-                    "They are served by each instance on port 5001 (`/metrics`), reachable "
-                    "through SSM Session Manager port forwarding; see docs/operations.md."
+                    "The ML server's own Prometheus metrics (requests and latency per provider "
+                    "and model, tokens) are not exported to CloudWatch yet. Read them on an "
+                    "instance: `curl localhost:5001/metrics` in an SSM Session Manager shell "
+                    "(docs/operations.md, Dashboard)."
                 ),
                 width=12,
                 height=6,

@@ -40,6 +40,8 @@ class DatabaseSecretRotation(Construct):
             private DNS. Default: the VPC's private subnets with egress.
         config: The rotation period.
 
+    Instantiate it only when ``config.enabled`` is true.
+
     Attributes:
         schedule: The rotation schedule.
         hosted_rotation: The hosted rotation function (an ``ec2.IConnectable``).
@@ -56,6 +58,10 @@ class DatabaseSecretRotation(Construct):
         vpc_subnets: ec2.SubnetSelection | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        if not config.enabled:
+            raise ValueError(
+                "DatabaseSecretRotation: rotation.enabled is false; do not create the rotation"
+            )
         if database.secret is None:
             raise ValueError(
                 "DatabaseSecretRotation: the database has no generated secret to rotate "

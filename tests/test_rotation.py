@@ -52,6 +52,14 @@ def test_database_without_generated_secret_is_refused() -> None:
         DatabaseSecretRotation(
             stack, "SecretRotation", database=database, vpc=vpc, config=RotationConfig()
         )
+    with pytest.raises(ValueError, match=r"rotation\.enabled is false"):
+        DatabaseSecretRotation(
+            stack,
+            "DisabledRotation",
+            database=database,
+            vpc=vpc,
+            config=RotationConfig(enabled=False),
+        )
 
 
 @pytest.fixture(scope="module")
