@@ -1,0 +1,250 @@
+"""ServiceMonitoring: topic, alarms, dashboard (GIVEN the ops test app, THEN its template...)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aws_cdk import App, Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk.assertions import Template
+from ops_checks import (
+    alarm_topic,
+    check_alarm,
+    check_dashboard,
+    dashboard_text,
+    expected_alarms,
+)
+from ops_fixture import AGENT_NAMESPACE, ENVIRONMENT, MONITORING, ops_app
+from pydantic import ValidationError
+
+from components.monitoring import ServiceMonitoring
+from config.monitoring import AlarmThresholds, MonitoringConfig
+
+TITLE = ENVIRONMENT.capitalize()
+
+
+@pytest.fixture(scope="module")
+def service() -> Template:
+    return ops_app().service
+
+
+@pytest.mark.parametrize(
+    "expected", expected_alarms(MONITORING, AGENT_NAMESPACE), ids=lambda e: e["suffix"]
+)
+def test_alarm(service: Template, expected: dict[str, object]) -> None:
+    topic_id = alarm_topic(service, MONITORING.alarm_email)
+    check_alarm(service, TITLE, topic_id, expected)
+
+
+def test_no_other_alarms(service: Template) -> None:
+    names = {
+        r["Properties"]["AlarmName"]
+        for r in service.find_resources("AWS::CloudWatch::Alarm").values()
+    }
+    assert names == {
+        f"Humansa-{TITLE}-{e['suffix']}" for e in expected_alarms(MONITORING, AGENT_NAMESPACE)
+    }
+
+
+def test_config_values_reach_the_template(service: Template) -> None:
+    # The fixture sets non-default values; the defaults would be 30 s and 80.
+    check_alarm(
+        service,
+        TITLE,
+        alarm_topic(service, MONITORING.alarm_email),
+        {
+            "suffix": "TargetLatencyP95",
+            "namespace": "AWS/ApplicationELB",
+            "metric_name": "TargetResponseTime",
+            "threshold": 45,
+            "comparison": "GreaterThanThreshold",
+            "treat_missing_data": "notBreaching",
+        },
+    )
+    _, props = next(
+        iter(
+            service.find_resources(
+                "AWS::CloudWatch::Alarm",
+                {"Properties": {"AlarmName": f"Humansa-{TITLE}-RdsConnections"}},
+            ).items()
+        )
+    )
+    assert props["Properties"]["Threshold"] == 60
+
+
+def test_latency_alarm_uses_p95(service: Template) -> None:
+    service.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {"AlarmName": f"Humansa-{TITLE}-TargetLatencyP95", "ExtendedStatistic": "p95"},
+    )
+
+
+def test_target_5xx_rate_ignores_low_traffic(service: Template) -> None:
+    found = service.find_resources(
+        "AWS::CloudWatch::Alarm", {"Properties": {"AlarmName": f"Humansa-{TITLE}-Target5xxRate"}}
+    )
+    (alarm,) = found.values()
+    expressions = [m["Expression"] for m in alarm["Properties"]["Metrics"] if "Expression" in m]
+    minimum = MONITORING.thresholds.target_5xx_min_requests
+    assert expressions == [f"IF(requests >= {minimum}, 100 * FILL(errors, 0) / requests, 0)"]
+
+
+def test_agent_alarms_use_the_auto_scaling_group_dimension(service: Template) -> None:
+    for suffix in ("FleetMemory", "FleetDisk"):
+        service.has_resource_properties(
+            "AWS::CloudWatch::Alarm",
+            {
+                "AlarmName": f"Humansa-{TITLE}-{suffix}",
+                "Namespace": AGENT_NAMESPACE,
+                "Statistic": "Maximum",
+                "Dimensions": [
+                    {"Name": "AutoScalingGroupName", "Value": {"Ref": _asg_id(service)}}
+                ],
+            },
+        )
+
+
+def _asg_id(template: Template) -> str:
+    (logical_id,) = template.find_resources("AWS::AutoScaling::AutoScalingGroup")
+    return str(logical_id)
+
+
+def test_topic_key_lets_cloudwatch_publish(service: Template) -> None:
+    (key,) = service.find_resources("AWS::KMS::Key").values()
+    assert key["Properties"]["EnableKeyRotation"] is True
+    statements = key["Properties"]["KeyPolicy"]["Statement"]
+    cloudwatch = [
+        s for s in statements if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert len(cloudwatch) == 1
+    assert set(cloudwatch[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+
+
+def test_dashboard(service: Template) -> None:
+    check_dashboard(service, TITLE)
+
+
+def test_public_alarm_attributes() -> None:
+    monitoring = ops_app().monitoring
+    assert monitoring.target_5xx_alarm is monitoring.alarms["Target5xxRate"]
+    assert monitoring.unhealthy_hosts_alarm is monitoring.alarms["UnhealthyHosts"]
+    assert monitoring.topic.node.id == "Topic"
+
+
+def test_without_database_and_email() -> None:
+    """GIVEN no database and no e-mail THEN no RDS alarm, widget or subscription."""
+    app = App()
+    stack = Stack(app, "NoDb")
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
+    alb = elbv2.ApplicationLoadBalancer(stack, "Alb", vpc=vpc)
+    asg = autoscaling.AutoScalingGroup(
+        stack,
+        "Fleet",
+        vpc=vpc,
+        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+        instance_type=ec2.InstanceType("t3.small"),
+        machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+    )
+    target_group = alb.add_listener("Http", port=80).add_targets(
+        "Ml", port=5001, protocol=elbv2.ApplicationProtocol.HTTP, targets=[asg]
+    )
+    config = MonitoringConfig()
+    ServiceMonitoring(
+        stack,
+        "Monitoring",
+        environment="dev",
+        load_balancer=alb,
+        target_group=target_group,
+        auto_scaling_group=asg,
+        database=None,
+        config=config,
+        agent_namespace="humansa-ml/dev",
+    )
+    template = Template.from_stack(stack)
+    topic_id = alarm_topic(template, None)
+    expected = expected_alarms(config, "humansa-ml/dev", with_database=False)
+    for alarm in expected:
+        check_alarm(template, "Dev", topic_id, alarm)
+    template.resource_count_is("AWS::CloudWatch::Alarm", len(expected))
+    assert "RDS" not in dashboard_text(template, "Dev")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"environment": "Prod"}, "environment 'Prod'"),
+        ({"agent_namespace": "AWS/EC2"}, "agent_namespace 'AWS/EC2'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, str], message: str) -> None:
+    app = App()
+    stack = Stack(app, "Bad")
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
+    alb = elbv2.ApplicationLoadBalancer(stack, "Alb", vpc=vpc)
+    asg = autoscaling.AutoScalingGroup(
+        stack,
+        "Fleet",
+        vpc=vpc,
+        vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+        instance_type=ec2.InstanceType("t3.small"),
+        machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+    )
+    target_group = alb.add_listener("Http", port=80).add_targets(
+        "Ml", port=5001, protocol=elbv2.ApplicationProtocol.HTTP, targets=[asg]
+    )
+    arguments = {"environment": "dev", "agent_namespace": "humansa-ml/dev", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ServiceMonitoring(
+            stack,
+            "Monitoring",
+            environment=arguments["environment"],
+            load_balancer=alb,
+            target_group=target_group,
+            auto_scaling_group=asg,
+            database=None,
+            config=MonitoringConfig(),
+            agent_namespace=arguments["agent_namespace"],
+        )
+
+
+def test_config_defaults() -> None:
+    t = MonitoringConfig().thresholds
+    assert (t.target_p95_latency_seconds, t.unhealthy_hosts, t.fleet_cpu_percent) == (30, 1, 80)
+    assert MonitoringConfig().alarm_email is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"alarm_email": "not-an-address"}, "monitoring.alarm_email"),
+        ({"thresholds": {"fleet_cpu_percent": 120}}, "fleet_cpu_percent"),
+        ({"thresholds": {"unknown": 1}}, "unknown"),
+        ({"dashboard": True}, "dashboard"),
+    ],
+)
+def test_config_rejects(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        MonitoringConfig.model_validate(data)
+
+
+def test_thresholds_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        AlarmThresholds().fleet_cpu_percent = 1  # type: ignore[misc]
+
+
+def test_templates_pass_cfn_lint() -> None:
+    """The ops test app's templates (alarms, dashboard, trail, rotation) lint clean."""
+    templates = sorted(str(p) for p in Path(ops_app().templates_dir).glob("*.template.json"))
+    assert len(templates) == 4
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), *templates],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
