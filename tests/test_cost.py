@@ -20,9 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cost"
 SCRIPT = ROOT / "scripts" / "cost.py"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import cost  # noqa: E402
+from scripts import cost
 
 H = 730  # hours per month in the table
 
