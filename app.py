@@ -13,8 +13,8 @@ import sys
 from aws_cdk import App, Validations
 from cdk_nag import AwsSolutionsChecks
 
-from config import ConfigError, EnvironmentConfig, environment_names, load_all
-from stacks.environment import add_environment
+from config import ConfigError, EnvironmentConfig, load_all
+from stacks.environment import EnvironmentStacks, add_environment
 
 
 def selected_environments(app: App) -> list[EnvironmentConfig]:
@@ -24,24 +24,34 @@ def selected_environments(app: App) -> list[EnvironmentConfig]:
     return load_all(names)
 
 
+def build_app(app: App) -> list[EnvironmentStacks]:
+    """Add the selected environments' stacks and the cdk-nag AwsSolutions checks to ``app``.
+
+    Raises:
+        ConfigError: a bad or unknown environment (already one line for the user).
+    """
+    configs = selected_environments(app)
+    if not configs:
+        raise ConfigError("no environments found (add config/<name>.yaml)")
+    image_tag = app.node.try_get_context("image_tag")
+    built = [
+        add_environment(app, config, image_tag=str(image_tag) if image_tag else None)
+        for config in configs
+    ]
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return built
+
+
 def main() -> int:
     app = App()
     try:
-        configs = selected_environments(app)
-        if not configs:
-            raise ConfigError("no environments found (add config/<name>.yaml)")
+        build_app(app)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    image_tag = app.node.try_get_context("image_tag")
-    for config in configs:
-        add_environment(app, config, image_tag=str(image_tag) if image_tag else None)
-    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     app.synth()
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["environment_names", "main", "selected_environments"]
