@@ -35,6 +35,10 @@ synth: install ## Synthesize every environment (or ENV=name) into cdk.out, offli
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
 	$(PY) scripts/synth_summary.py cdk.out
 
+deploy: install ## Deploy one environment: make deploy ENV=dev (AWS credentials; cdk bootstrap once)
+	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging or production)" >&2; exit 2; }
+	$(CDK) deploy --all --no-notices --require-approval broadening -c env=$(ENV)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
