@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CDK := node_modules/.bin/cdk
 ENV ?=
+CDK_ARGS ?=
+# CI has no terminal to answer the approval prompt: the PR diff review is the approval there.
+APPROVAL ?= $(if $(CI),never,broadening)
 REGION ?=
 
 export CDK_DISABLE_CLI_TELEMETRY := true
@@ -38,6 +41,10 @@ synth: install ## Synthesize every environment (or ENV=name) into cdk.out, offli
 
 diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
 	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
+
+deploy: install ## Deploy one environment: make deploy ENV=dev [CDK_ARGS="-c image_tag=1.2.3"] (AWS credentials; cdk bootstrap once)
+	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging or production)" >&2; exit 2; }
+	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,159 @@
+"""Environment configuration: ``config/<env>.yaml`` files validated by :mod:`config.model`.
+
+``HUMANSA_CONFIG_DIR`` points the loader at another folder (used by tests). Every problem is
+reported as one :class:`ConfigError` line naming the file, the key, the value and what is
+allowed, e.g. ``config/production.yaml: fleet.min_capacity=3 is above fleet.max_capacity=2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from config.model import EnvironmentConfig, cross_field_problems
+
+__all__ = [
+    "ConfigError",
+    "EnvironmentConfig",
+    "config_dir",
+    "environment_names",
+    "load_all",
+    "load_environment",
+]
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PREFERRED_ORDER = ("dev", "staging", "production")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line for the user."""
+
+
+def config_dir() -> Path:
+    """The folder holding ``<env>.yaml`` files (``HUMANSA_CONFIG_DIR`` or ``config/``)."""
+    override = os.environ.get("HUMANSA_CONFIG_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def environment_names() -> list[str]:
+    """Known environments: the config folder's ``*.yaml`` files, dev/staging/production first."""
+    names = [p.stem for p in config_dir().glob("*.yaml")]
+    return sorted(
+        names,
+        key=lambda n: (_PREFERRED_ORDER.index(n) if n in _PREFERRED_ORDER else 99, n),
+    )
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def _format_validation_error(shown: str, exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent_fields = _fields_at(first["loc"][:-1])
+        line = f"{shown}: {key} is not a known setting (allowed: {', '.join(parent_fields)})"
+    elif kind == "missing":
+        line = f"{shown}: {key} is required"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if kind == "literal_error":
+            expected = first.get("ctx", {}).get("expected", "")
+            message = f"is not allowed (allowed: {expected.replace(' or ', ', ')})"
+        elif not message.startswith(("must", "is")):
+            message = f"is not allowed: {message[0].lower()}{message[1:]}"
+        line = f"{shown}: {key}={_format_value(first.get('input'))} {message}"
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return line
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = EnvironmentConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        model = field.annotation
+    fields = getattr(model, "model_fields", {})
+    return [name for name in fields if name != "name"]
+
+
+def _known_az_count(account: str, region: str) -> int | None:
+    context_file = _PROJECT_ROOT / "cdk.context.json"
+    if not context_file.exists():
+        return None
+    context = json.loads(context_file.read_text(encoding="utf-8"))
+    zones = context.get(f"availability-zones:account={account}:region={region}")
+    return len(zones) if isinstance(zones, list) else None
+
+
+def load_environment(name: str) -> EnvironmentConfig:
+    """Load and validate ``<config dir>/<name>.yaml``.
+
+    Raises:
+        ConfigError: unknown environment, unreadable YAML, or an invalid setting.
+    """
+    known = environment_names()
+    if name not in known:
+        raise ConfigError(
+            f"unknown environment {name!r}; known environments: {', '.join(known) or '(none)'}"
+        )
+    path = config_dir() / f"{name}.yaml"
+    shown = _display(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{shown}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: must be a mapping of settings (account, region, vpc, ...)")
+    if "name" in raw:
+        raise ConfigError(f"{shown}: name is not a setting (the file name {name} is the name)")
+    try:
+        cfg = EnvironmentConfig.model_validate({**raw, "name": name})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(shown, exc)) from None
+    problems = cross_field_problems(cfg)
+    zones = _known_az_count(cfg.account, cfg.region)
+    if zones is None:
+        problems.append(
+            f"account={cfg.account} region={cfg.region} has no availability zones recorded in "
+            "cdk.context.json (add them so synth stays offline)"
+        )
+    elif cfg.vpc.max_azs > zones:
+        problems.append(
+            f"vpc.max_azs={cfg.vpc.max_azs} is above the {zones} availability zones of "
+            f"{cfg.region} recorded in cdk.context.json"
+        )
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"{shown}: {problems[0]}{more}")
+    return cfg
+
+
+def load_all(names: list[str] | None = None) -> list[EnvironmentConfig]:
+    """Load the given environments (default: every known one), in a stable order."""
+    return [load_environment(n) for n in (names if names is not None else environment_names())]

@@ -1,0 +1,116 @@
+"""Internet-facing ALB with the fleet's target group (port 5001, ``/health``)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from constructs import Construct
+
+from components.acks import acknowledge
+from config.model import ServiceConfig
+
+DEREGISTRATION_DELAY_SECONDS = 35  # the server drains for 30 s
+
+
+class LoadBalancer(Construct):
+    """The ALB, its listener(s) and the target group.
+
+    With ``certificate_arn`` the ALB serves HTTPS on 443 and redirects 80 to it; without, it
+    serves plain HTTP on 80.
+
+    Attributes:
+        alb: the ``ApplicationLoadBalancer``.
+        listener: the listener that forwards to the fleet (443 with a certificate, else 80).
+        target_group: the ``ApplicationTargetGroup`` on the container port.
+        security_group: the ALB's security group.
+
+    Args:
+        config: the ``service`` section.
+        vpc: the environment VPC.
+        subnets: public subnets for the ALB.
+        environment: environment name (for reasons in acknowledgments).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: ServiceConfig,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        environment: str,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        https = config.certificate_arn is not None
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="Humansa ALB: web traffic from the internet",
+            allow_all_outbound=False,
+        )
+        self.security_group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(80), "HTTP")
+        if https:
+            self.security_group.add_ingress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS")
+        acknowledge(
+            self.security_group,
+            "AwsSolutions-EC23",
+            "Public API entry point: the ALB must accept HTTP(S) from any address; instances "
+            "and the database accept traffic only from their own upstream security group.",
+        )
+        self.alb = elbv2.ApplicationLoadBalancer(
+            self,
+            "Alb",
+            vpc=vpc,
+            vpc_subnets=subnets,
+            internet_facing=True,
+            security_group=self.security_group,
+            idle_timeout=Duration.seconds(config.idle_timeout_seconds),
+            drop_invalid_header_fields=True,
+        )
+        acknowledge(
+            self.alb,
+            "AwsSolutions-ELB2",
+            "Access logs need an S3 bucket (plus its own access logging); request counts, 5xx "
+            "and latency come from ALB metrics and the server logs in CloudWatch instead.",
+        )
+        self.target_group = elbv2.ApplicationTargetGroup(
+            self,
+            "TargetGroup",
+            vpc=vpc,
+            port=config.container_port,
+            protocol=elbv2.ApplicationProtocol.HTTP,
+            target_type=elbv2.TargetType.INSTANCE,
+            deregistration_delay=Duration.seconds(DEREGISTRATION_DELAY_SECONDS),
+            health_check=elbv2.HealthCheck(
+                path=config.health_path,
+                port=str(config.container_port),
+                healthy_http_codes="200",
+                interval=Duration.seconds(15),
+                timeout=Duration.seconds(5),
+                healthy_threshold_count=2,
+                unhealthy_threshold_count=3,
+            ),
+        )
+        if https:
+            assert config.certificate_arn is not None
+            self.listener = self.alb.add_listener(
+                "Https",
+                port=443,
+                protocol=elbv2.ApplicationProtocol.HTTPS,
+                certificates=[elbv2.ListenerCertificate.from_arn(config.certificate_arn)],
+                ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+                default_target_groups=[self.target_group],
+                open=False,
+            )
+            self.alb.add_redirect(source_port=80, target_port=443)
+        else:
+            self.listener = self.alb.add_listener(
+                "Http",
+                port=80,
+                protocol=elbv2.ApplicationProtocol.HTTP,
+                default_target_groups=[self.target_group],
+                open=False,
+            )

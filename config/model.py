@@ -1,0 +1,319 @@
+"""Pydantic models for one environment's configuration (``config/<env>.yaml``).
+
+Every field documents its default. Unknown keys are rejected (``extra="forbid"``) so a typo
+fails synth instead of being silently ignored. Checks that span several fields live in
+:func:`cross_field_problems`, which reports them in the user's words.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NatMode = Literal["gateway-per-az", "single-gateway", "nat-instance", "none"]
+Architecture = Literal["x86_64", "arm64"]
+ImageSource = Literal["asset", "ghcr"]
+
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_DB_INSTANCE_CLASS = re.compile(r"^db\.[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_PG16_VERSION = re.compile(r"^16\.\d+$")
+_REPOSITORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_CERT_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VpcConfig(_Section):
+    """Network layout.
+
+    Args:
+        cidr: IPv4 CIDR of the VPC, a /16 to /22. Default ``10.0.0.0/16``.
+        max_azs: availability zones to spread over, at least 2 (an ALB needs two). Default 2.
+        nat: how private subnets reach the internet: ``gateway-per-az`` (one managed NAT gateway
+            per AZ), ``single-gateway`` (one managed NAT gateway), ``nat-instance`` (one
+            Amazon Linux 2023 t4g.nano NAT instance, the cheapest), ``none`` (no internet
+            egress; the fleet lives in isolated subnets and reaches AWS through interface
+            endpoints). Default ``single-gateway``.
+        interface_endpoints: create interface endpoints (SSM, Secrets Manager, ECR, logs,
+            monitoring) in the fleet's subnets. Required when ``nat`` is ``none``. Default false.
+    """
+
+    cidr: str = "10.0.0.0/16"
+    max_azs: Annotated[int, Field(ge=2, le=6)] = 2
+    nat: NatMode = "single-gateway"
+    interface_endpoints: bool = False
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError("must be an IPv4 network such as 10.0.0.0/16") from exc
+        if not 16 <= network.prefixlen <= 22:
+            raise ValueError("must be a /16 to /22 network")
+        return value
+
+
+class DatabaseConfig(_Section):
+    """RDS PostgreSQL instance.
+
+    Args:
+        instance_class: RDS instance class. Default ``db.t4g.micro``.
+        allocated_storage_gib: initial gp3 storage, 20-65536 GiB. Default 20.
+        max_allocated_storage_gib: storage autoscaling ceiling, at least the allocated size.
+            Default 100.
+        multi_az: standby in a second AZ. Default false.
+        backup_retention_days: automated backup retention, 1-35 days. Default 7.
+        deletion_protection: refuse to delete the instance. Default false.
+        engine_version: pinned PostgreSQL 16 minor version. Default ``16.13``.
+    """
+
+    instance_class: str = "db.t4g.micro"
+    allocated_storage_gib: Annotated[int, Field(ge=20, le=65536)] = 20
+    max_allocated_storage_gib: Annotated[int, Field(ge=20, le=65536)] = 100
+    multi_az: bool = False
+    backup_retention_days: Annotated[int, Field(ge=1, le=35)] = 7
+    deletion_protection: bool = False
+    engine_version: str = "16.13"
+
+    @field_validator("instance_class")
+    @classmethod
+    def _instance_class(cls, value: str) -> str:
+        if not _DB_INSTANCE_CLASS.match(value):
+            raise ValueError("must be an RDS instance class such as db.t4g.micro")
+        return value
+
+    @field_validator("engine_version")
+    @classmethod
+    def _engine_version(cls, value: str) -> str:
+        if not _PG16_VERSION.match(value):
+            raise ValueError("must be a pinned PostgreSQL 16 minor version such as 16.13")
+        return value
+
+
+class FleetConfig(_Section):
+    """EC2 Auto Scaling group that runs the server container.
+
+    Args:
+        instance_type: EC2 instance type; must match ``architecture``. Default ``t4g.small``.
+        architecture: ``arm64`` or ``x86_64``; picks the AMI and the image platform.
+            Default ``arm64``.
+        min_capacity: fewest instances. Default 1.
+        desired_capacity: instances at deploy time, between min and max. Default 1.
+        max_capacity: most instances. Default 2.
+        root_volume_gib: encrypted gp3 root volume size, 8-1024 GiB. Default 20.
+        health_check_grace_seconds: time after launch before ELB health checks count,
+            60-3600 s. Default 300.
+    """
+
+    instance_type: str = "t4g.small"
+    architecture: Architecture = "arm64"
+    min_capacity: Annotated[int, Field(ge=0, le=100)] = 1
+    desired_capacity: Annotated[int, Field(ge=0, le=100)] = 1
+    max_capacity: Annotated[int, Field(ge=1, le=100)] = 2
+    root_volume_gib: Annotated[int, Field(ge=8, le=1024)] = 20
+    health_check_grace_seconds: Annotated[int, Field(ge=60, le=3600)] = 300
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        if not _INSTANCE_TYPE.match(value):
+            raise ValueError("must be an EC2 instance type such as t4g.small")
+        return value
+
+
+class ServiceConfig(_Section):
+    """The load-balanced HTTP service.
+
+    Args:
+        container_port: port the server listens on inside the instance. Default 5001.
+        health_path: health-check path (no auth, no dependencies). Default ``/health``.
+        idle_timeout_seconds: ALB idle timeout, 120-4000 s (streamed LLM responses can pause
+            for long). Default 300.
+        certificate_arn: ACM certificate ARN; when set the ALB serves HTTPS on 443 and redirects
+            HTTP to it. Default none (plain HTTP on 80).
+        domain_name: public host name the certificate covers. Default none.
+    """
+
+    container_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
+    health_path: str = "/health"
+    idle_timeout_seconds: Annotated[int, Field(ge=120, le=4000)] = 300
+    certificate_arn: str | None = None
+    domain_name: str | None = None
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, value: str) -> str:
+        if not value.startswith("/") or " " in value:
+            raise ValueError("must be an absolute URL path such as /health")
+        return value
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _CERT_ARN.match(value):
+            raise ValueError("must be an ACM certificate ARN (arn:aws:acm:<region>:<account>:...)")
+        return value
+
+    @field_validator("domain_name")
+    @classmethod
+    def _domain_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.match(value):
+            raise ValueError("must be a lower-case DNS name such as api.example.com")
+        return value
+
+
+class ImageConfig(_Section):
+    """Where the server image comes from.
+
+    Args:
+        source: ``asset`` (built from ``ml_server/`` by CDK and pushed to the bootstrap ECR
+            repository). ``ghcr`` (an ECR pull-through cache of GHCR) is reserved for the boot
+            work and rejected for now. Default ``asset``.
+        tag: release tag recorded in the ``ml_server_image_tag`` parameter; ``-c image_tag=...``
+            overrides it. Default ``latest``.
+        ghcr_repository: GHCR ``owner/name`` for the ``ghcr`` source.
+            Default ``owner/humansa-ml-server``.
+    """
+
+    source: ImageSource = "asset"
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")] = "latest"
+    ghcr_repository: str = "owner/humansa-ml-server"
+
+    @field_validator("ghcr_repository")
+    @classmethod
+    def _ghcr_repository(cls, value: str) -> str:
+        if not _REPOSITORY.match(value):
+            raise ValueError("must be a GitHub owner/name such as acme/humansa-ml-server")
+        return value
+
+
+class GithubConfig(_Section):
+    """The GitHub repository that deploys this app.
+
+    Args:
+        repository: ``owner/name``. Default ``humansa/humansa-ml-server``.
+    """
+
+    repository: str = "humansa/humansa-ml-server"
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPOSITORY.match(value):
+            raise ValueError("must be a GitHub owner/name such as acme/humansa-ml-server")
+        return value
+
+
+class EnvironmentConfig(_Section):
+    """One deployment environment.
+
+    Args:
+        name: environment name, taken from the file name (``dev``, ``staging``, ...).
+        account: 12-digit AWS account id (required).
+        region: AWS region. Default ``ap-east-1``.
+        termination_protection: protect the Network and Data stacks from deletion and retain
+            log groups. Default false.
+        vpc, database, fleet, service, image, github: the sections above, each with defaults.
+    """
+
+    name: str
+    account: str
+    region: str = "ap-east-1"
+    termination_protection: bool = False
+    vpc: VpcConfig = VpcConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    fleet: FleetConfig = FleetConfig()
+    service: ServiceConfig = ServiceConfig()
+    image: ImageConfig = ImageConfig()
+    github: GithubConfig = GithubConfig()
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        if not _ACCOUNT.match(value):
+            raise ValueError("must be a 12-digit AWS account id (quote it in YAML)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError("must be an AWS region such as ap-east-1")
+        return value
+
+    @property
+    def title(self) -> str:
+        """``Production`` for ``production``: the environment part of stack names."""
+        return "".join(part.capitalize() for part in self.name.split("-"))
+
+    @property
+    def parameter_path(self) -> str:
+        """SSM parameter path with trailing slash, e.g. ``/humansa/production/``."""
+        return f"/humansa/{self.name}/"
+
+
+_ARM_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*$")  # t4g, m7g, c7gn, r8g ...
+
+
+def cross_field_problems(cfg: EnvironmentConfig) -> list[str]:
+    """Checks that involve more than one field; each problem is ``key=value <why>``."""
+    problems: list[str] = []
+    f = cfg.fleet
+    if f.min_capacity > f.max_capacity:
+        problems.append(
+            f"fleet.min_capacity={f.min_capacity} is above fleet.max_capacity={f.max_capacity}"
+        )
+    elif not f.min_capacity <= f.desired_capacity <= f.max_capacity:
+        problems.append(
+            f"fleet.desired_capacity={f.desired_capacity} is outside fleet.min_capacity="
+            f"{f.min_capacity}..fleet.max_capacity={f.max_capacity}"
+        )
+    family = f.instance_type.split(".", 1)[0]
+    is_arm = bool(_ARM_FAMILY.match(family)) or family.startswith("a1")
+    if f.architecture == "arm64" and not is_arm:
+        problems.append(
+            f"fleet.instance_type={f.instance_type} is not a Graviton type but "
+            "fleet.architecture=arm64 (use t4g, m7g, c7g, ... or set x86_64)"
+        )
+    if f.architecture == "x86_64" and is_arm:
+        problems.append(
+            f"fleet.instance_type={f.instance_type} is a Graviton type but "
+            "fleet.architecture=x86_64 (set arm64 or pick an x86_64 type)"
+        )
+    d = cfg.database
+    if d.max_allocated_storage_gib < d.allocated_storage_gib:
+        problems.append(
+            f"database.max_allocated_storage_gib={d.max_allocated_storage_gib} is below "
+            f"database.allocated_storage_gib={d.allocated_storage_gib}"
+        )
+    if cfg.vpc.nat == "none" and not cfg.vpc.interface_endpoints:
+        problems.append(
+            "vpc.interface_endpoints=false is not allowed with vpc.nat=none "
+            "(instances without NAT reach SSM, ECR and Secrets Manager only through endpoints)"
+        )
+    if cfg.vpc.nat == "gateway-per-az" and cfg.vpc.max_azs > 3:
+        problems.append(
+            f"vpc.max_azs={cfg.vpc.max_azs} with vpc.nat=gateway-per-az creates "
+            f"{cfg.vpc.max_azs} NAT gateways; allowed: max_azs 2-3 for gateway-per-az"
+        )
+    if cfg.service.domain_name and not cfg.service.certificate_arn:
+        problems.append(
+            f"service.domain_name={cfg.service.domain_name} needs service.certificate_arn "
+            "(an ACM certificate for that name)"
+        )
+    if cfg.image.source == "ghcr":
+        problems.append(
+            "image.source=ghcr is not available in this version; allowed: asset "
+            "(the GHCR pull-through cache lands with the boot-script work)"
+        )
+    return problems

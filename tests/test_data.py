@@ -1,0 +1,101 @@
+"""Data stack: RDS settings per environment and the database SSM parameters."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Match
+
+from tests.conftest import Synth
+
+EXPECTED = {
+    # env: (instance class, multi-AZ, deletion protection, backup days, deletion policy)
+    "dev": ("db.t4g.micro", False, False, 1, "Delete"),
+    "staging": ("db.t4g.micro", False, False, 7, "Delete"),
+    "production": ("db.t4g.small", True, True, 14, "Snapshot"),
+}
+
+
+@pytest.mark.parametrize("env", sorted(EXPECTED))
+def test_rds_per_environment(synth: Synth, env: str) -> None:
+    instance_class, multi_az, protection, backup_days, policy = EXPECTED[env]
+    template = synth.template(env, "Data")
+    template.has_resource(
+        "AWS::RDS::DBInstance",
+        {
+            "DeletionPolicy": policy,
+            "Properties": Match.object_like(
+                {
+                    "Engine": "postgres",
+                    "EngineVersion": "16.13",
+                    "DBInstanceClass": instance_class,
+                    "MultiAZ": multi_az,
+                    "DeletionProtection": protection,
+                    "BackupRetentionPeriod": backup_days,
+                    "StorageEncrypted": True,
+                    "StorageType": "gp3",
+                    "AllocatedStorage": "20",
+                    "PubliclyAccessible": False,
+                    "DBName": "humansa",
+                    "Port": "5432",
+                }
+            ),
+        },
+    )
+
+
+@pytest.mark.parametrize("env", sorted(EXPECTED))
+def test_tls_forced_and_generated_secret(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Data")
+    template.has_resource_properties(
+        "AWS::RDS::DBParameterGroup",
+        {"Family": "postgres16", "Parameters": {"rds.force_ssl": "1"}},
+    )
+    template.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {
+            "Name": f"humansa/{env}/db",
+            "GenerateSecretString": Match.object_like(
+                {"SecretStringTemplate": '{"username":"humansa"}', "GenerateStringKey": "password"}
+            ),
+        },
+    )
+    template.resource_count_is("AWS::SecretsManager::SecretTargetAttachment", 1)
+
+
+@pytest.mark.parametrize("env", sorted(EXPECTED))
+def test_database_parameters(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Data")
+    values = {
+        "db_host": {"Fn::GetAtt": [Match.any_value(), "Endpoint.Address"]},
+        "db_port": {"Fn::GetAtt": [Match.any_value(), "Endpoint.Port"]},
+        "db_username": "humansa",
+        "db_name": "humansa",
+    }
+    for name, value in values.items():
+        template.has_resource_properties(
+            "AWS::SSM::Parameter",
+            {"Name": f"/humansa/{env}/{name}", "Type": "String", "Value": value},
+        )
+    template.resource_count_is("AWS::SSM::Parameter", len(values))
+    # The password never becomes a parameter.
+    assert "db_password" not in str(synth.template_json(env, "Data"))
+
+
+@pytest.mark.parametrize("env", sorted(EXPECTED))
+def test_database_in_isolated_subnets(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Data")
+    template.has_resource_properties(
+        "AWS::RDS::DBSubnetGroup",
+        {
+            "SubnetIds": Match.array_with(
+                [{"Fn::ImportValue": Match.string_like_regexp("DataSubnet")}]
+            )
+        },
+    )
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroup",
+        {
+            "GroupDescription": Match.string_like_regexp("PostgreSQL from the fleet only"),
+            "SecurityGroupIngress": Match.absent(),
+        },
+    )

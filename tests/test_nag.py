@@ -1,0 +1,73 @@
+"""cdk-nag AwsSolutions: no unacknowledged finding, and every acknowledgment is reasoned."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from scripts.synth_summary import ACK_TYPE, acknowledgments
+from scripts.synth_summary import main as summary_main
+from tests.conftest import Synth
+
+SERVICE = {
+    "AwsSolutions-AS3",
+    "AwsSolutions-EC23",
+    "AwsSolutions-ELB2",
+    "AwsSolutions-IAM4",
+    "AwsSolutions-IAM5",
+}
+DATA_UNPROTECTED = {
+    "AwsSolutions-RDS3",
+    "AwsSolutions-RDS10",
+    "AwsSolutions-RDS11",
+    "AwsSolutions-SMG4",
+}
+EXPECTED = {
+    "Humansa-Dev-Network": {"AwsSolutions-EC28", "AwsSolutions-EC29"},
+    "Humansa-Dev-Data": DATA_UNPROTECTED,
+    "Humansa-Dev-Service": SERVICE,
+    "Humansa-Staging-Network": set(),
+    "Humansa-Staging-Data": DATA_UNPROTECTED,
+    "Humansa-Staging-Service": SERVICE,
+    "Humansa-Production-Network": set(),
+    "Humansa-Production-Data": {"AwsSolutions-RDS11", "AwsSolutions-SMG4"},
+    "Humansa-Production-Service": SERVICE,
+}
+
+
+def _metadata(synth: Synth, stack: str) -> dict[str, Any]:
+    return dict(json.loads((synth.outdir / f"{stack}.metadata.json").read_text()))
+
+
+def test_no_unacknowledged_findings(synth: Synth) -> None:
+    assert synth.validation_error is None, synth.validation_error
+    report = json.loads((synth.outdir / "validation-report.json").read_text())
+    violations = [v for plugin in report["pluginReports"] for v in plugin["violations"]]
+    assert violations == []
+
+
+def test_acknowledged_rules_per_stack(synth: Synth) -> None:
+    found = {stack: set(acknowledgments(_metadata(synth, stack))) for stack in EXPECTED}
+    assert found == EXPECTED
+
+
+def test_every_acknowledgment_has_a_specific_reason(synth: Synth) -> None:
+    reasons: list[str] = []
+    for stack in EXPECTED:
+        for entries in _metadata(synth, stack).values():
+            for entry in entries:
+                if entry["type"] == ACK_TYPE:
+                    reasons.extend(entry["data"].values())
+    assert reasons
+    for reason in reasons:
+        assert len(reason) >= 40, reason
+
+
+def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
+    assert summary_main(["synth_summary.py", str(synth.outdir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    assert set(rows) == set(EXPECTED)
+    assert rows["Humansa-Production-Data"][1:] == ["2", "0"]
+    assert rows["Humansa-Dev-Service"][1:] == ["5", "0"]
+    assert all(int(resources) > 5 for resources, _, _ in rows.values())

@@ -1,0 +1,149 @@
+"""Network stack: subnets, NAT mode, endpoints and flow logs per environment."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk import App, Environment
+from aws_cdk.assertions import Match, Template
+
+from config import load_environment
+from stacks.network_stack import NetworkStack
+from tests.conftest import Synth, cdk_context
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "production"])
+def test_three_subnet_tiers_in_two_azs(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Network")
+    template.resource_count_is("AWS::EC2::Subnet", 6)
+    for tier, subnet_type in (("Public", "Public"), ("App", "Private"), ("Data", "Isolated")):
+        subnets = template.find_resources(
+            "AWS::EC2::Subnet",
+            {
+                "Properties": {
+                    "Tags": Match.array_with(
+                        [
+                            {"Key": "aws-cdk:subnet-name", "Value": tier},
+                            {"Key": "aws-cdk:subnet-type", "Value": subnet_type},
+                        ]
+                    )
+                }
+            },
+        )
+        assert len(subnets) == 2, (env, tier)
+    template.has_resource_properties(
+        "AWS::EC2::Subnet",
+        {"MapPublicIpOnLaunch": True, "AvailabilityZone": "ap-east-1a"},
+    )
+    template.has_resource_properties("AWS::EC2::VPC", {"CidrBlock": synth.configs[env].vpc.cidr})
+
+
+def test_dev_uses_one_nat_instance_on_graviton(synth: Synth) -> None:
+    template = synth.template("dev", "Network")
+    template.resource_count_is("AWS::EC2::NatGateway", 0)
+    template.resource_count_is("AWS::EC2::Instance", 1)
+    template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {
+            "InstanceType": "t4g.nano",
+            "SourceDestCheck": False,
+            "ImageId": {"Ref": Match.string_like_regexp("al2023.*arm64")},
+            "BlockDeviceMappings": [
+                {"DeviceName": "/dev/xvda", "Ebs": Match.object_like({"Encrypted": True})}
+            ],
+        },
+    )
+    # Private subnets route to the NAT instance, not to a gateway.
+    template.has_resource_properties(
+        "AWS::EC2::Route",
+        {"DestinationCidrBlock": "0.0.0.0/0", "InstanceId": Match.any_value()},
+    )
+    # The NAT instance accepts traffic from inside the VPC only.
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroup",
+        {
+            "SecurityGroupIngress": [
+                Match.object_like({"CidrIp": synth.configs["dev"].vpc.cidr, "IpProtocol": "-1"})
+            ]
+        },
+    )
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_single_nat_gateway(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Network")
+    template.resource_count_is("AWS::EC2::NatGateway", 1)
+    template.resource_count_is("AWS::EC2::Instance", 0)
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "production"])
+def test_s3_gateway_endpoint_flow_logs_no_interface_endpoints(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Network")
+    template.has_resource_properties(
+        "AWS::EC2::VPCEndpoint",
+        {
+            "ServiceName": {"Fn::Join": ["", Match.array_with([".s3"])]},
+            "VpcEndpointType": "Gateway",
+        },
+    )
+    template.resource_count_is("AWS::EC2::VPCEndpoint", 1)
+    template.has_resource_properties(
+        "AWS::EC2::FlowLog", {"ResourceType": "VPC", "TrafficType": "REJECT"}
+    )
+
+
+def test_termination_protection_only_on_production_stateful_stacks(synth: Synth) -> None:
+    for env, stacks in synth.stacks.items():
+        assert stacks.network.termination_protection is (env == "production")
+        assert stacks.data.termination_protection is (env == "production")
+        assert stacks.service.termination_protection is False
+
+
+def test_nat_none_puts_fleet_in_isolated_subnets_with_endpoints() -> None:
+    config = load_environment("staging")
+    config = config.model_copy(
+        update={"vpc": config.vpc.model_copy(update={"nat": "none", "interface_endpoints": True})}
+    )
+    app = App(context=cdk_context())
+    stack = NetworkStack(
+        app,
+        "NatNone",
+        config=config,
+        env=Environment(account=config.account, region=config.region),
+    )
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::EC2::NatGateway", 0)
+    template.resource_count_is("AWS::EC2::Instance", 0)
+    app_subnets = template.find_resources(
+        "AWS::EC2::Subnet",
+        {
+            "Properties": {
+                "Tags": Match.array_with(
+                    [
+                        {"Key": "aws-cdk:subnet-name", "Value": "App"},
+                        {"Key": "aws-cdk:subnet-type", "Value": "Isolated"},
+                    ]
+                )
+            }
+        },
+    )
+    assert len(app_subnets) == 2
+    services = [
+        ".ssm",
+        ".ssmmessages",
+        ".ec2messages",
+        ".secretsmanager",
+        ".ecr.api",
+        ".ecr.dkr",
+        ".logs",
+        ".monitoring",
+    ]
+    for suffix in services:
+        template.has_resource_properties(
+            "AWS::EC2::VPCEndpoint",
+            {
+                "ServiceName": Match.string_like_regexp(rf"^com\.amazonaws\.ap-east-1\{suffix}$"),
+                "VpcEndpointType": "Interface",
+                "PrivateDnsEnabled": True,
+            },
+        )
+    template.resource_count_is("AWS::EC2::VPCEndpoint", len(services) + 1)

@@ -1,0 +1,261 @@
+"""Service stack: ALB, target group, fleet launch template, security groups, logs, parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk import App
+from aws_cdk.assertions import Match, Template
+
+from app import build_app
+from tests.conftest import ENVIRONMENTS, Synth, cdk_context
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_alb_and_target_group(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Service")
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::LoadBalancer",
+        {
+            "Scheme": "internet-facing",
+            "Type": "application",
+            "LoadBalancerAttributes": Match.array_with(
+                [
+                    {"Key": "idle_timeout.timeout_seconds", "Value": "300"},
+                    {"Key": "routing.http.drop_invalid_header_fields.enabled", "Value": "true"},
+                ]
+            ),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::TargetGroup",
+        {
+            "Port": 5001,
+            "Protocol": "HTTP",
+            "TargetType": "instance",
+            "HealthCheckPath": "/health",
+            "HealthCheckPort": "5001",
+            "Matcher": {"HttpCode": "200"},
+        },
+    )
+    # No certificate configured: plain HTTP on 80 forwarding to the target group.
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::Listener",
+        {
+            "Port": 80,
+            "Protocol": "HTTP",
+            "DefaultActions": [Match.object_like({"Type": "forward"})],
+        },
+    )
+    template.resource_count_is("AWS::ElasticLoadBalancingV2::Listener", 1)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_launch_template_hardening(synth: Synth, env: str) -> None:
+    fleet = synth.configs[env].fleet
+    template = synth.template(env, "Service")
+    template.has_resource_properties(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "LaunchTemplateData": Match.object_like(
+                {
+                    "InstanceType": fleet.instance_type,
+                    "ImageId": {"Ref": Match.string_like_regexp("al2023.*arm64")},
+                    "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+                    "BlockDeviceMappings": [
+                        {
+                            "DeviceName": "/dev/xvda",
+                            "Ebs": {
+                                "Encrypted": True,
+                                "VolumeType": "gp3",
+                                "VolumeSize": fleet.root_volume_gib,
+                                "DeleteOnTermination": True,
+                            },
+                        }
+                    ],
+                    "KeyName": Match.absent(),
+                    "UserData": Match.any_value(),
+                }
+            )
+        },
+    )
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_auto_scaling_group(synth: Synth, env: str) -> None:
+    fleet = synth.configs[env].fleet
+    template = synth.template(env, "Service")
+    template.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup",
+        {
+            "MinSize": str(fleet.min_capacity),
+            "MaxSize": str(fleet.max_capacity),
+            "HealthCheckType": "ELB",
+            "HealthCheckGracePeriod": fleet.health_check_grace_seconds,
+            "TargetGroupARNs": [{"Ref": Match.any_value()}],
+            "VPCZoneIdentifier": Match.array_with(
+                [{"Fn::ImportValue": Match.string_like_regexp("AppSubnet")}]
+            ),
+        },
+    )
+
+
+def test_instance_role_has_session_manager_and_no_admin(synth: Synth) -> None:
+    template = synth.template("production", "Service")
+    template.has_resource_properties(
+        "AWS::IAM::Role",
+        {
+            "ManagedPolicyArns": [
+                {
+                    "Fn::Join": [
+                        "",
+                        Match.array_with([":iam::aws:policy/AmazonSSMManagedInstanceCore"]),
+                    ]
+                }
+            ]
+        },
+    )
+    policy = json.dumps(synth.template_json("production", "Service"))
+    for action in (
+        "secretsmanager:GetSecretValue",
+        "ssm:GetParametersByPath",
+        "ecr:BatchGetImage",
+        "logs:PutLogEvents",
+    ):
+        assert action in policy
+    assert '"Action": "*"' not in policy
+
+
+def _rules(template: dict[str, Any]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::EC2::SecurityGroup":
+            rules.extend(props.get("SecurityGroupIngress", []))
+        elif resource["Type"] == "AWS::EC2::SecurityGroupIngress":
+            rules.append(props)
+    return rules
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_security_group_rules(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Service")
+    # Internet -> ALB on 80 only.
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroup",
+        {
+            "GroupDescription": Match.string_like_regexp("Humansa ALB"),
+            "SecurityGroupIngress": [
+                Match.object_like({"CidrIp": "0.0.0.0/0", "FromPort": 80, "ToPort": 80})
+            ],
+        },
+    )
+    # ALB -> instances on 5001 only.
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroupIngress",
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 5001,
+            "ToPort": 5001,
+            "GroupId": {"Fn::GetAtt": [Match.string_like_regexp("FleetSecurityGroup"), "GroupId"]},
+            "SourceSecurityGroupId": {
+                "Fn::GetAtt": [Match.string_like_regexp("LoadBalancerSecurityGroup"), "GroupId"]
+            },
+        },
+    )
+    # Instances -> database on 5432 only.
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroupIngress",
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 5432,
+            "ToPort": 5432,
+            "GroupId": {"Fn::ImportValue": Match.string_like_regexp("DatabaseSecurityGroup")},
+            "SourceSecurityGroupId": {
+                "Fn::GetAtt": [Match.string_like_regexp("FleetSecurityGroup"), "GroupId"]
+            },
+        },
+    )
+    rules = _rules(synth.template_json(env, "Service"))
+    assert sorted((r["FromPort"], r["ToPort"]) for r in rules) == [
+        (80, 80),
+        (5001, 5001),
+        (5432, 5432),
+    ]
+
+
+def test_nothing_open_on_port_22(synth: Synth) -> None:
+    for path in synth.template_files():
+        for rule in _rules(json.loads(path.read_text())):
+            if rule.get("IpProtocol") == "-1":
+                assert "CidrIp" in rule and rule["CidrIp"] != "0.0.0.0/0", path.name
+                continue
+            assert not rule["FromPort"] <= 22 <= rule["ToPort"], (path.name, rule)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_log_groups(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Service")
+    policy = "Retain" if env == "production" else "Delete"
+    for name, days in ((f"/aws/ec2/humansa-ml/{env}", 30), (f"/aws/ec2/humansa-ml/{env}/setup", 7)):
+        template.has_resource(
+            "AWS::Logs::LogGroup",
+            {
+                "DeletionPolicy": policy,
+                "Properties": {"LogGroupName": name, "RetentionInDays": days},
+            },
+        )
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_service_parameters(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Service")
+    values: dict[str, Any] = {
+        "alb_dns_name": {"Fn::GetAtt": [Match.any_value(), "DNSName"]},
+        "asg_name": {"Ref": Match.string_like_regexp("FleetGroupASG")},
+        "ml_tg_arn": {"Ref": Match.string_like_regexp("LoadBalancerTargetGroup")},
+        "vpc_id": {"Fn::ImportValue": Match.string_like_regexp("Vpc")},
+        "ml_server_image_tag": "latest",
+    }
+    for name, value in values.items():
+        template.has_resource_properties(
+            "AWS::SSM::Parameter",
+            {"Name": f"/humansa/{env}/{name}", "Type": "String", "Value": value},
+        )
+    template.resource_count_is("AWS::SSM::Parameter", len(values))
+
+
+def test_user_data_boots_the_asset_image(synth: Synth) -> None:
+    template = synth.template_json("dev", "Service")
+    (launch_template,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
+    ]
+    user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    assert "cdk-hnb659fds-container-assets-992382528744-ap-east-1" in user_data
+    assert "docker pull" in user_data
+    assert "PARAMETER_PATH=/humansa/dev/" in user_data
+    assert "retry fetch_secret DB_PASSWORD" in user_data
+
+
+def test_image_asset_matches_architecture(synth: Synth) -> None:
+    assets = json.loads((synth.outdir / "Humansa-Dev-Service.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    assert image["source"]["platform"] == "linux/arm64"
+    assert image["source"]["directory"].startswith("asset.")
+    copied = synth.outdir / image["source"]["directory"]
+    assert (copied / "Dockerfile").exists()
+    assert not list(copied.rglob("__pycache__")) and not (copied / "tests").exists()
+
+
+def test_image_tag_context_overrides_config(tmp_path: Any) -> None:
+    app = App(
+        outdir=str(tmp_path),
+        context={**cdk_context(), "env": "dev", "image_tag": "release-1.2.3"},
+    )
+    (dev,) = build_app(app)
+    Template.from_stack(dev.service).has_resource_properties(
+        "AWS::SSM::Parameter",
+        {"Name": "/humansa/dev/ml_server_image_tag", "Value": "release-1.2.3"},
+    )
