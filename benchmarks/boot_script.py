@@ -12,11 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).parent.parent), str(Path(__file__).parent.parent / "tests")]
+sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import boot_harness as h  # noqa: E402
-
-from components.boot import ENVIRONMENTS, render_user_data  # noqa: E402
+from components.boot import ENVIRONMENTS, render_user_data
+from tests import boot_harness as h
 
 
 def main() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
-from ops_checks import check_trail
-from ops_fixture import AUDIT, ops_app
 from pydantic import ValidationError
 
 from components.audit import AuditTrail
 from config.monitoring import AuditConfig
+from tests.ops_checks import check_trail
+from tests.ops_fixture import AUDIT, ops_app
 
 
 def test_trail_from_fixture_config() -> None:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boot_harness as h
 import pytest
 
 from components.boot import (
@@ -25,6 +24,7 @@ from components.boot import (
     render_file,
     render_user_data,
 )
+from tests import boot_harness as h
 
 SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
 REPO = Path(__file__).parent.parent

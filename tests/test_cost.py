@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from scripts import cost
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cost"
 SCRIPT = ROOT / "scripts" / "cost.py"
-from scripts import cost
 
 H = 730  # hours per month in the table
 

@@ -12,18 +12,18 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk.assertions import Template
-from ops_checks import (
+from pydantic import ValidationError
+
+from components.monitoring import ServiceMonitoring
+from config.monitoring import AlarmThresholds, MonitoringConfig
+from tests.ops_checks import (
     alarm_topic,
     check_alarm,
     check_dashboard,
     dashboard_text,
     expected_alarms,
 )
-from ops_fixture import AGENT_NAMESPACE, ENVIRONMENT, MONITORING, ops_app
-from pydantic import ValidationError
-
-from components.monitoring import ServiceMonitoring
-from config.monitoring import AlarmThresholds, MonitoringConfig
+from tests.ops_fixture import AGENT_NAMESPACE, ENVIRONMENT, MONITORING, ops_app
 
 TITLE = ENVIRONMENT.capitalize()
 

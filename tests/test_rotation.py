@@ -13,12 +13,12 @@ from aws_cdk import App, SecretValue, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_rds as rds
 from moto.server import ThreadedMotoServer
-from ops_checks import check_rotation
-from ops_fixture import ROTATION, ops_app
 from pydantic import ValidationError
 
 from components.rotation import DatabaseSecretRotation
 from config.monitoring import RotationConfig
+from tests.ops_checks import check_rotation
+from tests.ops_fixture import ROTATION, ops_app
 
 
 def test_rotation_schedule() -> None:

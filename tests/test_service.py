@@ -235,8 +235,8 @@ def test_user_data_boots_the_asset_image(synth: Synth) -> None:
     user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
     assert "cdk-hnb659fds-container-assets-992382528744-ap-east-1" in user_data
     assert "docker pull" in user_data
-    assert "PARAMETER_PATH=/humansa/dev/" in user_data
-    assert "retry fetch_secret DB_PASSWORD" in user_data
+    assert "PARAM_PATH='/humansa/dev/'" in user_data
+    assert "fetch DB_PASSWORD " in user_data
 
 
 def test_image_asset_matches_architecture(synth: Synth) -> None:
