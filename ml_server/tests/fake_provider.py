@@ -1,11 +1,17 @@
-"""A fake LLM provider on 127.0.0.1 speaking OpenAI (chat, embeddings, models) and Anthropic Messages.
+"""A fake LLM provider on 127.0.0.1: OpenAI (chat, embeddings, models) and Anthropic Messages.
 
-Behaviour is chosen per request through the model name (any provider prefix), e.g.
-``gpt-slow-300``: answer after 300 ms; ``x-status-503``: that HTTP status with the provider's error
-body; ``x-ratelimit-7``: 429 with ``Retry-After: 7``; ``x-hang``: never answer; ``x-firstdelay-800``:
-stream headers at once, first event after 800 ms; ``x-tools``: answer with a tool call. An API key
-containing ``rejected`` gets 401. Every request is recorded (method, path, query, headers, JSON body):
-``GET /_requests`` returns them, ``DELETE /_requests`` clears them; in-process, use ``.requests``.
+Behaviour is chosen per request through the model name (any provider prefix):
+
+- ``gpt-slow-300``: answer after 300 ms;
+- ``x-status-503``: that HTTP status with the provider's error body;
+- ``x-ratelimit-7``: 429 with ``Retry-After: 7``;
+- ``x-hang``: never answer;
+- ``x-firstdelay-800``: stream headers at once, first event after 800 ms;
+- ``x-tools``: answer with a tool call.
+
+An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
+headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
+in-process, use ``.requests``.
 
 Run standalone: ``python -m ml_server.tests.fake_provider --port 8099``.
 """
@@ -79,8 +85,9 @@ class FakeProvider:
 
     def last(self, path_suffix: str) -> dict[str, Any]:
         for r in reversed(self.requests):
-            if r["path"].endswith(path_suffix):
-                return r
+            if str(r["path"]).endswith(path_suffix):
+                found: dict[str, Any] = r
+                return found
         raise AssertionError(f"fake provider got no request ending in {path_suffix}")
 
     # --- server -------------------------------------------------------------------------------
@@ -98,7 +105,8 @@ class FakeProvider:
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            sockets = getattr(server, "sockets", [])
+            self.port = int(sockets[0].getsockname()[1])
 
     async def stop_async(self) -> None:
         if self._runner is not None:
@@ -177,13 +185,15 @@ class FakeProvider:
         return self._error(anthropic, 404, f"unknown path {path}")
 
     def _check_auth(self, request: web.Request, anthropic: bool) -> web.Response | None:
+        bearer = request.headers.get("Authorization", "")
+        bearer = bearer[7:] if bearer.startswith("Bearer ") else ""
         if anthropic:
-            key = request.headers.get("x-api-key", "")
+            # x-api-key is the documented form; recent official SDKs send a Bearer token instead.
+            key = request.headers.get("x-api-key", "") or bearer
             if not key or not request.headers.get("anthropic-version"):
                 return self._error(True, 401, "x-api-key and anthropic-version are required")
         else:
-            bearer = request.headers.get("Authorization", "")
-            key = bearer[7:] if bearer.startswith("Bearer ") else request.headers.get("api-key", "")
+            key = bearer or request.headers.get("api-key", "")
             if not key:
                 return self._error(False, 401, "missing credentials")
         if "rejected" in key:
@@ -339,7 +349,7 @@ class FakeProvider:
             payload = orjson.dumps({"type": name, **data})
             await resp.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
 
-        start_msg = {
+        start_msg: dict[str, Any] = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
@@ -372,7 +382,10 @@ class FakeProvider:
                 for part in (args[:4], args[4:]):
                     await event(
                         "content_block_delta",
-                        {"index": index, "delta": {"type": "input_json_delta", "partial_json": part}},
+                        {
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": part},
+                        },
                     )
             await event("content_block_stop", {"index": index})
         await event(

@@ -30,8 +30,9 @@ def find_bindir() -> Path:
     if shutil.which("initdb"):
         return Path(shutil.which("initdb") or "").parent
     raise RuntimeError(
-        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin, pg_config, PATH). "
-        "Install them: apt-get install postgresql (the ml_server tests need a real PostgreSQL)"
+        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin, pg_config, "
+        "PATH). Install them: apt-get install postgresql "
+        "(the ml_server tests need a real PostgreSQL)"
     )
 
 
@@ -52,7 +53,7 @@ class TempPostgres:
     def __init__(
         self,
         user: str = "humansa",
-        password: str = "pg-test-password-not-real",
+        password: str = "pg-test-password-not-real",  # noqa: S107 - throwaway cluster
         database: str = "humansa_test",
     ) -> None:
         self.user = user

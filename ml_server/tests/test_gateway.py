@@ -1,4 +1,4 @@
-"""The server as a real process, the official openai SDK as its client, the fake provider upstream."""
+"""The server as a real process, the official openai SDK as client, the fake provider upstream."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 # (model prefix, path the provider must receive, auth header name, expected header value)
 OPENAI_COMPATIBLE = [
-    ("openai", "/openai/v1/chat/completions", "authorization", "Bearer " + FAKE_KEYS["OPENAI_API_KEY"]),
+    ("openai", "/openai/v1/chat/completions", "authorization",
+     "Bearer " + FAKE_KEYS["OPENAI_API_KEY"]),
     ("deepseek", "/deepseek/v1/chat/completions", "authorization",
      "Bearer " + FAKE_KEYS["DEEPSEEK_API_KEY"]),
     ("xai", "/xai/v1/chat/completions", "authorization", "Bearer " + FAKE_KEYS["XAI_API_KEY"]),
@@ -258,9 +259,14 @@ def test_bad_json_400_schema_422_and_server_keeps_serving(
         headers=headers,
     )
     assert r.status_code == 422 and r.json()["error"]["param"] == "messages[0].role"
-    assert client.chat.completions.create(
-        model="openai/gpt-4o", messages=[{"role": "user", "content": "still here"}]
-    ).choices[0].message.content == "echo: still here"
+    assert (
+        client.chat.completions.create(
+            model="openai/gpt-4o", messages=[{"role": "user", "content": "still here"}]
+        )
+        .choices[0]
+        .message.content
+        == "echo: still here"
+    )
 
 
 def test_body_over_limit_is_413_and_server_keeps_serving(
@@ -349,9 +355,13 @@ def test_request_id_is_honoured_and_logged(server: ServerProcess, api_key: str) 
 def test_metrics_exposes_requests_latency_provider_errors_tokens(
     server: ServerProcess, client: openai.OpenAI
 ) -> None:
-    client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "m"}])
+    client.chat.completions.create(
+        model="openai/gpt-4o", messages=[{"role": "user", "content": "m"}]
+    )
     text = http.get(server.url + "/metrics").text
-    assert 'mlserver_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    assert (
+        'mlserver_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    )
     assert "mlserver_request_duration_seconds_bucket" in text
     assert 'mlserver_provider_errors_total{kind="http_5xx",provider="openai"}' in text
     assert 'mlserver_tokens_total{kind="completion",provider="openai"}' in text

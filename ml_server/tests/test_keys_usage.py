@@ -12,8 +12,8 @@ import asyncpg
 import openai
 import pytest
 
-from ml_server.tests.conftest import TEST_SETTINGS
 from ml_server.tests import http
+from ml_server.tests.conftest import TEST_SETTINGS
 from ml_server.tests.fake_provider import FakeProvider
 from ml_server.tests.pg import TempPostgres
 from ml_server.tests.server_proc import ServerProcess, provider_env
