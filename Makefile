@@ -47,5 +47,8 @@ pytest: install
 
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
+serve: install ## Run the ML server on 127.0.0.1:5001 (SQLite in .humansa/, fake/echo without keys)
+	ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m ml_server serve --local
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

@@ -13,12 +13,18 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """For a SQLite file URL, create the file's folder (e.g. ``.humansa/``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
     """Create the engine; for SQLite, create the folder of the file first."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_dir(url)
         return create_async_engine(url)
     return create_async_engine(
         url,

@@ -8,11 +8,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from ml_server.db.engine import ensure_sqlite_dir
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def upgrade_to_head(url: str) -> None:
     """Run every pending migration (blocking; starts its own event loop)."""
+    ensure_sqlite_dir(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["url"] = url
