@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert
@@ -110,7 +110,7 @@ class UsageRecorder:
 
     async def _write(self, rows: list[UsageRow]) -> None:
         async with self._sessions() as session:
-            await session.execute(insert(UsageRecord), [asdict(r) for r in rows])
+            await session.execute(insert(UsageRecord), [vars(r) for r in rows])
             await session.commit()
 
     async def _run(self) -> None:

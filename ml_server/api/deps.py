@@ -15,7 +15,8 @@ from ml_server.state import AppState
 log = logging.getLogger(__name__)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs sync dependencies on a thread pool (~0.1 ms each).
     state: AppState = request.app.state.ml
     return state
 
