@@ -173,6 +173,17 @@ def to_anthropic(model: str, body: dict[str, Any], default_max_tokens: int) -> d
     return out
 
 
+def _translate_request(model: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    try:
+        return to_anthropic(model, body, default_max_tokens)
+    except ProviderError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _bad(
+            f"the request cannot be translated for Anthropic: {type(exc).__name__} {exc}"
+        ) from exc
+
+
 def _usage(u: Any) -> Usage:
     if not isinstance(u, dict):
         return Usage()
@@ -271,7 +282,7 @@ class AnthropicProvider(Provider):
         return self._session
 
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
-        payload = to_anthropic(model, body, self._max_tokens)
+        payload = _translate_request(model, body, self._max_tokens)
         with transport_errors(self.name):
             async with self.session.post(self._url, data=orjson.dumps(payload)) as resp:
                 raw = await resp.read()
@@ -289,7 +300,7 @@ class AnthropicProvider(Provider):
         return ChatResult(orjson.dumps(out), usage)
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
-        payload = to_anthropic(model, body, self._max_tokens)
+        payload = _translate_request(model, body, self._max_tokens)
         payload["stream"] = True
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))

@@ -122,6 +122,10 @@ class FakeProvider:
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self.stop_async())
+            pending = asyncio.all_tasks(loop)  # e.g. handlers still "hanging"
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-provider", daemon=True)

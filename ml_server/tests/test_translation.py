@@ -67,6 +67,15 @@ def test_unsupported_content_is_a_400() -> None:
     assert err.value.status == 400
 
 
+def test_malformed_tools_are_a_400_not_a_500() -> None:
+    from ml_server.providers.anthropic import _translate_request
+
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
+    with pytest.raises(ApiError) as err:
+        _translate_request("m", body, 10)
+    assert err.value.status == 400 and "Anthropic" in err.value.message
+
+
 @pytest.mark.parametrize(
     ("reason", "finish"),
     [("end_turn", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"),
