@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 import urllib.request
+import uuid
 
+import asyncpg
 import openai
 import pytest
 
@@ -365,3 +369,42 @@ def test_metrics_exposes_requests_latency_provider_errors_tokens(
     assert "mlserver_request_duration_seconds_bucket" in text
     assert 'mlserver_provider_errors_total{kind="http_5xx",provider="openai"}' in text
     assert 'mlserver_tokens_total{kind="completion",provider="openai"}' in text
+
+
+def test_stream_that_times_out_after_commit_ends_with_an_error_event(
+    client: openai.OpenAI,
+) -> None:
+    """Past the keep-alive interval the status is already 200: the failure comes as an SSE error."""
+    stream = client.chat.completions.create(
+        model="openai/gpt-hang", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as err:
+        list(stream)
+    assert "did not answer in time" in err.value.message
+
+
+async def test_client_disconnect_mid_stream_is_accounted(
+    server: ServerProcess, api_key: str, db: asyncpg.Connection
+) -> None:
+    rid = "t-disconnect-" + uuid.uuid4().hex[:8]
+    body = (
+        b'{"model": "openai/gpt-firstdelay-3000", "stream": true, '
+        b'"messages": [{"role": "user", "content": "bye"}]}'
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {api_key}\r\nX-Request-ID: {rid}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert s.recv(100).startswith(b"HTTP/1.1 200")  # committed, keep-alives flowing
+    # The row says the client went away (499), and the server keeps serving.
+    end = time.monotonic() + 15
+    status = None
+    while time.monotonic() < end and status is None:
+        status = await db.fetchval("SELECT status_code FROM usage WHERE request_id = $1", rid)
+        await asyncio.sleep(0.1)
+    assert status == 499
+    assert http.get(server.url + "/health").status_code == 200
+    assert "Traceback" not in server.log()
