@@ -65,5 +65,8 @@ cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-eas
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
 
+serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .humansa/, fake/echo without keys)
+	ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m ml_server serve --local
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

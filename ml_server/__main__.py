@@ -1,0 +1,149 @@
+"""Command line:
+``python -m ml_server serve | migrate | keys create --name N | keys list | keys revoke ID``.
+
+Run ``python -m ml_server --help`` for details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ml_server.config import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+
+async def _with_sessions(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
+    from ml_server.db.engine import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            return await fn(session)
+    finally:
+        await engine.dispose()
+
+
+def _migrate(settings: Settings) -> None:
+    from ml_server.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.sqlalchemy_url)
+
+
+def cmd_keys_create(settings: Settings, name: str) -> str:
+    from ml_server.db.keys import create_key
+
+    _migrate(settings)
+    row, key = asyncio.run(_with_sessions(settings, lambda s: create_key(s, name)))
+    print(f"Created API key {row.id} ({name}). It is shown only once:", file=sys.stderr)
+    print(key)
+    return key
+
+
+def cmd_keys_list(settings: Settings) -> None:
+    from ml_server.db.keys import list_keys
+
+    _migrate(settings)
+    rows = asyncio.run(_with_sessions(settings, list_keys))
+    print(f"{'ID':>4}  {'PREFIX':<12} {'CREATED':<20} {'STATUS':<8} NAME")
+    for r in rows:
+        status = "revoked" if r.revoked_at else "active"
+        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
+        print(f"{r.id:>4}  {r.prefix + '…':<12} {created:<20} {status:<8} {r.name}")
+
+
+def cmd_keys_revoke(settings: Settings, key_id: int) -> int:
+    from ml_server.db.keys import revoke_key
+
+    _migrate(settings)
+    done = asyncio.run(_with_sessions(settings, lambda s: revoke_key(s, key_id)))
+    if not done:
+        print(f"keys revoke: no active key with id {key_id}", file=sys.stderr)
+        return 1
+    print(f"Revoked key {key_id} (servers stop accepting it within KEY_CACHE_SECONDS)")
+    return 0
+
+
+def cmd_serve(settings: Settings, *, local: bool) -> None:
+    import uvicorn
+
+    from ml_server.app import create_app
+    from ml_server.logging import configure_logging
+
+    host = settings.ml_server_host
+    if local:
+        host = "127.0.0.1"
+        _migrate(settings)
+        key = cmd_keys_create(settings, "make-serve")
+        model = "fake/echo" if settings.fake_provider_enabled else "openai/gpt-4o-mini"
+        base = f"http://{host}:{settings.ml_server_port}"
+        print(
+            f"\nHumansa ML Server on {base} (database: {settings.sqlalchemy_url.split('://')[0]})\n"
+            f"Try it:\n\n"
+            f"curl -s {base}/v1/chat/completions \\\n"
+            f"  -H 'Authorization: Bearer {key}' \\\n"
+            f"  -H 'Content-Type: application/json' \\\n"
+            f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", '
+            f'"content": "Hello"}}]}}\'\n\n'
+            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n',
+            flush=True,
+        )
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=settings.ml_server_port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument(
+        "--local",
+        action="store_true",
+        help="bind 127.0.0.1, create an API key and print a ready-to-paste curl (make serve)",
+    )
+    sub.add_parser("migrate", help="apply database migrations")
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", type=int)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"ml_server: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "serve":
+        cmd_serve(settings, local=args.local)
+    elif args.command == "migrate":
+        _migrate(settings)
+        print("migrations applied")
+    elif args.keys_command == "create":
+        cmd_keys_create(settings, args.name)
+    elif args.keys_command == "list":
+        cmd_keys_list(settings)
+    elif args.keys_command == "revoke":
+        return cmd_keys_revoke(settings, args.id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""POST /v1/chat/completions, plain and streamed (SSE with keep-alive comments)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from ml_server.api.accounting import account
+from ml_server.api.deps import BodyDep, KeyDep, StateDep
+from ml_server.errors import ApiError, invalid_request
+from ml_server.providers.base import ChatStream, ProviderError, Usage
+from ml_server.router import Route
+from ml_server.state import AppState
+
+router = APIRouter(prefix="/v1", tags=["chat"])
+
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _validate(body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("'model' is required and must be a string", status=422, param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request(
+            "'messages' is required and must be a non-empty array", status=422, param="messages"
+        )
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise invalid_request(
+                f"messages[{i}] must be an object whose 'role' is one of {sorted(ROLES)}",
+                status=422,
+                param=f"messages[{i}].role",
+            )
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise invalid_request("'stream' must be a boolean", status=422, param="stream")
+
+
+def _error_event(exc: ApiError) -> bytes:
+    return (
+        b"data: "
+        + orjson.dumps({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
+        + b"\n\n"
+    )
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    request: Request, state: StateDep, _key: KeyDep, body: BodyDep
+) -> Response:
+    _validate(body)
+    route = state.router.resolve(body["model"])
+    started = time.perf_counter()
+    if not body.get("stream"):
+        try:
+            result = await state.router.chat(route, body)
+        except ProviderError as exc:
+            account(
+                state,
+                request,
+                route,
+                endpoint="chat",
+                stream=False,
+                status=exc.status,
+                usage=Usage(),
+                started=started,
+            )
+            raise
+        account(
+            state,
+            request,
+            route,
+            endpoint="chat",
+            stream=False,
+            status=200,
+            usage=result.usage,
+            started=started,
+        )
+        return Response(result.body, media_type="application/json")
+
+    # Wait briefly for the provider's answer so an early refusal (429, 400, ...) keeps its status;
+    # past the keep-alive interval commit to 200 and keep the connection alive with SSE comments.
+    opening = asyncio.ensure_future(state.router.chat_stream(route, body))
+    keepalive = state.settings.stream_keepalive_seconds
+    await asyncio.wait({opening}, timeout=keepalive)
+    failure = opening.exception() if opening.done() else None
+    if failure is not None:
+        if isinstance(failure, ProviderError):
+            account(
+                state,
+                request,
+                route,
+                endpoint="chat",
+                stream=True,
+                status=failure.status,
+                usage=Usage(),
+                started=started,
+            )
+        raise failure
+    return StreamingResponse(
+        _relay(state, request, route, opening, keepalive, started),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+async def _relay(
+    state: AppState,
+    request: Request,
+    route: Route,
+    opening: asyncio.Future[ChatStream],
+    keepalive: float,
+    started: float,
+) -> AsyncIterator[bytes]:
+    status = 200
+    upstream: ChatStream | None = None
+    try:
+        while not opening.done():
+            done, _ = await asyncio.wait({opening}, timeout=keepalive)
+            if not done:
+                yield KEEPALIVE
+        try:
+            upstream = opening.result()
+        except ApiError as exc:
+            status = exc.status
+            yield _error_event(exc)
+            yield DONE
+            return
+        events = upstream.events().__aiter__()
+        try:
+            # Before the first event: keep-alive comments while the provider thinks.
+            first: asyncio.Future[bytes] = asyncio.ensure_future(events.__anext__())
+            try:
+                while True:
+                    ready, _ = await asyncio.wait({first}, timeout=keepalive)
+                    if ready:
+                        break
+                    yield KEEPALIVE
+                yield first.result()
+            finally:
+                if not first.done():
+                    first.cancel()
+            async for event in events:
+                yield event
+        except StopAsyncIteration:
+            pass
+        except ApiError as exc:
+            status = exc.status
+            yield _error_event(exc)
+        yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499  # the client went away
+        raise
+    finally:
+        if not opening.done():
+            opening.cancel()
+        if upstream is not None:
+            await upstream.aclose()
+        account(
+            state,
+            request,
+            route,
+            endpoint="chat",
+            stream=True,
+            status=status,
+            usage=upstream.usage if upstream is not None else Usage(),
+            started=started,
+        )

@@ -1,0 +1,161 @@
+"""The FastAPI application: create_app() and its lifespan (engine, providers, usage writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ml_server import __version__
+from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import metrics as metrics_route
+from ml_server.config import Settings, load_settings
+from ml_server.db.engine import make_engine, make_sessionmaker
+from ml_server.db.keys import KeyVerifier
+from ml_server.db.migrate import upgrade_to_head_async
+from ml_server.errors import ApiError, error_body, error_response
+from ml_server.metrics import Metrics
+from ml_server.middleware import RequestMiddleware
+from ml_server.router import Router, build_providers
+from ml_server.state import AppState
+from ml_server.usage import UsageRecorder
+
+log = logging.getLogger("ml_server")
+
+
+async def _migrate_until_done(state: AppState) -> None:
+    """Apply migrations, retrying while the database is unreachable (/ready says why)."""
+    delay = 1.0
+    while True:
+        try:
+            await upgrade_to_head_async(state.settings.sqlalchemy_url)
+        except Exception as exc:
+            state.migration_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            log.warning(
+                "migrations failed; retrying",
+                extra={"fields": {"error": state.migration_error, "retry_in_s": delay}},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        state.migrated = True
+        state.migration_error = None
+        log.info("database migrations applied")
+        return
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Heavy clients are created in the lifespan, inside the running loop."""
+    settings = settings or load_settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+        sessions = make_sessionmaker(engine)
+        router = Router(
+            build_providers(settings),
+            metrics,
+            aliases=settings.model_aliases,
+            extra_models=settings.extra_models,
+        )
+        usage = UsageRecorder(
+            sessions,
+            metrics,
+            queue_size=settings.usage_queue_size,
+            batch_size=settings.usage_batch_size,
+            flush_seconds=settings.usage_flush_seconds,
+            retry_max_seconds=settings.usage_retry_max_seconds,
+        )
+        state = AppState(
+            settings=settings,
+            metrics=metrics,
+            engine=engine,
+            sessions=sessions,
+            router=router,
+            usage=usage,
+            keys=KeyVerifier(sessions, settings.key_cache_seconds),
+        )
+        app.state.ml = state
+        await router.start()
+        usage.start()
+        migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
+        log.info(
+            "ml_server started",
+            extra={
+                "fields": {
+                    "version": __version__,
+                    "environment": settings.environment,
+                    "providers": sorted(router.providers),
+                    "database": engine.url.get_backend_name(),
+                }
+            },
+        )
+        try:
+            yield
+        finally:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await migration
+            await usage.stop()
+            await router.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Humansa ML Server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None if not settings.is_development else "/docs",
+        redoc_url=None,
+        openapi_url=None if not settings.is_development else "/openapi.json",
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return Response(
+            error_body(
+                f"{loc}: {first.get('msg', 'invalid')}",
+                "invalid_request_error",
+                "invalid_request",
+                loc or None,
+            ),
+            status_code=422,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return Response(
+            error_body(str(exc.detail), "invalid_request_error", code),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        rid = request.scope.get("state", {}).get("request_id", "")
+        log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})
+        return Response(
+            error_body(f"internal error (request id {rid})", "api_error", "internal_error"),
+            status_code=500,
+            media_type="application/json",
+        )
+
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    for module in (health, metrics_route, models, chat, embeddings):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,212 @@
+"""One settings class: environment variables, or files in the secrets folder the instances mount."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRETS_DIR = "/run/secrets/humansa"
+
+# Values that mean "nobody filled this in"; refused outside development.
+PLACEHOLDERS = frozenset(
+    {"", "changeme", "change-me", "changethis", "placeholder", "secret", "password", "xxx", "todo"}
+)
+_PLACEHOLDER_PREFIX_ONLY = frozenset({"sk-", "sk-...", "sk-xxx", "your-api-key", "<api-key>"})
+
+SECRET_FIELDS = (
+    "db_password",
+    "openai_api_key",
+    "anthropic_api_key",
+    "deepseek_api_key",
+    "google_api_key",
+    "xai_api_key",
+    "azure_inference_credential",
+    "webshare_proxy_password",
+    "mem0_api_key",
+)
+
+
+def _is_placeholder(value: str) -> bool:
+    v = value.strip().lower()
+    return v in PLACEHOLDERS or v in _PLACEHOLDER_PREFIX_ONLY or v.endswith("...")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Server settings.
+
+    Every field reads the upper-case environment variable of the same name (the seed's names), or a
+    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). Unknown variables are
+    ignored (the instance env file carries ALB_DNS_NAME and friends).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    environment: str = "development"
+    ml_server_port: int = Field(default=5001, ge=1, le=65535)
+    ml_server_host: str = "0.0.0.0"
+    aws_region: str | None = None
+    instance_id: str | None = None
+
+    # Database: DATABASE_URL wins; else DB_* builds a PostgreSQL URL; else SQLite under .humansa/.
+    database_url: str | None = None
+    db_host: str | None = None
+    db_port: int = Field(default=5432, ge=1, le=65535)
+    db_username: str | None = None
+    db_password: SecretStr | None = None
+    db_active_database: str = Field(
+        default="humansa", validation_alias=AliasChoices("DB_ACTIVE_DATABASE", "DB_NAME")
+    )
+    db_pool_size: int = Field(default=5, ge=1)
+    local_data_dir: str = ".humansa"
+
+    # Provider credentials.
+    openai_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    deepseek_api_key: SecretStr | None = None
+    google_api_key: SecretStr | None = None
+    xai_api_key: SecretStr | None = None
+    azure_inference_endpoint: str | None = None
+    azure_inference_credential: SecretStr | None = None
+    azure_inference_api_version: str = "2024-05-01-preview"
+    webshare_proxy_username: str | None = None
+    webshare_proxy_password: SecretStr | None = None
+    mem0_api_key: SecretStr | None = None
+
+    # Provider base URLs (tests and proxies point these elsewhere).
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com/v1"
+    anthropic_version: str = "2023-06-01"
+    anthropic_default_max_tokens: int = Field(default=4096, ge=1)
+    deepseek_base_url: str = "https://api.deepseek.com/v1"
+    xai_base_url: str = "https://api.x.ai/v1"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta/openai"
+
+    # Routing: {"alias": "provider/model"} and extra listed models ["provider/model", ...].
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+    extra_models: list[str] = Field(default_factory=list)
+    # None = on when no provider has a key and ENVIRONMENT=development.
+    enable_fake_provider: bool | None = None
+
+    # HTTP behaviour.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    provider_timeout_seconds: float = Field(default=600.0, gt=0)
+    provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    stream_keepalive_seconds: float = Field(default=5.0, gt=0)
+    key_cache_seconds: float = Field(default=30.0, ge=0)
+
+    # Usage accounting.
+    usage_queue_size: int = Field(default=10_000, ge=1)
+    usage_batch_size: int = Field(default=200, ge=1)
+    usage_flush_seconds: float = Field(default=1.0, gt=0)
+    usage_retry_max_seconds: float = Field(default=30.0, gt=0)
+
+    log_level: str = "INFO"
+    secrets_dir: str = DEFAULT_SECRETS_DIR
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment.lower() in {"development", "dev-local", "local", "test"}
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.is_development:
+            return self
+        if self.database_url is None:
+            if not self.db_host:
+                raise SettingsError(
+                    f"DB_HOST is required when ENVIRONMENT={self.environment} (or set DATABASE_URL)"
+                )
+            if self.db_password is None or _is_placeholder(self.db_password.get_secret_value()):
+                raise SettingsError(
+                    "DB_PASSWORD is missing or a placeholder value; "
+                    f"ENVIRONMENT={self.environment} requires a real password "
+                    "(environment variable or file in SECRETS_DIR)"
+                )
+        for name in SECRET_FIELDS:
+            value = getattr(self, name)
+            if value is not None and _is_placeholder(value.get_secret_value()):
+                raise SettingsError(
+                    f"{name.upper()} holds a placeholder value; set a real value or unset it "
+                    f"(ENVIRONMENT={self.environment})"
+                )
+        return self
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL the server uses."""
+        if self.database_url:
+            return self.database_url
+        if self.db_host:
+            from sqlalchemy.engine import URL
+
+            password = self.db_password.get_secret_value() if self.db_password else None
+            url = URL.create(
+                "postgresql+asyncpg",
+                username=self.db_username,
+                password=password,
+                host=self.db_host,
+                port=self.db_port,
+                database=self.db_active_database,
+            )
+            return url.render_as_string(hide_password=False)
+        path = Path(self.local_data_dir) / "ml_server.db"
+        return f"sqlite+aiosqlite:///{path}"
+
+    @property
+    def fake_provider_enabled(self) -> bool:
+        if self.enable_fake_provider is not None:
+            return self.enable_fake_provider
+        return self.is_development and not self.configured_provider_names()
+
+    def configured_provider_names(self) -> list[str]:
+        names = []
+        pairs: list[tuple[str, Any]] = [
+            ("openai", self.openai_api_key),
+            ("anthropic", self.anthropic_api_key),
+            ("deepseek", self.deepseek_api_key),
+            ("gemini", self.google_api_key),
+            ("xai", self.xai_api_key),
+        ]
+        for name, key in pairs:
+            if key is not None and key.get_secret_value():
+                names.append(name)
+        if self.azure_inference_endpoint and self.azure_inference_credential is not None:
+            names.append("azure")
+        return names
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, reading ``SECRETS_DIR`` only when that folder exists.
+
+    Raises:
+        SettingsError: one line naming the offending variable.
+    """
+    secrets_dir = overrides.pop("secrets_dir", None) or os.environ.get(
+        "SECRETS_DIR", DEFAULT_SECRETS_DIR
+    )
+    kwargs: dict[str, Any] = dict(overrides)
+    if Path(secrets_dir).is_dir():
+        kwargs["_secrets_dir"] = secrets_dir
+    try:
+        return Settings(secrets_dir=secrets_dir, **kwargs)
+    except SettingsError:
+        raise
+    except ValueError as exc:  # pydantic ValidationError, possibly wrapping SettingsError
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            first = errors()[0]
+            ctx_err = first.get("ctx", {}).get("error")
+            if isinstance(ctx_err, SettingsError):
+                raise SettingsError(str(ctx_err)) from None
+            loc = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+            raise SettingsError(f"{loc.upper()}: {first.get('msg')}") from None
+        raise

@@ -1,0 +1,86 @@
+"""API keys: generated once, stored as a SHA-256 hash (the key itself has 256 bits of entropy)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ml_server.db.models import ApiKey
+
+KEY_PREFIX = "hsk-"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    name: str
+
+
+async def create_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]:
+    key = generate_key()
+    row = ApiKey(name=name, key_hash=hash_key(key), prefix=key[:10])
+    session.add(row)
+    await session.commit()
+    return row, key
+
+
+async def list_keys(session: AsyncSession) -> list[ApiKey]:
+    return list((await session.scalars(select(ApiKey).order_by(ApiKey.id))).all())
+
+
+async def revoke_key(session: AsyncSession, key_id: int) -> bool:
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    await session.commit()
+    return bool(getattr(result, "rowcount", 0))
+
+
+class KeyVerifier:
+    """Looks keys up by hash with a short in-memory cache.
+
+    A cached answer is reused for ``ttl`` seconds (a revocation takes effect within ``ttl``); when
+    the database cannot be reached, a known-good key keeps working from the stale cache entry.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl: float) -> None:
+        self._sessions = sessions
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    async def verify(self, key: str) -> KeyInfo | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        try:
+            async with self._sessions() as session:
+                row = await session.scalar(
+                    select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+                )
+        except Exception:
+            if cached is not None and cached[1] is not None:
+                return cached[1]
+            raise
+        info = KeyInfo(row.id, row.name) if row is not None else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, info)
+        return info

@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per app (so tests can run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mlserver_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "mlserver_request_duration_seconds",
+            "HTTP request duration (to the last byte)",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_requests = Counter(
+            "mlserver_provider_requests_total",
+            "Calls to providers by outcome status",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "mlserver_provider_errors_total",
+            "Provider failures by kind (http_4xx, http_5xx, rate_limited, timeout, connection)",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "mlserver_provider_latency_seconds",
+            "Time to the provider's response headers",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "mlserver_tokens_total", "Tokens by provider and kind", ["provider", "kind"], registry=r
+        )
+        self.usage_queue_depth = Gauge(
+            "mlserver_usage_queue_depth", "Usage rows waiting to be written", registry=r
+        )
+        self.usage_rows_written = Counter(
+            "mlserver_usage_rows_written_total", "Usage rows written to the database", registry=r
+        )
+        self.usage_rows_dropped = Counter(
+            "mlserver_usage_rows_dropped_total",
+            "Usage rows dropped because the queue was full",
+            registry=r,
+        )
+        self.usage_write_errors = Counter(
+            "mlserver_usage_write_errors_total", "Failed batch writes (retried)", registry=r
+        )

@@ -1,0 +1,122 @@
+"""Pure ASGI middleware: request id, body-size limit, one JSON access-log line, request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and cheaply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ml_server.errors import error_body
+from ml_server.logging import ACCESS_LOGGER
+from ml_server.metrics import Metrics
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _valid_request_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and all(c.isalnum() or c in "-_.:" for c in value)
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        content_length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _valid_request_id(candidate):
+                    request_id = candidate
+            elif name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = None
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        rid_header = (b"x-request-id", request_id.encode())
+        status = 0
+        sent_start = False
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent_start
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                sent_start = True
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            if content_length is not None and content_length > self.max_body:
+                raise BodyTooLarge
+            await self.app(scope, limited_receive, send_wrapper)
+        except BodyTooLarge:
+            if sent_start:
+                raise
+            await self._too_large(send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status or 500)).inc()
+            self.metrics.request_latency.labels(route).observe(elapsed)
+            fields: dict[str, Any] = {
+                "request_id": request_id,
+                "method": method,
+                "path": scope["path"],
+                "status": status or 500,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client": (scope.get("client") or ("", 0))[0],
+            }
+            extra = scope["state"].get("log_fields")
+            if extra:
+                fields.update(extra)
+            access_log.info("request", extra={"fields": fields})
+
+    async def _too_large(self, send: Send) -> None:
+        body = error_body(
+            f"request body exceeds the limit of {self.max_body} bytes (MAX_BODY_BYTES)",
+            "invalid_request_error",
+            "request_too_large",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,26 @@
+"""What the lifespan creates and the routes reach through dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ml_server.config import Settings
+from ml_server.db.keys import KeyVerifier
+from ml_server.metrics import Metrics
+from ml_server.router import Router
+from ml_server.usage import UsageRecorder
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    router: Router
+    usage: UsageRecorder
+    keys: KeyVerifier
+    migrated: bool = False
+    migration_error: str | None = field(default=None)

@@ -1,0 +1,91 @@
+"""Session fixtures: a real PostgreSQL, the fake provider, the real server process, an API key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import openai
+import pytest
+
+from ml_server.tests.fake_provider import FakeProvider
+from ml_server.tests.pg import TempPostgres
+from ml_server.tests.server_proc import ServerProcess, provider_env
+
+# Small values so the behaviour shows quickly; production defaults are in config.py.
+TEST_SETTINGS = {
+    "ENVIRONMENT": "staging",  # production-like: placeholder checks are on
+    "USAGE_FLUSH_SECONDS": "0.1",
+    "USAGE_RETRY_MAX_SECONDS": "0.5",
+    "KEY_CACHE_SECONDS": "0",
+    "STREAM_KEEPALIVE_SECONDS": "0.3",
+    "PROVIDER_TIMEOUT_SECONDS": "2",
+    "MAX_BODY_BYTES": "65536",
+    "MODEL_ALIASES": '{"smart": "anthropic/claude-sonnet-4-5", "cheap": "openai/gpt-4o-mini"}',
+    "EXTRA_MODELS": '["azure/Phi-4"]',
+}
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[TempPostgres]:
+    cluster = TempPostgres().init()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    provider = FakeProvider().start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="session")
+def server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProcess]:
+    proc = ServerProcess({**TEST_SETTINGS, **pg.env(), **provider_env(fake.url)})
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key(server: ServerProcess) -> str:
+    result = server.cli("keys", "create", "--name", "pytest")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def client(server: ServerProcess, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+async def db(pg: TempPostgres) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def rejecting_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProcess]:
+    """A server whose provider credentials the fake provider rejects with 401."""
+    env = {
+        **TEST_SETTINGS,
+        **pg.env(),
+        **provider_env(fake.url),
+        "OPENAI_API_KEY": "sk-test-rejected-not-real",
+        "ANTHROPIC_API_KEY": "sk-test-rejected-not-real",
+    }
+    proc = ServerProcess(env)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()

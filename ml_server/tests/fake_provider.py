@@ -1,0 +1,422 @@
+"""A fake LLM provider on 127.0.0.1: OpenAI (chat, embeddings, models) and Anthropic Messages.
+
+Behaviour is chosen per request through the model name (any provider prefix):
+
+- ``gpt-slow-300``: answer after 300 ms;
+- ``x-status-503``: that HTTP status with the provider's error body;
+- ``x-ratelimit-7``: 429 with ``Retry-After: 7``;
+- ``x-hang``: never answer;
+- ``x-firstdelay-800``: stream headers at once, first event after 800 ms;
+- ``x-tools``: answer with a tool call.
+
+An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
+headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
+in-process, use ``.requests``.
+
+Run standalone: ``python -m ml_server.tests.fake_provider --port 8099``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import re
+import threading
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_NUM = re.compile(r"(slow|status|ratelimit|firstdelay)-(\d+)")
+
+
+def _directives(model: str) -> dict[str, int]:
+    found = {k: int(v) for k, v in _NUM.findall(model)}
+    for flag in ("hang", "tools"):
+        if re.search(rf"(^|[-/_]){flag}($|[-/_])", model):
+            found[flag] = 1
+    return found
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return _text(m.get("content"))
+    return ""
+
+
+def _words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+class FakeProvider:
+    """The fake provider server; ``start()`` runs it on a background thread with its own loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.requests: list[dict[str, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def clear(self) -> None:
+        self.requests.clear()
+
+    def last(self, path_suffix: str) -> dict[str, Any]:
+        for r in reversed(self.requests):
+            if str(r["path"]).endswith(path_suffix):
+                found: dict[str, Any] = r
+                return found
+        raise AssertionError(f"fake provider got no request ending in {path_suffix}")
+
+    # --- server -------------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/_requests", self._list)
+        app.router.add_delete("/_requests", self._clear)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    async def start_async(self) -> None:
+        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None:
+            sockets = getattr(server, "sockets", [])
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start(self) -> FakeProvider:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.start_async())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            pending = asyncio.all_tasks(loop)  # e.g. handlers still "hanging"
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-provider", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake provider did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _list(self, _: web.Request) -> web.Response:
+        return _json(self.requests)
+
+    async def _clear(self, _: web.Request) -> web.Response:
+        self.requests.clear()
+        return _json({"cleared": True})
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body,
+            }
+        )
+        path = request.path
+        anthropic = path.endswith("/messages")
+        model = str((body or {}).get("model", "")) if isinstance(body, dict) else ""
+        d = _directives(model)
+        auth_error = self._check_auth(request, anthropic)
+        if auth_error is not None:
+            return auth_error
+        if "hang" in d:
+            await asyncio.sleep(3600)
+        if "slow" in d:
+            await asyncio.sleep(d["slow"] / 1000)
+        if "ratelimit" in d:
+            return self._error(anthropic, 429, "rate limited", {"Retry-After": str(d["ratelimit"])})
+        if "status" in d:
+            return self._error(anthropic, d["status"], f"simulated HTTP {d['status']}")
+        if request.method == "GET" and path.endswith("/models"):
+            return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        if not isinstance(body, dict):
+            return self._error(anthropic, 400, "body must be a JSON object")
+        if anthropic:
+            return await self._anthropic(request, body, d)
+        if path.endswith("/chat/completions"):
+            return await self._openai_chat(request, body, d)
+        if path.endswith("/embeddings"):
+            return self._openai_embeddings(body)
+        return self._error(anthropic, 404, f"unknown path {path}")
+
+    def _check_auth(self, request: web.Request, anthropic: bool) -> web.Response | None:
+        bearer = request.headers.get("Authorization", "")
+        bearer = bearer[7:] if bearer.startswith("Bearer ") else ""
+        if anthropic:
+            # x-api-key is the documented form; recent official SDKs send a Bearer token instead.
+            key = request.headers.get("x-api-key", "") or bearer
+            if not key or not request.headers.get("anthropic-version"):
+                return self._error(True, 401, "x-api-key and anthropic-version are required")
+        else:
+            key = bearer or request.headers.get("api-key", "")
+            if not key:
+                return self._error(False, 401, "missing credentials")
+        if "rejected" in key:
+            return self._error(anthropic, 401, "invalid x-api-key" if anthropic else "bad key")
+        return None
+
+    @staticmethod
+    def _error(
+        anthropic: bool, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        if anthropic:
+            kind = {429: "rate_limit_error", 401: "authentication_error"}.get(status, "api_error")
+            data: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+        else:
+            data = {"error": {"message": message, "type": "fake_error", "code": str(status)}}
+        return _json(data, status, headers)
+
+    # --- OpenAI --------------------------------------------------------------------------------
+    async def _openai_chat(
+        self, request: web.Request, body: dict[str, Any], d: dict[str, int]
+    ) -> web.StreamResponse:
+        model = body.get("model", "")
+        text = "echo: " + _last_user_text(body.get("messages") or [])
+        prompt = sum(_words(_text(m.get("content"))) for m in body.get("messages") or [])
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": _words(text),
+            "total_tokens": prompt + _words(text),
+        }
+        created = int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            finish = "stop"
+            if "tools" in d:
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": '{"q": "x"}'},
+                        }
+                    ],
+                }
+                finish = "tool_calls"
+            return _json(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if "firstdelay" in d:
+            await asyncio.sleep(d["firstdelay"] / 1000)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data: dict[str, Any] = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if include_usage:
+                data["usage"] = None
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        await resp.write(chunk({"role": "assistant", "content": ""}))
+        for i, word in enumerate(text.split(" ")):
+            await resp.write(chunk({"content": word if i == 0 else " " + word}))
+        await resp.write(chunk({}, "stop"))
+        if include_usage:
+            final = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    @staticmethod
+    def _openai_embeddings(body: dict[str, Any]) -> web.Response:
+        inputs = body.get("input")
+        items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        dims = int(body.get("dimensions") or 4)
+        data = []
+        for i, item in enumerate(items):
+            digest = hashlib.sha256(str(item).encode()).digest()
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:dims]]}
+            )
+        tokens = sum(_words(str(x)) for x in items)
+        return _json(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    # --- Anthropic ------------------------------------------------------------------------------
+    async def _anthropic(
+        self, request: web.Request, body: dict[str, Any], d: dict[str, int]
+    ) -> web.StreamResponse:
+        if not isinstance(body.get("max_tokens"), int):
+            return self._error(True, 400, "max_tokens: Field required")
+        messages = body.get("messages") or []
+        for m in messages:
+            if m.get("role") not in ("user", "assistant"):
+                return self._error(True, 400, f"messages: unexpected role {m.get('role')!r}")
+        text = "echo: " + _last_user_text(messages)
+        input_tokens = sum(_words(_text(m.get("content"))) for m in messages)
+        model = body.get("model")
+        if "tools" in d:
+            content: list[dict[str, Any]] = [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}},
+            ]
+            stop = "tool_use"
+        else:
+            content = [{"type": "text", "text": text}]
+            stop = "end_turn"
+        if not body.get("stream"):
+            return _json(
+                {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": content,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": _words(text)},
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            payload = orjson.dumps({"type": name, **data})
+            await resp.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+
+        start_msg: dict[str, Any] = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }
+        await event("message_start", {"message": start_msg})
+        if "firstdelay" in d:
+            await asyncio.sleep(d["firstdelay"] / 1000)
+        await event("ping", {})
+        for index, block in enumerate(content):
+            if block["type"] == "text":
+                await event(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "text", "text": ""}},
+                )
+                for i, word in enumerate(block["text"].split(" ")):
+                    piece = word if i == 0 else " " + word
+                    await event(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "text_delta", "text": piece}},
+                    )
+            else:
+                start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+                await event("content_block_start", {"index": index, "content_block": start})
+                args = orjson.dumps(block["input"]).decode()
+                for part in (args[:4], args[4:]):
+                    await event(
+                        "content_block_delta",
+                        {
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": part},
+                        },
+                    )
+            await event("content_block_stop", {"index": index})
+        await event(
+            "message_delta",
+            {
+                "delta": {"stop_reason": stop, "stop_sequence": None},
+                "usage": {"output_tokens": _words(text)},
+            },
+        )
+        await event("message_stop", {})
+        await resp.write_eof()
+        return resp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI/Anthropic provider for tests")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8099)
+    args = parser.parse_args()
+    web.run_app(
+        FakeProvider(args.host, args.port).make_app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda *_: None,
+    )
+
+
+if __name__ == "__main__":
+    main()
