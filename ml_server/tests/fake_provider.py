@@ -124,6 +124,7 @@ class FakeProvider:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             loop.run_until_complete(self.start_async())
             ready.set()
