@@ -28,6 +28,8 @@ from ml_server.state import AppState
 from ml_server.usage import UsageRecorder
 
 log = logging.getLogger("ml_server")
+# After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
+USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
 
 
 async def _migrate_until_done(state: AppState) -> None:
@@ -115,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Requests cancelled at the end of the drain record their rows in their `finally`:
             # let them run before the queue is flushed.
             await asyncio.sleep(0.05)
-            await usage.stop()
+            await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import asyncpg
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from ml_server.tests import http
 from ml_server.tests.conftest import TEST_SETTINGS
@@ -54,7 +55,7 @@ PATHS = {
     "azure": "/azure/models/",
     "anthropic": "/anthropic/v1/",
 }
-MSG = [{"role": "user", "content": "hello there"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 
 
 def _env(pg: TempPostgres, fake: FakeProvider, **extra: str) -> dict[str, str]:
