@@ -129,9 +129,10 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     configure_logging(settings.log_level)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, wait up to DRAIN_SECONDS for
     # requests and streams, then the lifespan flushes usage) and afterwards re-raises the signal
-    # under the handler that was installed before it: make that one a no-op, so a drained server
-    # exits 0 instead of dying of the re-raised SIGTERM (143).
-    signal.signal(signal.SIGTERM, _already_drained)
+    # under the handler that was installed before it. With Python's default that re-raised
+    # SIGTERM kills the process (exit 143); this handler exits 0 instead, and also ends a start
+    # that is interrupted before uvicorn has installed its own.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -146,8 +147,9 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     )
 
 
-def _already_drained(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handling (before start, or re-raised after the drain)."""
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,6 +314,7 @@ class Router:
     async def close(self) -> None:
         for p in self.providers.values():
             await p.close()
+        self._metrics.registry.unregister(self.collector)
 
     def circuit_states(self) -> dict[str, str]:
         """Breaker state per provider, for ``/ready``'s details."""
@@ -460,7 +461,7 @@ class Router:
                 await asyncio.sleep(delay)
             if has_next:
                 self.counters.fallback(name)
-                if last is not None:
+                if last is not None and last.kind != "circuit_open":  # no log line per request
                     log.info(
                         "falling back to the next target",
                         extra={

@@ -6,6 +6,7 @@ real server process and a real PostgreSQL; the official openai SDK is the client
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -20,6 +21,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from ml_server.__main__ import _rpm as rpm_argument
 from ml_server.tests import http
 from ml_server.tests.conftest import TEST_SETTINGS
 from ml_server.tests.fake_provider import FakeProvider
@@ -296,7 +298,9 @@ async def test_mid_stream_failure_ends_with_error_event_and_done(
 # --- per-key rate limit ----------------------------------------------------------------------
 
 
-def test_rate_limit_answers_429_with_retry_after(rserver: ServerProcess) -> None:
+async def test_rate_limit_answers_429_with_retry_after(
+    rserver: ServerProcess, db: asyncpg.Connection
+) -> None:
     created = rserver.cli("keys", "create", "--name", "limited", "--rpm", "2")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -313,28 +317,25 @@ def test_rate_limit_answers_429_with_retry_after(rserver: ServerProcess) -> None
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert _metric(rserver, "mlserver_rate_limited_requests_total") == limited_before + 1
 
-    # `keys list` shows the limit; `keys set-rpm ID 0` lifts it (KEY_CACHE_SECONDS=0 here).
-    listing = rserver.cli("keys", "list").stdout
-    line = next(x for x in listing.splitlines() if x.endswith(" limited"))
-    key_id = line.split()[0]
-    assert " 2 " in line
-    assert rserver.cli("keys", "set-rpm", key_id, "0").returncode == 0
+    # `keys set-rpm ID 0` lifts it (KEY_CACHE_SECONDS=0 here).
+    key_id = await db.fetchval("SELECT id FROM api_keys WHERE rate_limit_rpm = 2 ORDER BY id DESC")
+    assert rserver.cli("keys", "set-rpm", str(key_id), "0").returncode == 0
     for _ in range(3):
         client.chat.completions.create(model="deepseek/m-ok", messages=MSG)
-    bad = rserver.cli("keys", "set-rpm", key_id, "-5")
-    assert bad.returncode != 0 and "RPM must be a whole number" in bad.stderr
+    with pytest.raises(argparse.ArgumentTypeError, match="RPM must be a whole number"):
+        rpm_argument("-5")
+    assert rpm_argument("default") is None
 
 
 # --- graceful shutdown -----------------------------------------------------------------------
 
 
 async def test_sigterm_lets_20_streams_finish_then_exits_0(
-    pg: TempPostgres, fake: FakeProvider, db: asyncpg.Connection
+    pg: TempPostgres, fake: FakeProvider, db: asyncpg.Connection, rkey: str
 ) -> None:
     proc = ServerProcess(_env(pg, fake, DRAIN_SECONDS="20")).start()
     try:
-        key = proc.cli("keys", "create", "--name", "drain").stdout.strip()
-        client = openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key=key, max_retries=0)
+        client = openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key=rkey, max_retries=0)
         words = " ".join(f"w{i}" for i in range(15))  # 16 chunks 100 ms apart: ~1.6 s
         started = [asyncio.Event() for _ in range(20)]
         ids = [f"t-drain-{i}-{_uid()}" for i in range(20)]
@@ -387,13 +388,12 @@ async def test_sigterm_lets_20_streams_finish_then_exits_0(
 
 
 async def test_drain_time_is_bounded_and_cut_streams_are_accounted(
-    pg: TempPostgres, fake: FakeProvider, db: asyncpg.Connection
+    pg: TempPostgres, fake: FakeProvider, db: asyncpg.Connection, rkey: str
 ) -> None:
     """DRAIN_SECONDS=1: a 6 s stream is cut after the drain, its row (499) still flushed, exit 0."""
     proc = ServerProcess(_env(pg, fake, DRAIN_SECONDS="1")).start()
     try:
-        key = proc.cli("keys", "create", "--name", "drain-cut").stdout.strip()
-        client = openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key=key, max_retries=0)
+        client = openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key=rkey, max_retries=0)
         rid = "t-cut-" + _uid()
         stream = await client.chat.completions.create(
             model="openai/gpt-chunkdelay-300",
