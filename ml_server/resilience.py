@@ -1,18 +1,20 @@
 """Resilience building blocks: circuit breakers, retry timing, per-key rate limits, their metrics.
 
-Everything here is in-memory and per process. Costs on the happy path are one attribute check per
-request (breaker closed, no rate limit) and nothing else; clocks are read only when a breaker is
-not closed or a limit applies.
+Everything here is in-memory and per process. On the happy path a request costs a breaker-state
+check, a dict insert/delete for the deadline watch and, only when a limit applies, a token-bucket
+update: no timer, no extra await.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import time
 from collections.abc import Iterable, Iterator
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -250,3 +252,53 @@ class ResilienceCollector(Collector):
         )
         limited.add_metric([], self._limiter.limited if self._limiter is not None else 0)
         yield limited
+
+
+class DeadlineWatch:
+    """Cancels requests that pass their deadline: one periodic task for all of them.
+
+    A timer per request (``asyncio.timeout``) costs about 12 µs on uvloop; registering in a dict
+    costs well under 1 µs. The price is precision: a deadline fires up to ``tick`` seconds late.
+
+    Args:
+        tick: seconds between checks.
+    """
+
+    def __init__(self, tick: float = 0.1) -> None:
+        self.tick = tick
+        self.inflight: dict[asyncio.Task[Any], float] = {}  # task -> monotonic deadline
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="deadline-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def claim(self, task: asyncio.Task[Any]) -> bool:
+        """Whether a CancelledError in ``task`` came from this watch (and absorb it if so)."""
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        self.inflight.pop(task, None)
+        self._expired.discard(task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            if not self.inflight:
+                continue
+            now = time.monotonic()
+            for task, deadline in list(self.inflight.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()

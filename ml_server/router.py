@@ -24,6 +24,7 @@ from ml_server.resilience import (
     CLOSED,
     STATE_NAMES,
     CircuitBreaker,
+    DeadlineWatch,
     ResilienceCollector,
     ResilienceCounters,
     backoff_delay,
@@ -274,6 +275,7 @@ class Router:
             for name in providers
         }
         self.counters = ResilienceCounters()
+        self._watch = DeadlineWatch(tick=min(0.1, self.policy.deadline / 10))
         self.collector = ResilienceCollector(self.breakers.values(), self.counters)
         metrics.registry.register(self.collector)
         self._aliases: dict[str, list[str]] = {}
@@ -310,8 +312,10 @@ class Router:
     async def start(self) -> None:
         for p in self.providers.values():
             await p.start()
+        self._watch.start()
 
     async def close(self) -> None:
+        await self._watch.stop()
         for p in self.providers.values():
             await p.close()
         self._metrics.registry.unregister(self.collector)
@@ -400,8 +404,25 @@ class Router:
         return _PrimedStream(stream, events, first, target.breaker)
 
     async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
+        deadline = time.monotonic() + self.policy.deadline
+        task = asyncio.current_task()
+        if task is None:  # not inside a task: no watch, deadlines checked between attempts only
+            return await self._attempts(route, op, body, deadline, None)
+        self._watch.inflight[task] = deadline
+        try:
+            return await self._attempts(route, op, body, deadline, task)
+        finally:
+            self._watch.forget(task)
+
+    async def _attempts(
+        self,
+        route: Route,
+        op: str,
+        body: dict[str, Any],
+        deadline: float,
+        task: asyncio.Task[Any] | None,
+    ) -> Any:
         policy = self.policy
-        deadline = time.monotonic() + policy.deadline
         last: ProviderError | None = None
         targets = route.targets
         for index, target in enumerate(targets):
@@ -416,16 +437,16 @@ class Router:
                     break
                 route.provider = target.provider
                 route.model = target.model
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if time.monotonic() >= deadline:
                     raise last or _deadline_error(route, policy.deadline)
                 started = time.perf_counter()
                 try:
-                    async with asyncio.timeout(remaining):
-                        result = await self._attempt(target, op, body)
+                    result = await self._attempt(target, op, body)
                 except ProviderError as exc:
                     error = exc
-                except TimeoutError:
+                except asyncio.CancelledError:
+                    if task is None or not self._watch.claim(task):
+                        raise  # the client went away, or shutdown
                     error = _deadline_error(route, policy.deadline)
                     self._observe(name, started, error)
                     breaker.failure()
@@ -458,7 +479,12 @@ class Router:
                     break
                 retries += 1
                 self.counters.retry(name)
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    if task is None or not self._watch.claim(task):
+                        raise
+                    raise last from None
             if has_next:
                 self.counters.fallback(name)
                 if last is not None and last.kind != "circuit_open":  # no log line per request
