@@ -52,12 +52,12 @@ def cmd_keys_list(settings: Settings) -> None:
 
     _migrate(settings)
     rows = asyncio.run(_with_sessions(settings, list_keys))
-    print(f"{'ID':>4}  {'PREFIX':<12} {'CREATED':<20} {'STATUS':<8} {'RPM':<8} NAME")
+    print(f"{'ID':>4}  {'PREFIX':<12} {'CREATED':<20} {'STATUS':<8} {'RPM':<9} NAME")
     for r in rows:
         status = "revoked" if r.revoked_at else "active"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
-        rpm = "default" if r.rate_limit_rpm is None else str(r.rate_limit_rpm or "none")
-        print(f"{r.id:>4}  {r.prefix + '…':<12} {created:<20} {status:<8} {rpm:<8} {r.name}")
+        rpm = "default" if r.rate_limit_rpm is None else str(r.rate_limit_rpm or "unlimited")
+        print(f"{r.id:>4}  {r.prefix + '…':<12} {created:<20} {status:<8} {rpm:<9} {r.name}")
 
 
 def cmd_keys_set_rpm(settings: Settings, key_id: int, rpm: int | None) -> int:
