@@ -10,7 +10,9 @@ from constructs import Construct
 from components.acks import acknowledge
 from config.model import ServiceConfig
 
-DEREGISTRATION_DELAY_SECONDS = 35  # the server drains for 30 s
+# In-flight requests on a deregistered target get this long. The server's own drain on SIGTERM
+# (DRAIN_SECONDS, 25 s) stays below it: the ALB cuts what is still open at 30 s anyway.
+DEREGISTRATION_DELAY_SECONDS = 30
 
 
 class LoadBalancer(Construct):

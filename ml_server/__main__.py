@@ -1,5 +1,6 @@
 """Command line:
-``python -m ml_server serve | migrate | keys create --name N | keys list | keys revoke ID``.
+``python -m ml_server serve | migrate | keys create --name N [--rpm N] | keys list |
+keys set-rpm ID N|default | keys revoke ID``.
 
 Run ``python -m ml_server --help`` for details.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import TypeVar
 
 from ml_server.config import Settings, SettingsError, load_settings
@@ -34,11 +37,11 @@ def _migrate(settings: Settings) -> None:
     upgrade_to_head(settings.sqlalchemy_url)
 
 
-def cmd_keys_create(settings: Settings, name: str) -> str:
+def cmd_keys_create(settings: Settings, name: str, rpm: int | None = None) -> str:
     from ml_server.db.keys import create_key
 
     _migrate(settings)
-    row, key = asyncio.run(_with_sessions(settings, lambda s: create_key(s, name)))
+    row, key = asyncio.run(_with_sessions(settings, lambda s: create_key(s, name, rpm)))
     print(f"Created API key {row.id} ({name}). It is shown only once:", file=sys.stderr)
     print(key)
     return key
@@ -49,11 +52,42 @@ def cmd_keys_list(settings: Settings) -> None:
 
     _migrate(settings)
     rows = asyncio.run(_with_sessions(settings, list_keys))
-    print(f"{'ID':>4}  {'PREFIX':<12} {'CREATED':<20} {'STATUS':<8} NAME")
+    print(f"{'ID':>4}  {'PREFIX':<12} {'CREATED':<20} {'STATUS':<8} {'RPM':<9} NAME")
     for r in rows:
         status = "revoked" if r.revoked_at else "active"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
-        print(f"{r.id:>4}  {r.prefix + '…':<12} {created:<20} {status:<8} {r.name}")
+        rpm = "default" if r.rate_limit_rpm is None else str(r.rate_limit_rpm or "unlimited")
+        print(f"{r.id:>4}  {r.prefix + '…':<12} {created:<20} {status:<8} {rpm:<9} {r.name}")
+
+
+def cmd_keys_set_rpm(settings: Settings, key_id: int, rpm: int | None) -> int:
+    from ml_server.db.keys import set_key_rpm
+
+    _migrate(settings)
+    done = asyncio.run(_with_sessions(settings, lambda s: set_key_rpm(s, key_id, rpm)))
+    if not done:
+        print(f"keys set-rpm: no key with id {key_id}", file=sys.stderr)
+        return 1
+    what = "the server default (RATE_LIMIT_RPM)" if rpm is None else f"{rpm} requests/minute"
+    if rpm == 0:
+        what = "no limit"
+    print(f"Key {key_id}: {what} (servers apply it within KEY_CACHE_SECONDS)")
+    return 0
+
+
+def _rpm(value: str) -> int | None:
+    """``--rpm`` / ``set-rpm`` value: a whole number >= 0 (0 = no limit) or ``default``."""
+    if value.lower() == "default":
+        return None
+    try:
+        rpm = int(value)
+    except ValueError:
+        rpm = -1
+    if rpm < 0:
+        raise argparse.ArgumentTypeError(
+            f"RPM must be a whole number >= 0 (0 = no limit) or 'default', not {value!r}"
+        )
+    return rpm
 
 
 def cmd_keys_revoke(settings: Settings, key_id: int) -> int:
@@ -93,6 +127,12 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
             flush=True,
         )
     configure_logging(settings.log_level)
+    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, wait up to DRAIN_SECONDS for
+    # requests and streams, then the lifespan flushes usage) and afterwards re-raises the signal
+    # under the handler that was installed before it. With Python's default that re-raised
+    # SIGTERM kills the process (exit 143); this handler exits 0 instead, and also ends a start
+    # that is interrupted before uvicorn has installed its own.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -103,7 +143,13 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         access_log=False,
         proxy_headers=True,
         forwarded_allow_ips="*",
+        timeout_graceful_shutdown=settings.drain_seconds,
     )
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handling (before start, or re-raised after the drain)."""
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--name", required=True)
+    create.add_argument(
+        "--rpm",
+        type=_rpm,
+        default=None,
+        help="requests per minute for this key (0 = no limit; default: RATE_LIMIT_RPM)",
+    )
     keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    set_rpm = keys_sub.add_parser("set-rpm", help="set a key's requests-per-minute limit")
+    set_rpm.add_argument("id", type=int)
+    set_rpm.add_argument("rpm", type=_rpm, help="N >= 0 (0 = no limit) or 'default'")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=int)
     args = parser.parse_args(argv)
@@ -137,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         _migrate(settings)
         print("migrations applied")
     elif args.keys_command == "create":
-        cmd_keys_create(settings, args.name)
+        cmd_keys_create(settings, args.name, args.rpm)
     elif args.keys_command == "list":
         cmd_keys_list(settings)
+    elif args.keys_command == "set-rpm":
+        return cmd_keys_set_rpm(settings, args.id, args.rpm)
     elif args.keys_command == "revoke":
         return cmd_keys_revoke(settings, args.id)
     return 0

@@ -22,11 +22,14 @@ from ml_server.db.migrate import upgrade_to_head_async
 from ml_server.errors import ApiError, error_body, error_response
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
-from ml_server.router import Router, build_providers
+from ml_server.resilience import RateLimiter
+from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
 from ml_server.usage import UsageRecorder
 
 log = logging.getLogger("ml_server")
+# After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
+USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
 
 
 async def _migrate_until_done(state: AppState) -> None:
@@ -34,7 +37,7 @@ async def _migrate_until_done(state: AppState) -> None:
     delay = 1.0
     while True:
         try:
-            await upgrade_to_head_async(state.settings.sqlalchemy_url)
+            await upgrade_to_head_async(state.settings.current_sqlalchemy_url())
         except Exception as exc:
             state.migration_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             log.warning(
@@ -57,14 +60,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+        engine = make_engine(
+            settings.sqlalchemy_url,
+            pool_size=settings.db_pool_size,
+            password_file=settings.db_password_file,
+        )
         sessions = make_sessionmaker(engine)
         router = Router(
             build_providers(settings),
             metrics,
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,
+            policy=RoutingPolicy.from_settings(settings),
         )
+        limiter = RateLimiter(settings.rate_limit_rpm)
+        router.collector.set_limiter(limiter)
         usage = UsageRecorder(
             sessions,
             metrics,
@@ -81,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router=router,
             usage=usage,
             keys=KeyVerifier(sessions, settings.key_cache_seconds),
+            limiter=limiter,
         )
         app.state.ml = state
         await router.start()
@@ -103,7 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migration.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await migration
-            await usage.stop()
+            # Requests cancelled at the end of the drain record their rows in their `finally`:
+            # let them run before the queue is flushed.
+            await asyncio.sleep(0.05)
+            await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
 

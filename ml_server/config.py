@@ -31,9 +31,21 @@ SECRET_FIELDS = (
 )
 
 
+PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "gemini", "xai", "azure", "fake")
+
+
 def _is_placeholder(value: str) -> bool:
     v = value.strip().lower()
     return v in PLACEHOLDERS or v in _PLACEHOLDER_PREFIX_ONLY or v.endswith("...")
+
+
+def read_password_file(path: Path) -> str | None:
+    """The file's content without surrounding whitespace; None if unreadable or empty."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return value or None
 
 
 class SettingsError(ValueError):
@@ -90,8 +102,9 @@ class Settings(BaseSettings):
     xai_base_url: str = "https://api.x.ai/v1"
     gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta/openai"
 
-    # Routing: {"alias": "provider/model"} and extra listed models ["provider/model", ...].
-    model_aliases: dict[str, str] = Field(default_factory=dict)
+    # Routing: {"alias": "provider/model" or ["provider/model", ...fallbacks]} and extra listed
+    # models ["provider/model", ...].
+    model_aliases: dict[str, str | list[str]] = Field(default_factory=dict)
     extra_models: list[str] = Field(default_factory=list)
     # None = on when no provider has a key and ENVIRONMENT=development.
     enable_fake_provider: bool | None = None
@@ -102,6 +115,25 @@ class Settings(BaseSettings):
     provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     stream_keepalive_seconds: float = Field(default=5.0, gt=0)
     key_cache_seconds: float = Field(default=30.0, ge=0)
+
+    # Resilience (docs/ml-server.md, "Resilience").
+    # {"openai": {"connect": 5, "read": 120}}: per-provider overrides of the two timeouts above.
+    provider_timeouts: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Total time for one request across retries and fallbacks (a stream: until its first
+    # event); below the ALB idle timeout (300 s) so the client gets our 504, not the ALB's.
+    request_deadline_seconds: float = Field(default=280.0, gt=0)
+    provider_max_retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_base_seconds: float = Field(default=0.25, ge=0)
+    retry_backoff_max_seconds: float = Field(default=4.0, ge=0)
+    # A provider asking (Retry-After) for a longer wait is not retried: fall back or answer 429.
+    retry_after_max_seconds: float = Field(default=20.0, ge=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
+    rate_limit_rpm: int = Field(default=0, ge=0)
+    # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
+    # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
+    drain_seconds: int = Field(default=25, ge=0, le=3600)
 
     # Usage accounting.
     usage_queue_size: int = Field(default=10_000, ge=1)
@@ -115,6 +147,33 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment.lower() in {"development", "dev-local", "local", "test"}
+
+    @model_validator(mode="after")
+    def _check_routing(self) -> Settings:
+        for alias, value in self.model_aliases.items():
+            chain = [value] if isinstance(value, str) else value
+            if not chain:
+                raise SettingsError(f"MODEL_ALIASES: {alias!r} has an empty list of targets")
+            for target in chain:
+                prefix, sep, model = target.partition("/")
+                if not sep or not prefix or not model:
+                    raise SettingsError(
+                        f"MODEL_ALIASES: {alias!r} -> {target!r} must be 'provider/model' "
+                        "(or a list of them, tried in order)"
+                    )
+        for name, entry in self.provider_timeouts.items():
+            if name not in PROVIDER_NAMES:
+                raise SettingsError(
+                    f"PROVIDER_TIMEOUTS: unknown provider {name!r} "
+                    f"(allowed: {', '.join(PROVIDER_NAMES)})"
+                )
+            for key, seconds in entry.items():
+                if key not in ("connect", "read") or seconds <= 0:
+                    raise SettingsError(
+                        f"PROVIDER_TIMEOUTS[{name!r}]: {key!r}={seconds!r}; allowed keys are "
+                        "'connect' and 'read', each a number of seconds > 0"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
@@ -160,6 +219,38 @@ class Settings(BaseSettings):
             return url.render_as_string(hide_password=False)
         path = Path(self.local_data_dir) / "ml_server.db"
         return f"sqlite+aiosqlite:///{path}"
+
+    @cached_property
+    def db_password_file(self) -> Path | None:
+        """The DB_PASSWORD file in SECRETS_DIR, when the password came from it.
+
+        The instances refresh that file when the database secret rotates; every new database
+        connection re-reads it (``make_engine(password_file=...)``). None when the password came
+        from the environment, or DATABASE_URL is used.
+        """
+        if self.database_url or not self.db_host or self.db_password is None:
+            return None
+        folder = Path(self.secrets_dir)
+        if not folder.is_dir():
+            return None
+        for path in folder.iterdir():
+            if path.name.lower() == "db_password" and path.is_file():
+                try:
+                    current = path.read_text(encoding="utf-8").strip()
+                except OSError:
+                    return None
+                return path if current == self.db_password.get_secret_value() else None
+        return None
+
+    def current_sqlalchemy_url(self) -> str:
+        """``sqlalchemy_url`` with the password as the DB_PASSWORD file holds it now."""
+        password = read_password_file(self.db_password_file) if self.db_password_file else None
+        if password is None:
+            return self.sqlalchemy_url
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.sqlalchemy_url).set(password=password)
+        return url.render_as_string(hide_password=False)
 
     @property
     def fake_provider_enabled(self) -> bool:

@@ -1,21 +1,37 @@
-"""Model routing: ``provider/model`` names plus an alias table, and the one interface to providers.
+"""Model routing: ``provider/model`` names, an alias table of fallback lists, and the one
+interface to providers, with retries, a per-request deadline and a circuit breaker per provider.
 
-The resilience work (retries, fallback lists, circuit breaker, rate limits) belongs in
-``Router.chat``, ``Router.chat_stream`` and ``Router.embeddings``: the routes call only these.
+The routes call only ``Router.resolve`` and then ``Router.chat``, ``Router.chat_stream`` or
+``Router.embeddings``; nothing else retries (the SDKs are not used on this path).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from ml_server.config import Settings
 from ml_server.metrics import Metrics
 from ml_server.providers.anthropic import AnthropicProvider
-from ml_server.providers.base import ChatResult, ChatStream, Provider, ProviderError
+from ml_server.providers.base import ChatResult, ChatStream, Provider, ProviderError, Usage
 from ml_server.providers.fake import FAKE_MODELS, FakeProvider
 from ml_server.providers.openai_compat import OpenAICompatProvider
+from ml_server.resilience import (
+    CLOSED,
+    STATE_NAMES,
+    CircuitBreaker,
+    DeadlineWatch,
+    ResilienceCollector,
+    ResilienceCounters,
+    backoff_delay,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
 
 # Listed by GET /v1/models for each provider that has a key. Any other model id of a configured
 # provider still routes (``provider/any-model``); EXTRA_MODELS adds entries to the list.
@@ -38,6 +54,14 @@ DEFAULT_CATALOG: dict[str, tuple[str, ...]] = {
 }
 
 
+# Failures worth another attempt (same target after a back-off, or the next target).
+RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
+# Failures that count against the provider's circuit breaker.
+BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx"})
+# Failures after which the next target is tried, but not the same one again.
+FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open"})
+
+
 class ModelNotFound(ProviderError):
     def __init__(self, message: str) -> None:
         super().__init__(
@@ -45,21 +69,138 @@ class ModelNotFound(ProviderError):
         )
 
 
-@dataclass(frozen=True)
-class Route:
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One ``provider/model`` of a route, with the provider's breaker."""
+
     provider: Provider
-    model: str  # the provider's own id
+    model: str
+    breaker: CircuitBreaker
+
+
+class Route:
+    """The ordered targets for one request.
+
+    ``provider`` and ``model`` name the target that answered (or was tried last), so accounting
+    after the call records who really served the request.
+    """
+
+    __slots__ = ("model", "provider", "targets")
+
+    def __init__(self, targets: tuple[Target, ...]) -> None:
+        self.targets = targets
+        self.provider: Provider = targets[0].provider
+        self.model: str = targets[0].model
 
     @property
     def label(self) -> str:
         return f"{self.provider.name}/{self.model}"
 
 
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Retry, deadline and breaker settings (see ``Settings`` for the meaning of each).
+
+    Args:
+        deadline: REQUEST_DEADLINE_SECONDS, total time across retries and fallbacks (for a
+            stream: until its first event).
+        max_retries: PROVIDER_MAX_RETRIES, extra attempts on the same target.
+        backoff_base: RETRY_BACKOFF_BASE_SECONDS.
+        backoff_max: RETRY_BACKOFF_MAX_SECONDS.
+        retry_after_max: RETRY_AFTER_MAX_SECONDS, longest provider-requested wait honoured.
+        breaker_threshold: BREAKER_FAILURE_THRESHOLD.
+        breaker_cooldown: BREAKER_COOLDOWN_SECONDS.
+    """
+
+    deadline: float = 280.0
+    max_retries: int = 2
+    backoff_base: float = 0.25
+    backoff_max: float = 4.0
+    retry_after_max: float = 20.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RoutingPolicy:
+        return cls(
+            deadline=s.request_deadline_seconds,
+            max_retries=s.provider_max_retries,
+            backoff_base=s.retry_backoff_base_seconds,
+            backoff_max=s.retry_backoff_max_seconds,
+            retry_after_max=s.retry_after_max_seconds,
+            breaker_threshold=s.breaker_failure_threshold,
+            breaker_cooldown=s.breaker_cooldown_seconds,
+        )
+
+
+def _deadline_error(route: Route, deadline: float) -> ProviderError:
+    return ProviderError(
+        504,
+        f"provider {route.provider.name} did not answer in time: the request deadline of "
+        f"{deadline:g} s (REQUEST_DEADLINE_SECONDS) passed",
+        code="deadline_exceeded",
+        kind="timeout",
+    )
+
+
+class _PrimedStream(ChatStream):
+    """A stream whose first event was already received (so failures before it could be retried).
+
+    A provider failure after the first event is reported to the breaker and re-raised; the route
+    turns it into an SSE error event.
+    """
+
+    def __init__(
+        self,
+        inner: ChatStream,
+        events: AsyncIterator[bytes],
+        first: bytes | None,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self._inner = inner
+        self._events = events
+        self._first = first
+        self._breaker = breaker
+
+    @property
+    def usage(self) -> Usage:
+        return self._inner.usage
+
+    @usage.setter
+    def usage(self, value: Usage) -> None:
+        self._inner.usage = value
+
+    async def events(self) -> AsyncIterator[bytes]:
+        if self._first is None:
+            return
+        yield self._first
+        try:
+            async for event in self._events:
+                yield event
+        except ProviderError as exc:
+            if exc.kind in BREAKER_KINDS:
+                self._breaker.failure()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def build_providers(settings: Settings) -> dict[str, Provider]:
     """One provider object per configured credential (plus ``fake`` when enabled)."""
-    t = settings.provider_timeout_seconds
-    ct = settings.provider_connect_timeout_seconds
     providers: dict[str, Provider] = {}
+
+    def read_timeout(name: str) -> float:
+        """``PROVIDER_TIMEOUTS[name].read`` or PROVIDER_TIMEOUT_SECONDS."""
+        return settings.provider_timeouts.get(name, {}).get(
+            "read", settings.provider_timeout_seconds
+        )
+
+    def connect_timeout(name: str) -> float:
+        """``PROVIDER_TIMEOUTS[name].connect`` or PROVIDER_CONNECT_TIMEOUT_SECONDS."""
+        return settings.provider_timeouts.get(name, {}).get(
+            "connect", settings.provider_connect_timeout_seconds
+        )
 
     def bearer(name: str, key: Any, base_url: str, *, stream_usage: bool = True) -> None:
         if key is not None and key.get_secret_value():
@@ -67,8 +208,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
                 name,
                 base_url,
                 {"Authorization": f"Bearer {key.get_secret_value()}"},
-                timeout=t,
-                connect_timeout=ct,
+                timeout=read_timeout(name),
+                connect_timeout=connect_timeout(name),
                 stream_usage=stream_usage,
             )
 
@@ -82,8 +223,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
             "azure",
             settings.azure_inference_endpoint,
             {"api-key": cred.get_secret_value()},
-            timeout=t,
-            connect_timeout=ct,
+            timeout=read_timeout("azure"),
+            connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
             stream_usage=False,
         )
@@ -94,8 +235,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
             settings.anthropic_base_url,
             version=settings.anthropic_version,
             default_max_tokens=settings.anthropic_default_max_tokens,
-            timeout=t,
-            connect_timeout=ct,
+            timeout=read_timeout("anthropic"),
+            connect_timeout=connect_timeout("anthropic"),
         )
     if settings.fake_provider_enabled:
         providers["fake"] = FakeProvider()
@@ -103,104 +244,273 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
 
 
 class Router:
-    """Resolves model names and calls the provider, recording provider metrics."""
+    """Resolves model names to ordered targets and calls them with retries and fallback.
+
+    Args:
+        providers: configured providers by name.
+        metrics: the app's metrics (the breaker/retry collector is registered on its registry).
+        aliases: ``MODEL_ALIASES``: alias -> ``provider/model`` or an ordered list of them.
+        extra_models: ``EXTRA_MODELS`` listed by ``/v1/models``.
+        policy: retries, deadline, breaker (defaults as documented in ``RoutingPolicy``).
+    """
 
     def __init__(
         self,
         providers: dict[str, Provider],
         metrics: Metrics,
         *,
-        aliases: dict[str, str] | None = None,
+        aliases: dict[str, str | list[str]] | None = None,
         extra_models: list[str] | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.providers = providers
         self._metrics = metrics
-        self._aliases = dict(aliases or {})
+        self.policy = policy or RoutingPolicy()
+        self.breakers = {
+            name: CircuitBreaker(
+                name,
+                threshold=self.policy.breaker_threshold,
+                cooldown=self.policy.breaker_cooldown,
+            )
+            for name in providers
+        }
+        self.counters = ResilienceCounters()
+        self._watch = DeadlineWatch(tick=min(0.1, self.policy.deadline / 10))
+        self.collector = ResilienceCollector(self.breakers.values(), self.counters)
+        metrics.registry.register(self.collector)
+        self._aliases: dict[str, list[str]] = {}
+        for alias, value in (aliases or {}).items():
+            chain = [value] if isinstance(value, str) else list(value)
+            if not chain:
+                raise ValueError(f"MODEL_ALIASES: {alias!r} has an empty list of targets")
+            for target in chain:
+                if "/" not in target:
+                    raise ValueError(
+                        f"MODEL_ALIASES: {alias!r} -> {target!r} must point to 'provider/model'"
+                    )
+            self._aliases[alias] = chain
         self._extra = list(extra_models or [])
-        for alias, target in self._aliases.items():
-            if "/" not in target:
-                raise ValueError(
-                    f"MODEL_ALIASES: {alias!r} -> {target!r} must point to 'provider/model'"
+        # Resolved target tuples: aliases up front, direct names as they are first seen.
+        self._resolved: dict[str, tuple[Target, ...]] = {}
+        for alias, chain in self._aliases.items():
+            targets = tuple(t for t in (self._target(x) for x in chain) if t is not None)
+            if targets:
+                self._resolved[alias] = targets
+            else:
+                log.warning(
+                    "alias has no configured provider",
+                    extra={"fields": {"alias": alias, "targets": chain}},
                 )
+
+    def _target(self, name: str) -> Target | None:
+        prefix, sep, model = name.partition("/")
+        provider = self.providers.get(prefix)
+        if not sep or not model or provider is None:
+            return None
+        return Target(provider, model, self.breakers[prefix])
 
     async def start(self) -> None:
         for p in self.providers.values():
             await p.start()
+        self._watch.start()
 
     async def close(self) -> None:
+        await self._watch.stop()
         for p in self.providers.values():
             await p.close()
+        self._metrics.registry.unregister(self.collector)
+
+    def circuit_states(self) -> dict[str, str]:
+        """Breaker state per provider, for ``/ready``'s details."""
+        out = {}
+        for name, b in self.breakers.items():
+            state = b.state
+            if state != CLOSED and b.retry_after() == 0.0:
+                out[name] = "half_open"
+            else:
+                out[name] = STATE_NAMES[state]
+        return out
 
     def resolve(self, name: str) -> Route:
-        """Map a client's model name to a provider and the provider's model id.
+        """Map a client's model name to its ordered targets.
 
         Raises:
             ModelNotFound: unknown alias, unknown or unconfigured provider.
         """
-        target = self._aliases.get(name, name)
-        prefix, sep, model = target.partition("/")
+        targets = self._resolved.get(name)
+        if targets is not None:
+            return Route(targets)
+        if name in self._aliases:
+            providers = sorted({t.partition("/")[0] for t in self._aliases[name]})
+            raise ModelNotFound(
+                f"The model '{name}' is not available: its provider(s) {', '.join(providers)} "
+                "are not configured on this server"
+            )
+        prefix, sep, model = name.partition("/")
         if not sep or not model:
             raise ModelNotFound(
                 f"The model '{name}' does not exist: use 'provider/model' "
                 f"(providers: {', '.join(sorted(self.providers)) or 'none configured'}) "
                 "or a configured alias"
             )
-        provider = self.providers.get(prefix)
-        if provider is None:
+        target = self._target(name)
+        if target is None:
             raise ModelNotFound(
                 f"The model '{name}' is not available: provider '{prefix}' is not configured "
                 "on this server"
             )
-        return Route(provider, model)
+        if len(self._resolved) < 10_000:
+            self._resolved[name] = (target,)
+        return Route((target,))
 
     def list_models(self) -> list[dict[str, Any]]:
         ids: list[str] = []
         for name in self.providers:
             ids.extend(f"{name}/{m}" for m in DEFAULT_CATALOG.get(name, ()))
         ids.extend(m for m in self._extra if m.partition("/")[0] in self.providers)
-        ids.extend(a for a, t in self._aliases.items() if t.partition("/")[0] in self.providers)
+        ids.extend(a for a in self._aliases if a in self._resolved)
         seen: dict[str, None] = dict.fromkeys(ids)
-        return [
-            {
-                "id": i,
-                "object": "model",
-                "created": 0,
-                "owned_by": self._aliases.get(i, i).split("/")[0],
-            }
-            for i in seen
-        ]
+        out = []
+        for i in seen:
+            chain = self._aliases.get(i)
+            owner = self._resolved[i][0].provider.name if chain else i.split("/")[0]
+            out.append({"id": i, "object": "model", "created": 0, "owned_by": owner})
+        return out
 
-    def _observe(self, route: Route, started: float, error: ProviderError | None) -> None:
-        name = route.provider.name
+    def _observe(self, name: str, started: float, error: ProviderError | None) -> None:
         self._metrics.provider_latency.labels(name).observe(time.perf_counter() - started)
         status = "200" if error is None else str(error.status)
         self._metrics.provider_requests.labels(name, status).inc()
         if error is not None:
             self._metrics.provider_errors.labels(name, error.kind).inc()
 
-    async def _call(self, route: Route, op: str, body: dict[str, Any]) -> Any:
-        started = time.perf_counter()
+    @staticmethod
+    async def _attempt(target: Target, op: str, body: dict[str, Any]) -> Any:
+        provider = target.provider
+        if op == "chat":
+            return await provider.chat(target.model, body)
+        if op == "embeddings":
+            return await provider.embeddings(target.model, body)
+        # A stream is opened up to its first event: failures before it can still be retried.
+        stream = await provider.chat_stream(target.model, body)
+        events = stream.events().__aiter__()
         try:
-            if op == "chat":
-                result: Any = await route.provider.chat(route.model, body)
-            elif op == "stream":
-                result = await route.provider.chat_stream(route.model, body)
-            else:
-                result = await route.provider.embeddings(route.model, body)
-        except ProviderError as exc:
-            self._observe(route, started, exc)
+            first: bytes | None = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await stream.aclose()
             raise
-        self._observe(route, started, None)
-        return result
+        return _PrimedStream(stream, events, first, target.breaker)
+
+    async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
+        deadline = time.monotonic() + self.policy.deadline
+        task = asyncio.current_task()
+        if task is None:  # not inside a task: no watch, deadlines checked between attempts only
+            return await self._attempts(route, op, body, deadline, None)
+        self._watch.inflight[task] = deadline
+        try:
+            return await self._attempts(route, op, body, deadline, task)
+        finally:
+            self._watch.forget(task)
+
+    async def _attempts(
+        self,
+        route: Route,
+        op: str,
+        body: dict[str, Any],
+        deadline: float,
+        task: asyncio.Task[Any] | None,
+    ) -> Any:
+        policy = self.policy
+        last: ProviderError | None = None
+        targets = route.targets
+        for index, target in enumerate(targets):
+            breaker = target.breaker
+            name = target.provider.name
+            has_next = index + 1 < len(targets)
+            retries = 0
+            while True:
+                if breaker.state != CLOSED and not breaker.allow():
+                    if last is None or last.kind == "circuit_open":
+                        last = breaker.open_error()
+                    break
+                route.provider = target.provider
+                route.model = target.model
+                if time.monotonic() >= deadline:
+                    raise last or _deadline_error(route, policy.deadline)
+                started = time.perf_counter()
+                try:
+                    result = await self._attempt(target, op, body)
+                except ProviderError as exc:
+                    error = exc
+                except asyncio.CancelledError:
+                    if task is None or not self._watch.claim(task):
+                        raise  # the client went away, or shutdown
+                    error = _deadline_error(route, policy.deadline)
+                    self._observe(name, started, error)
+                    breaker.failure()
+                    raise error from None
+                else:
+                    if breaker.failures or breaker.state != CLOSED:
+                        breaker.success()
+                    self._observe(name, started, None)
+                    return result
+                self._observe(name, started, error)
+                kind = error.kind
+                if kind in BREAKER_KINDS:
+                    breaker.failure()
+                elif kind != "rate_limited":
+                    breaker.success()  # the provider answered: it is up
+                if kind not in RETRYABLE_KINDS and kind not in FALLBACK_ONLY_KINDS:
+                    raise error  # the request itself is at fault: no retry, no fallback
+                last = error
+                if kind in FALLBACK_ONLY_KINDS or retries >= policy.max_retries:
+                    break
+                if kind == "rate_limited" and has_next:
+                    break  # another provider can answer now; do not wait for this one
+                delay = backoff_delay(retries, policy.backoff_base, policy.backoff_max)
+                asked = parse_retry_after(error.retry_after)
+                if asked is not None:
+                    if asked > policy.retry_after_max:
+                        break
+                    delay = max(delay, asked)
+                if time.monotonic() + delay >= deadline:
+                    break
+                retries += 1
+                self.counters.retry(name)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    if task is None or not self._watch.claim(task):
+                        raise
+                    raise last from None
+            if has_next:
+                self.counters.fallback(name)
+                if last is not None and last.kind != "circuit_open":  # no log line per request
+                    log.info(
+                        "falling back to the next target",
+                        extra={
+                            "fields": {
+                                "failed": f"{name}/{target.model}",
+                                "error": last.kind,
+                                "next": f"{targets[index + 1].provider.name}/"
+                                f"{targets[index + 1].model}",
+                            }
+                        },
+                    )
+        assert last is not None  # every path out of the loop above set it
+        raise last
 
     async def chat(self, route: Route, body: dict[str, Any]) -> ChatResult:
-        result: ChatResult = await self._call(route, "chat", body)
+        result: ChatResult = await self._run(route, "chat", body)
         return result
 
     async def chat_stream(self, route: Route, body: dict[str, Any]) -> ChatStream:
-        result: ChatStream = await self._call(route, "stream", body)
+        """Open a stream and receive its first event, retrying and falling back until then."""
+        result: ChatStream = await self._run(route, "stream", body)
         return result
 
     async def embeddings(self, route: Route, body: dict[str, Any]) -> ChatResult:
-        result: ChatResult = await self._call(route, "embeddings", body)
+        result: ChatResult = await self._run(route, "embeddings", body)
         return result

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ml_server.config import Settings
 from ml_server.db.keys import KeyVerifier
 from ml_server.metrics import Metrics
+from ml_server.resilience import RateLimiter
 from ml_server.router import Router
 from ml_server.usage import UsageRecorder
 
@@ -22,5 +23,6 @@ class AppState:
     router: Router
     usage: UsageRecorder
     keys: KeyVerifier
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     migrated: bool = False
     migration_error: str | None = field(default=None)

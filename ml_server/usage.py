@@ -76,16 +76,21 @@ class UsageRecorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        self._drain_queue_into_pending()
-        if self._pending:
-            try:
-                await asyncio.wait_for(self._write(self._pending), flush_seconds)
-                self._pending = []
-            except Exception as exc:
-                log.warning(
-                    "usage rows lost at shutdown",
-                    extra={"fields": {"rows": len(self._pending), "error": type(exc).__name__}},
-                )
+        try:
+            async with asyncio.timeout(flush_seconds):
+                while True:  # every batch, not only the first
+                    self._drain_queue_into_pending()
+                    if not self._pending:
+                        break
+                    await self._write(self._pending)
+                    self._metrics.usage_rows_written.inc(len(self._pending))
+                    self._pending = []
+        except Exception as exc:
+            lost = len(self._pending) + self._queue.qsize()
+            log.warning(
+                "usage rows lost at shutdown",
+                extra={"fields": {"rows": lost, "error": type(exc).__name__}},
+            )
 
     def _drain_queue_into_pending(self) -> None:
         while not self._queue.empty() and len(self._pending) < self._batch_size:

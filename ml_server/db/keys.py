@@ -28,11 +28,14 @@ def hash_key(key: str) -> str:
 class KeyInfo:
     id: int
     name: str
+    rpm: int | None = None  # None: the server's RATE_LIMIT_RPM; 0: no limit
 
 
-async def create_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]:
+async def create_key(
+    session: AsyncSession, name: str, rpm: int | None = None
+) -> tuple[ApiKey, str]:
     key = generate_key()
-    row = ApiKey(name=name, key_hash=hash_key(key), prefix=key[:10])
+    row = ApiKey(name=name, key_hash=hash_key(key), prefix=key[:10], rate_limit_rpm=rpm)
     session.add(row)
     await session.commit()
     return row, key
@@ -40,6 +43,15 @@ async def create_key(session: AsyncSession, name: str) -> tuple[ApiKey, str]:
 
 async def list_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.scalars(select(ApiKey).order_by(ApiKey.id))).all())
+
+
+async def set_key_rpm(session: AsyncSession, key_id: int, rpm: int | None) -> bool:
+    """Set a key's requests-per-minute limit (None = the server default, 0 = no limit)."""
+    result = await session.execute(
+        update(ApiKey).where(ApiKey.id == key_id).values(rate_limit_rpm=rpm)
+    )
+    await session.commit()
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def revoke_key(session: AsyncSession, key_id: int) -> bool:
@@ -79,7 +91,7 @@ class KeyVerifier:
             if cached is not None and cached[1] is not None:
                 return cached[1]
             raise
-        info = KeyInfo(row.id, row.name) if row is not None else None
+        info = KeyInfo(row.id, row.name, row.rate_limit_rpm) if row is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now, info)

@@ -21,6 +21,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Requests per minute for this key; NULL = the server's RATE_LIMIT_RPM, 0 = no limit.
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class UsageRecord(Base):

@@ -106,13 +106,18 @@ class OpenAICompatProvider(Provider):
         body["model"] = model
         opts = body.get("stream_options")
         client_wants_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        payload = body
         if self._stream_usage and not client_wants_usage:
-            body["stream_options"] = {
-                **(opts if isinstance(opts, dict) else {}),
-                "include_usage": True,
+            # A copy: the router may send the same body again (retry, fallback).
+            payload = {
+                **body,
+                "stream_options": {
+                    **(opts if isinstance(opts, dict) else {}),
+                    "include_usage": True,
+                },
             }
         with transport_errors(self.name):
-            ctx = self.session.post(self._url("/chat/completions"), data=orjson.dumps(body))
+            ctx = self.session.post(self._url("/chat/completions"), data=orjson.dumps(payload))
             resp = await ctx.__aenter__()
             if resp.status >= 400:
                 raw = await resp.read()

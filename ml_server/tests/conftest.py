@@ -23,6 +23,10 @@ TEST_SETTINGS = {
     "MAX_BODY_BYTES": "65536",
     "MODEL_ALIASES": '{"smart": "anthropic/claude-sonnet-4-5", "cheap": "openai/gpt-4o-mini"}',
     "EXTRA_MODELS": '["azure/Phi-4"]',
+    # One attempt per request and no breaker here, so each test sees the plain error mapping;
+    # test_resilience.py runs its own servers with retries, fallbacks and breakers on.
+    "PROVIDER_MAX_RETRIES": "0",
+    "BREAKER_FAILURE_THRESHOLD": "1000",
 }
 
 

@@ -7,7 +7,12 @@ Behaviour is chosen per request through the model name (any provider prefix):
 - ``x-ratelimit-7``: 429 with ``Retry-After: 7``;
 - ``x-hang``: never answer;
 - ``x-firstdelay-800``: stream headers at once, first event after 800 ms;
-- ``x-tools``: answer with a tool call.
+- ``x-tools``: answer with a tool call;
+- ``x-flaky-2-status-503``: the failure words (status, ratelimit, hang, slow) apply only to the
+  first 2 requests naming this exact model; later ones succeed (``x-flaky-1-slow-900``: a first
+  attempt that times out, then a fast one);
+- ``x-chunkdelay-100``: stream chunks 100 ms apart;
+- ``x-breakafter-2``: a stream that drops the connection after 2 content chunks.
 
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
@@ -29,7 +34,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-_NUM = re.compile(r"(slow|status|ratelimit|firstdelay)-(\d+)")
+_NUM = re.compile(r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter)-(\d+)")
+_FAILURES = ("hang", "slow", "ratelimit", "status")
 
 
 def _directives(model: str) -> dict[str, int]:
@@ -72,6 +78,7 @@ class FakeProvider:
         self.host = host
         self.port = port
         self.requests: list[dict[str, Any]] = []
+        self._seen: dict[str, int] = {}  # model -> requests so far (for ``flaky-N``)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -117,6 +124,7 @@ class FakeProvider:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             loop.run_until_complete(self.start_async())
             ready.set()
@@ -168,6 +176,10 @@ class FakeProvider:
         auth_error = self._check_auth(request, anthropic)
         if auth_error is not None:
             return auth_error
+        if "flaky" in d:
+            seen = self._seen[model] = self._seen.get(model, 0) + 1
+            if seen > d["flaky"]:
+                d = {k: v for k, v in d.items() if k not in _FAILURES}
         if "hang" in d:
             await asyncio.sleep(3600)
         if "slow" in d:
@@ -274,6 +286,12 @@ class FakeProvider:
 
         await resp.write(chunk({"role": "assistant", "content": ""}))
         for i, word in enumerate(text.split(" ")):
+            if "breakafter" in d and i >= d["breakafter"]:
+                if request.transport is not None:
+                    request.transport.abort()  # the connection drops mid-stream
+                return resp
+            if "chunkdelay" in d:
+                await asyncio.sleep(d["chunkdelay"] / 1000)
             await resp.write(chunk({"content": word if i == 0 else " " + word}))
         await resp.write(chunk({}, "stop"))
         if include_usage:

@@ -27,18 +27,31 @@ async def health(state: StateDep) -> dict[str, str | None]:
 
 @router.get("/ready")
 async def ready(state: StateDep) -> JSONResponse:
+    """503 only when the database is not usable.
+
+    ``circuits`` reports each provider's breaker for information: an open breaker never makes
+    the instance unready (the ALB would pull every instance at once for a provider outage that
+    fallbacks or a cool-down handle better).
+    """
+    circuits = state.router.circuit_states()
     if not state.migrated:
         reason = "database migrations not applied yet"
         if state.migration_error:
             reason += f" (last error: {state.migration_error})"
-        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "reason": reason, "circuits": circuits}, status_code=503
+        )
     try:
         async with asyncio.timeout(3):
             async with state.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
     except Exception as exc:
         return JSONResponse(
-            {"status": "unavailable", "reason": f"database unreachable: {type(exc).__name__}"},
+            {
+                "status": "unavailable",
+                "reason": f"database unreachable: {type(exc).__name__}",
+                "circuits": circuits,
+            },
             status_code=503,
         )
-    return JSONResponse({"status": "ready", "database": "ok"})
+    return JSONResponse({"status": "ready", "database": "ok", "circuits": circuits})

@@ -1,0 +1,304 @@
+"""Resilience building blocks: circuit breakers, retry timing, per-key rate limits, their metrics.
+
+Everything here is in-memory and per process. On the happy path a request costs a breaker-state
+check, a dict insert/delete for the deadline watch and, only when a limit applies, a token-bucket
+update: no timer, no extra await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ml_server.errors import ApiError
+from ml_server.providers.base import ProviderError
+
+if TYPE_CHECKING:
+    from ml_server.db.keys import KeyInfo
+
+CLOSED = 0
+HALF_OPEN = 1
+OPEN = 2
+STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
+
+
+class CircuitBreaker:
+    """Per-provider breaker.
+
+    Opens after ``threshold`` consecutive failures (connection errors, timeouts, 5xx); while open,
+    calls fail fast. After ``cooldown`` seconds one probe call is let through (half-open): success
+    closes the breaker, failure opens it again for another cool-down. A probe that never reports
+    (e.g. its client went away) is replaced by a new one after another cool-down.
+
+    Args:
+        name: the provider's name (metric label).
+        threshold: consecutive failures that open the breaker.
+        cooldown: seconds the breaker stays open before a probe.
+    """
+
+    __slots__ = (
+        "cooldown",
+        "failures",
+        "name",
+        "opened_at",
+        "opens",
+        "probe_at",
+        "state",
+        "threshold",
+    )
+
+    def __init__(self, name: str, *, threshold: int, cooldown: float) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.probe_at = 0.0
+        self.opens = 0
+
+    def allow(self) -> bool:
+        """May a call go to the provider now? (Callers skip this when ``state`` is CLOSED.)"""
+        if self.state == CLOSED:
+            return True
+        now = time.monotonic()
+        if self.state == OPEN:
+            if now - self.opened_at < self.cooldown:
+                return False
+            self.state = HALF_OPEN
+            self.probe_at = now
+            return True
+        # HALF_OPEN: one probe at a time, unless the probe went silent for a whole cool-down.
+        if now - self.probe_at >= self.cooldown:
+            self.probe_at = now
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker lets a probe through."""
+        if self.state == CLOSED:
+            return 0.0
+        base = self.opened_at if self.state == OPEN else self.probe_at
+        return max(0.0, base + self.cooldown - time.monotonic())
+
+    def success(self) -> None:
+        self.failures = 0
+        self.state = CLOSED
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
+            self.state = OPEN
+            self.opened_at = time.monotonic()
+            self.opens += 1
+
+    def open_error(self) -> ProviderError:
+        wait = max(1, math.ceil(self.retry_after()))
+        return ProviderError(
+            503,
+            f"provider {self.name} is failing (circuit breaker open after {self.threshold} "
+            f"consecutive failures); retry in {wait} s",
+            code="provider_circuit_open",
+            kind="circuit_open",
+            retry_after=str(wait),
+        )
+
+
+def backoff_delay(retry: int, base: float, cap: float) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**retry)]."""
+    return random.uniform(0.0, min(cap, base * (2**retry)))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class RateLimiter:
+    """Requests per minute per API key: a token bucket per key, in this process's memory.
+
+    The bucket holds up to ``rpm`` requests and refills at ``rpm / 60`` per second, so a key may
+    burst its whole minute at once and then continues at the steady rate. With several worker
+    processes or instances, each keeps its own buckets: the effective limit is multiplied by their
+    number.
+
+    Args:
+        default_rpm: limit for keys without their own (``RATE_LIMIT_RPM``); 0 = no limit.
+    """
+
+    def __init__(self, default_rpm: int) -> None:
+        self.default_rpm = default_rpm
+        self._buckets: dict[int, list[float]] = {}  # key id -> [tokens, last refill, rpm]
+        self.limited = 0
+
+    def check(self, key: KeyInfo) -> None:
+        """Take one request from the key's bucket.
+
+        Raises:
+            ApiError: 429 with ``Retry-After`` when the bucket is empty.
+        """
+        rpm = key.rpm if key.rpm is not None else self.default_rpm
+        if not rpm:
+            return
+        now = time.monotonic()
+        bucket = self._buckets.get(key.id)
+        if bucket is None or bucket[2] != rpm:
+            bucket = self._buckets[key.id] = [float(rpm), now, float(rpm)]
+        else:
+            bucket[0] = min(float(rpm), bucket[0] + (now - bucket[1]) * rpm / 60.0)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return
+        self.limited += 1
+        wait = max(1, math.ceil((1.0 - bucket[0]) * 60.0 / rpm))
+        raise ApiError(
+            429,
+            f"Rate limit reached for this API key: {rpm} requests per minute; retry in {wait} s",
+            type="rate_limit_error",
+            code="rate_limit_exceeded",
+            kind="rate_limited",
+            retry_after=str(wait),
+        )
+
+
+class ResilienceCounters:
+    """Plain counters bumped on failure paths only; exported by :class:`ResilienceCollector`."""
+
+    def __init__(self) -> None:
+        self.retries: dict[str, int] = {}
+        self.fallbacks: dict[str, int] = {}
+
+    def retry(self, provider: str) -> None:
+        self.retries[provider] = self.retries.get(provider, 0) + 1
+
+    def fallback(self, provider: str) -> None:
+        self.fallbacks[provider] = self.fallbacks.get(provider, 0) + 1
+
+
+class ResilienceCollector(Collector):
+    """Reads breaker states and counters at scrape time (nothing on the request path)."""
+
+    def __init__(
+        self,
+        breakers: Iterable[CircuitBreaker],
+        counters: ResilienceCounters,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._breakers = list(breakers)
+        self._counters = counters
+        self._limiter = limiter
+
+    def set_limiter(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            "mlserver_circuit_state",
+            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+            labels=["provider"],
+        )
+        opened = CounterMetricFamily(
+            "mlserver_circuit_opened",
+            "Times the provider's circuit breaker opened",
+            labels=["provider"],
+        )
+        for b in self._breakers:
+            current = b.state
+            if current == OPEN and b.retry_after() == 0.0:
+                current = HALF_OPEN  # the next call will probe
+            state.add_metric([b.name], current)
+            opened.add_metric([b.name], b.opens)
+        yield state
+        yield opened
+        retries = CounterMetricFamily(
+            "mlserver_provider_retries", "Retried provider calls", labels=["provider"]
+        )
+        for name, n in sorted(self._counters.retries.items()):
+            retries.add_metric([name], n)
+        yield retries
+        fallbacks = CounterMetricFamily(
+            "mlserver_provider_fallbacks",
+            "Requests moved on to the next target after this provider failed",
+            labels=["provider"],
+        )
+        for name, n in sorted(self._counters.fallbacks.items()):
+            fallbacks.add_metric([name], n)
+        yield fallbacks
+        limited = CounterMetricFamily(
+            "mlserver_rate_limited_requests", "Requests refused by the per-key rate limit"
+        )
+        limited.add_metric([], self._limiter.limited if self._limiter is not None else 0)
+        yield limited
+
+
+class DeadlineWatch:
+    """Cancels requests that pass their deadline: one periodic task for all of them.
+
+    A timer per request (``asyncio.timeout``) costs about 12 µs on uvloop; registering in a dict
+    costs well under 1 µs. The price is precision: a deadline fires up to ``tick`` seconds late.
+
+    Args:
+        tick: seconds between checks.
+    """
+
+    def __init__(self, tick: float = 0.1) -> None:
+        self.tick = tick
+        self.inflight: dict[asyncio.Task[Any], float] = {}  # task -> monotonic deadline
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="deadline-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def claim(self, task: asyncio.Task[Any]) -> bool:
+        """Whether a CancelledError in ``task`` came from this watch (and absorb it if so)."""
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        self.inflight.pop(task, None)
+        self._expired.discard(task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            if not self.inflight:
+                continue
+            now = time.monotonic()
+            for task, deadline in list(self.inflight.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
