@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
 from components.boot import BootSettings, render_user_data
-from config.model import FleetConfig
+from config.model import FleetConfig, RolloutConfig, ScalingConfig
 
 _CPU = {"arm64": ec2.AmazonLinuxCpuType.ARM_64, "x86_64": ec2.AmazonLinuxCpuType.X86_64}
 
@@ -20,6 +23,11 @@ class Fleet(Construct):
 
     IMDSv2 only with hop limit 1 (the container cannot reach the instance role), encrypted gp3
     root volume, no SSH key (Session Manager instead), ELB health checks with a grace period.
+    With ``config.spot`` a mixed-instances policy (on-demand base, spot above it over several
+    types of the architecture, price-capacity-optimized, capacity rebalance). Rollout: the
+    CloudFormation instance-refresh update policy (min healthy 100 %, max healthy 200 %, skip
+    matching, the given alarms, bake time, warm-up); the group's default instance warm-up is
+    the same, so scaling metrics ignore instances that are still booting.
 
     Attributes:
         auto_scaling_group: the ``AutoScalingGroup``.
@@ -32,6 +40,10 @@ class Fleet(Construct):
         vpc: the environment VPC.
         subnets: where instances run (the ``App`` subnets).
         boot: settings for the rendered boot script.
+        rollout: the ``rollout`` section.
+        refresh_alarm_names: CloudWatch alarms that fail an instance refresh (at most 10).
+            Names, not objects: the alarms watch this group, so they are created after it;
+            the stack adds the dependency on the real alarms.
     """
 
     def __init__(
@@ -43,6 +55,8 @@ class Fleet(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         boot: BootSettings,
+        rollout: RolloutConfig,
+        refresh_alarm_names: Sequence[str],
     ) -> None:
         super().__init__(scope, construct_id)
         self.role = iam.Role(
@@ -93,12 +107,55 @@ class Fleet(Construct):
                 )
             ],
         )
+        if len(refresh_alarm_names) > 10:
+            raise ValueError("Fleet: an instance refresh takes at most 10 alarms")
+        refresh_alarms = [
+            cloudwatch.Alarm.from_alarm_name(self, f"RefreshAlarm{index}", name)
+            for index, name in enumerate(refresh_alarm_names)
+        ]
+        warmup = Duration.seconds(rollout.instance_warmup_seconds)
+        update_policy = autoscaling.UpdatePolicy.instance_refresh(
+            strategy=autoscaling.InstanceRefreshStrategy.ROLLING,
+            min_healthy_percentage=100,
+            max_healthy_percentage=200,
+            skip_matching=True,
+            alarms=refresh_alarms,
+            bake_time=Duration.minutes(rollout.bake_time_minutes),
+            instance_warmup=warmup,
+            checkpoint_percentages=list(rollout.checkpoint_percentages) or None,
+            checkpoint_delay=(
+                Duration.minutes(rollout.checkpoint_delay_minutes)
+                if rollout.checkpoint_percentages
+                else None
+            ),
+        )
+        mixed: autoscaling.MixedInstancesPolicy | None = None
+        if config.spot:
+            mixed = autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=[
+                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                    for t in config.all_instance_types
+                ],
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=config.on_demand_base_capacity,
+                    on_demand_percentage_above_base_capacity=(
+                        config.on_demand_percentage_above_base
+                    ),
+                    on_demand_allocation_strategy=autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+                    spot_allocation_strategy=(
+                        autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED
+                    ),
+                ),
+            )
         self.auto_scaling_group = autoscaling.AutoScalingGroup(
             self,
             "Group",
             vpc=vpc,
             vpc_subnets=subnets,
-            launch_template=self.launch_template,
+            launch_template=None if mixed else self.launch_template,
+            mixed_instances_policy=mixed,
+            capacity_rebalance=True if config.spot else None,
             min_capacity=config.min_capacity,
             # Left unset when equal to min so a deploy does not reset a scaled-out group.
             desired_capacity=(
@@ -109,6 +166,8 @@ class Fleet(Construct):
                 additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
                 grace_period=Duration.seconds(config.health_check_grace_seconds),
             ),
+            default_instance_warmup=warmup,
+            update_policy=update_policy,
         )
         if config.desired_capacity != config.min_capacity:
             acknowledge(
@@ -116,9 +175,37 @@ class Fleet(Construct):
                 "Annotation::@aws-cdk/aws-autoscaling:desiredCapacitySet",
                 "fleet.desired_capacity is set on purpose in config; each deploy resets it.",
             )
+        if mixed is not None:
+            acknowledge(
+                self.auto_scaling_group,
+                "AwsSolutions::AwsSolutions-EC26",
+                "cdk-nag cannot follow the launch template inside a MixedInstancesPolicy (the "
+                "rule errors); that template's only volume is an encrypted gp3 root volume, "
+                "asserted by tests/test_fleet_wiring.py.",
+            )
         acknowledge(
             self.auto_scaling_group,
             "AwsSolutions-AS3",
             "Scaling events are visible in the ASG activity history and CloudWatch; SNS "
             "notifications arrive with the alarms work.",
+        )
+
+    def add_target_tracking(self, config: ScalingConfig) -> None:
+        """Scale between the group's bounds on ALB requests per target and on CPU.
+
+        Call after the group is attached to its target group. Each policy scales out when
+        its metric is above target and in only when both are below (EC2 Auto Scaling's rule
+        for several target-tracking policies). The warm-up is the group's default instance
+        warm-up (``rollout.instance_warmup_seconds``).
+        """
+        if not config.enabled:
+            return
+        group = self.auto_scaling_group
+        group.scale_on_request_count(
+            "RequestsPerTarget",
+            target_requests_per_minute=config.requests_per_target_per_minute,
+        )
+        group.scale_on_cpu_utilization(
+            "Cpu",
+            target_utilization_percent=config.cpu_target_percent,
         )

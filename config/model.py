@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from config.monitoring import MonitoringConfig
+
 NatMode = Literal["gateway-per-az", "single-gateway", "nat-instance", "none"]
 Architecture = Literal["x86_64", "arm64"]
 ImageSource = Literal["asset", "ghcr"]
@@ -112,7 +114,17 @@ class FleetConfig(_Section):
         max_capacity: most instances. Default 2.
         root_volume_gib: encrypted gp3 root volume size, 8-1024 GiB. Default 20.
         health_check_grace_seconds: time after launch before ELB health checks count,
-            60-3600 s. Default 300.
+            60-3600 s; at least ``rollout.instance_warmup_seconds``. Default 300.
+        spot: run the group with a mixed-instances policy: ``on_demand_base_capacity``
+            on-demand instances, the rest split by ``on_demand_percentage_above_base``, spot
+            allocation ``price-capacity-optimized`` over ``instance_types``, capacity
+            rebalancing on. Default false (every instance on-demand, ``instance_type`` only).
+        on_demand_base_capacity: on-demand instances before any spot (with ``spot``), at most
+            ``max_capacity``. Default 0.
+        on_demand_percentage_above_base: share of on-demand instances above the base, 0-100
+            (0 = all spot). Default 0.
+        instance_types: more instance types of the same architecture the spot allocation may
+            choose (``instance_type`` always comes first). Default none.
     """
 
     instance_type: str = "t4g.small"
@@ -122,6 +134,10 @@ class FleetConfig(_Section):
     max_capacity: Annotated[int, Field(ge=1, le=100)] = 2
     root_volume_gib: Annotated[int, Field(ge=8, le=1024)] = 20
     health_check_grace_seconds: Annotated[int, Field(ge=60, le=3600)] = 300
+    spot: bool = False
+    on_demand_base_capacity: Annotated[int, Field(ge=0, le=100)] = 0
+    on_demand_percentage_above_base: Annotated[int, Field(ge=0, le=100)] = 0
+    instance_types: tuple[str, ...] = ()
 
     @field_validator("instance_type")
     @classmethod
@@ -129,6 +145,74 @@ class FleetConfig(_Section):
         if not _INSTANCE_TYPE.match(value):
             raise ValueError("must be an EC2 instance type such as t4g.small")
         return value
+
+    @field_validator("instance_types")
+    @classmethod
+    def _instance_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _INSTANCE_TYPE.match(item):
+                raise ValueError(f"{item!r} must be an EC2 instance type such as t4g.medium")
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat an instance type")
+        if len(value) > 19:
+            raise ValueError("allows at most 19 types (EC2 Auto Scaling takes 20 overrides)")
+        return value
+
+    @property
+    def all_instance_types(self) -> tuple[str, ...]:
+        """``instance_type`` followed by the other ``instance_types`` (no repeats)."""
+        return (self.instance_type, *(t for t in self.instance_types if t != self.instance_type))
+
+
+class RolloutConfig(_Section):
+    """Instance refresh on every launch template change (CloudFormation update policy).
+
+    Min healthy 100 % and max healthy 200 % are fixed: new instances start before old ones
+    stop, so capacity never dips, also for a one-instance fleet.
+
+    Args:
+        instance_warmup_seconds: time after a new instance is InService before the refresh
+            counts it and moves on (also the group's default warm-up for scaling metrics),
+            30-1800 s. Covers the boot: dnf install of the CloudWatch agent, image pull,
+            server start, two ALB health checks. Default 180.
+        bake_time_minutes: minutes the refresh alarms keep watching after the last
+            replacement before CloudFormation calls the update a success, 0-120. Default 10.
+        checkpoint_percentages: pause when this share of the fleet is replaced (ascending,
+            ending at 100), e.g. ``[50, 100]`` for a canary half. Default none.
+        checkpoint_delay_minutes: pause length at each checkpoint, 0-120 (needs
+            ``checkpoint_percentages``). Default 5.
+    """
+
+    instance_warmup_seconds: Annotated[int, Field(ge=30, le=1800)] = 180
+    bake_time_minutes: Annotated[int, Field(ge=0, le=120)] = 10
+    checkpoint_percentages: tuple[int, ...] = ()
+    checkpoint_delay_minutes: Annotated[int, Field(ge=0, le=120)] = 5
+
+    @field_validator("checkpoint_percentages")
+    @classmethod
+    def _checkpoints(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            return value
+        if any(not 1 <= v <= 100 for v in value) or list(value) != sorted(set(value)):
+            raise ValueError("must be strictly ascending percentages in 1..100")
+        if value[-1] != 100:
+            raise ValueError("must end at 100 (otherwise part of the fleet is never replaced)")
+        return value
+
+
+class ScalingConfig(_Section):
+    """Target-tracking scaling between ``fleet.min_capacity`` and ``fleet.max_capacity``.
+
+    Args:
+        enabled: add the two target-tracking policies. Default true.
+        requests_per_target_per_minute: ALB requests per instance per minute to aim for (LLM
+            calls are long, so a small number). Default 600.
+        cpu_target_percent: average CPU of the group to aim for, 10-90. Default 60.
+    """
+
+    enabled: bool = True
+    requests_per_target_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] = 600
+    cpu_target_percent: Annotated[int, Field(ge=10, le=90)] = 60
 
 
 class ServiceConfig(_Section):
@@ -177,8 +261,9 @@ class ImageConfig(_Section):
 
     Args:
         source: ``asset`` (built from ``ml_server/`` by CDK and pushed to the bootstrap ECR
-            repository). ``ghcr`` (an ECR pull-through cache of GHCR) is reserved for the boot
-            work and rejected for now. Default ``asset``.
+            repository) or ``ghcr`` (``ghcr.io/<ghcr_repository>:<tag>`` pulled through an ECR
+            pull-through cache rule whose upstream credential is the GHCR token secret).
+            Default ``asset``.
         tag: release tag recorded in the ``ml_server_image_tag`` parameter; ``-c image_tag=...``
             overrides it. Default ``latest``.
         ghcr_repository: GHCR ``owner/name`` for the ``ghcr`` source.
@@ -223,7 +308,9 @@ class EnvironmentConfig(_Section):
         region: AWS region. Default ``ap-east-1``.
         termination_protection: protect the Network and Data stacks from deletion and retain
             log groups. Default false.
-        vpc, database, fleet, service, image, github: the sections above, each with defaults.
+        vpc, database, fleet, service, image, github, rollout, scaling: the sections above,
+            each with defaults.
+        monitoring: alarms and dashboard (``config.monitoring.MonitoringConfig``).
     """
 
     name: str
@@ -236,6 +323,10 @@ class EnvironmentConfig(_Section):
     service: ServiceConfig = ServiceConfig()
     image: ImageConfig = ImageConfig()
     github: GithubConfig = GithubConfig()
+    # Fleet wiring (rollout, scaling, monitoring).
+    rollout: RolloutConfig = RolloutConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @field_validator("account")
     @classmethod
@@ -265,6 +356,12 @@ class EnvironmentConfig(_Section):
 _ARM_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*$")  # t4g, m7g, c7gn, r8g ...
 
 
+def is_graviton(instance_type: str) -> bool:
+    """True for arm64 (Graviton) instance types: t4g, m7g, c7gn, r8g, a1 ..."""
+    family = instance_type.split(".", 1)[0]
+    return bool(_ARM_FAMILY.match(family)) or family.startswith("a1")
+
+
 def cross_field_problems(cfg: EnvironmentConfig) -> list[str]:
     """Checks that involve more than one field; each problem is ``key=value <why>``."""
     problems: list[str] = []
@@ -278,17 +375,32 @@ def cross_field_problems(cfg: EnvironmentConfig) -> list[str]:
             f"fleet.desired_capacity={f.desired_capacity} is outside fleet.min_capacity="
             f"{f.min_capacity}..fleet.max_capacity={f.max_capacity}"
         )
-    family = f.instance_type.split(".", 1)[0]
-    is_arm = bool(_ARM_FAMILY.match(family)) or family.startswith("a1")
-    if f.architecture == "arm64" and not is_arm:
+    for field_name, types in (
+        ("fleet.instance_type", (f.instance_type,)),
+        ("fleet.instance_types", f.instance_types),
+    ):
+        for itype in types:
+            is_arm = is_graviton(itype)
+            if f.architecture == "arm64" and not is_arm:
+                problems.append(
+                    f"{field_name}={itype} is not a Graviton type but fleet.architecture=arm64 "
+                    "(use t4g, m7g, c7g, ... or set x86_64)"
+                )
+            if f.architecture == "x86_64" and is_arm:
+                problems.append(
+                    f"{field_name}={itype} is a Graviton type but fleet.architecture=x86_64 "
+                    "(set arm64 or pick an x86_64 type such as t3, m7i, c7i)"
+                )
+    if f.spot and f.on_demand_base_capacity > f.max_capacity:
         problems.append(
-            f"fleet.instance_type={f.instance_type} is not a Graviton type but "
-            "fleet.architecture=arm64 (use t4g, m7g, c7g, ... or set x86_64)"
+            f"fleet.on_demand_base_capacity={f.on_demand_base_capacity} is above "
+            f"fleet.max_capacity={f.max_capacity}"
         )
-    if f.architecture == "x86_64" and is_arm:
+    if f.health_check_grace_seconds < cfg.rollout.instance_warmup_seconds:
         problems.append(
-            f"fleet.instance_type={f.instance_type} is a Graviton type but "
-            "fleet.architecture=x86_64 (set arm64 or pick an x86_64 type)"
+            f"fleet.health_check_grace_seconds={f.health_check_grace_seconds} is below "
+            f"rollout.instance_warmup_seconds={cfg.rollout.instance_warmup_seconds} (the ELB "
+            "health check would replace an instance that is still booting)"
         )
     d = cfg.database
     if d.max_allocated_storage_gib < d.allocated_storage_gib:
@@ -310,10 +422,5 @@ def cross_field_problems(cfg: EnvironmentConfig) -> list[str]:
         problems.append(
             f"service.domain_name={cfg.service.domain_name} needs service.certificate_arn "
             "(an ACM certificate for that name)"
-        )
-    if cfg.image.source == "ghcr":
-        problems.append(
-            "image.source=ghcr is not available in this version; allowed: asset "
-            "(the GHCR pull-through cache lands with the boot-script work)"
         )
     return problems

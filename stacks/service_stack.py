@@ -1,4 +1,4 @@
-"""Service stack: image, ALB, fleet, log groups and the service SSM parameters."""
+"""Service stack: image, ALB, fleet, provider secrets, logs, alarms and dashboard, parameters."""
 
 from __future__ import annotations
 
@@ -10,26 +10,38 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.boot import BootSettings, SecretFile
+from components.boot import METRICS_NAMESPACE_PREFIX, BootSettings, SecretFile
 from components.database import DB_PORT
 from components.fleet import Fleet
 from components.image import ServerImage
 from components.load_balancer import LoadBalancer
 from components.logs import ServiceLogs
+from components.monitoring import ServiceMonitoring
 from components.network import Network
 from components.parameters import Parameters
+from components.secrets import ProviderSecrets
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
+
+REFRESH_ALARMS = ("Target5xxRate", "UnhealthyHosts")
+"""``ServiceMonitoring`` alarms that fail an instance refresh (and roll the stack back)."""
+
+
+def alarm_name(config: EnvironmentConfig, alarm_id: str) -> str:
+    """The name ``ServiceMonitoring`` gives an alarm: ``Humansa-<Env>-<AlarmId>``."""
+    return f"Humansa-{config.name.capitalize()}-{alarm_id}"
 
 
 class ServiceStack(Stack):
     """``Humansa-<Env>-Service``.
 
     Attributes:
-        image: ``ServerImage`` (``.asset``, ``.image_uri``).
+        image: ``ServerImage`` (``.asset`` or ``.cache_rule``, ``.image_uri``).
+        provider_secrets: ``ProviderSecrets`` (``.secrets``: NAME -> placeholder secret).
         logs: ``ServiceLogs`` (``.app``, ``.setup``).
         load_balancer: ``LoadBalancer`` (``.alb``, ``.listener``, ``.target_group``).
         fleet: ``Fleet`` (``.auto_scaling_group``, ``.role``, ``.launch_template``).
+        monitoring: ``ServiceMonitoring`` (``.topic``, ``.alarms``, ``.dashboard``).
         parameters: ``alb_dns_name``, ``asg_name``, ``ml_tg_arn``, ``vpc_id``,
             ``ml_server_image_tag`` under ``/humansa/<env>/``.
 
@@ -54,9 +66,21 @@ class ServiceStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         database = data.database
-        self.image = ServerImage(self, "Image", architecture=config.fleet.architecture)
+        tag = image_tag or config.image.tag
+        self.image = ServerImage(
+            self,
+            "Image",
+            config=config.image,
+            architecture=config.fleet.architecture,
+            environment=config.name,
+            tag=tag,
+            retain=config.termination_protection,
+        )
         self.logs = ServiceLogs(
             self, "Logs", environment=config.name, retain=config.termination_protection
+        )
+        self.provider_secrets = ProviderSecrets(
+            self, "ProviderSecrets", environment=config.name, retain=config.termination_protection
         )
         self.load_balancer = LoadBalancer(
             self,
@@ -72,7 +96,10 @@ class ServiceStack(Stack):
             parameter_path=config.parameter_path,
             image_uri=self.image.image_uri,
             registry=self.image.registry,
-            secret_files={"DB_PASSWORD": SecretFile(database.secret.secret_arn, "password")},
+            secret_files={
+                "DB_PASSWORD": SecretFile(database.secret.secret_arn, "password"),
+                **self.provider_secrets.secret_files(),
+            },
             app_log_group=self.logs.app.log_group_name,
             setup_log_group=self.logs.setup.log_group_name,
             container_port=config.service.container_port,
@@ -85,9 +112,27 @@ class ServiceStack(Stack):
             vpc=network.vpc,
             subnets=network.app_subnets,
             boot=boot,
+            rollout=config.rollout,
+            refresh_alarm_names=[alarm_name(config, a) for a in REFRESH_ALARMS],
         )
         asg = self.fleet.auto_scaling_group
         self.load_balancer.target_group.add_target(asg)
+        self.fleet.add_target_tracking(config.scaling)
+        self.monitoring = ServiceMonitoring(
+            self,
+            "Monitoring",
+            environment=config.name,
+            load_balancer=self.load_balancer.alb,
+            target_group=self.load_balancer.target_group,
+            auto_scaling_group=asg,
+            database=database.instance,
+            config=config.monitoring,
+            agent_namespace=METRICS_NAMESPACE_PREFIX + config.name,
+        )
+        # The refresh names its alarms (they watch this group, so they come after it); the
+        # group waits for them, so an update that adds an alarm creates it before refreshing.
+        for alarm_id in REFRESH_ALARMS:
+            asg.node.add_dependency(self.monitoring.alarms[alarm_id])
         # Security groups: ALB -> instances on the container port (added by add_target above),
         # instances -> database on 5432.
         # The rule is created through an import scoped to this stack: a rule in the Data stack
@@ -112,17 +157,19 @@ class ServiceStack(Stack):
                 "asg_name": asg.auto_scaling_group_name,
                 "ml_tg_arn": self.load_balancer.target_group.target_group_arn,
                 "vpc_id": network.vpc.vpc_id,
-                "ml_server_image_tag": image_tag or config.image.tag,
+                "ml_server_image_tag": tag,
             },
         )
 
-        # Grants: everything the boot script reads, and nothing else.
+        # Grants: everything the boot script and the CloudWatch agent need, and nothing else
+        # (docs/boot.md): the DB secret and the provider secrets by ARN, the parameter path,
+        # the two log groups, metrics in the agent's namespace, the image.
         role = self.fleet.role
         database.secret.grant_read(role)
-        data.parameters.grant_read(role)
-        # The boot script reads the whole path with GetParametersByPath (granted below), which
-        # covers this stack's parameters too. A per-parameter grant on asg_name would make the
-        # role policy depend on the ASG, which already waits for that policy: a cycle.
+        self.provider_secrets.grant_read(role)
+        # The boot script reads the whole path with GetParametersByPath, which covers this
+        # stack's parameters too. A per-parameter grant on asg_name would make the role policy
+        # depend on the ASG, which already waits for that policy: a cycle.
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["ssm:GetParametersByPath"],
@@ -135,10 +182,33 @@ class ServiceStack(Stack):
                 ],
             )
         )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={
+                    "StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE_PREFIX + config.name}
+                },
+            )
+        )
+        # The agent resolves ${aws:AutoScalingGroupName} from the instance's tags.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["ec2:DescribeTags"], resources=["*"])
+        )
         self.image.grant_pull(role)
+        if self.image.cache_rule is not None:
+            acknowledge(
+                role,
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecr:"
+                f"{config.region}:{config.account}:repository/{self.image.prefix}/*]",
+                "Pull-through cache repositories are created on the first pull under the "
+                "environment's cache prefix; their names are only known as prefix/*.",
+            )
         self.logs.grant_write(role)
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "ecr:GetAuthorizationToken has no resource-level permissions; AWS requires '*'.",
+            "No resource-level permissions exist for ecr:GetAuthorizationToken, "
+            "ec2:DescribeTags and cloudwatch:PutMetricData (the latter is limited to the "
+            "agent's namespace by a condition); AWS requires '*'.",
         )

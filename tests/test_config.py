@@ -89,7 +89,8 @@ CASES = [
         {"fleet__size": 3},
         "config/production.yaml: fleet.size is not a known setting (allowed: instance_type, "
         "architecture, min_capacity, desired_capacity, max_capacity, root_volume_gib, "
-        "health_check_grace_seconds)",
+        "health_check_grace_seconds, spot, on_demand_base_capacity, "
+        "on_demand_percentage_above_base, instance_types)",
     ),
     (
         {"account": None},
@@ -116,9 +117,8 @@ CASES = [
         "input should be greater than or equal to 120",
     ),
     (
-        {"image__source": "ghcr"},
-        "config/production.yaml: image.source=ghcr is not available in this version; "
-        "allowed: asset (the GHCR pull-through cache lands with the boot-script work)",
+        {"image__source": "docker-hub"},
+        "config/production.yaml: image.source=docker-hub is not allowed (allowed: 'asset', 'ghcr')",
     ),
     (
         {"region": "eu-west-1"},

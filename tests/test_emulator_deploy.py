@@ -111,6 +111,47 @@ class _EmulatedSecretAttachment(CloudFormationModel):
         return cls(str(cloudformation_json["Properties"]["SecretId"]))
 
 
+class _EmulatedAlarm(CloudFormationModel):
+    """AWS::CloudWatch::Alarm for moto's CloudFormation: moto 5.2.5 skips the type, so the
+    dashboard's alarm widget (Fn::GetAtt Arn) found no resource. Its Ref is the name and its
+    Arn is built the AWS way; the alarms themselves are asserted on the templates."""
+
+    def __init__(self, name: str, arn: str) -> None:
+        self.name = name
+        self.arn = arn
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::CloudWatch::Alarm"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "AlarmName"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.name
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name: str) -> str:
+        return self.arn
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> _EmulatedAlarm:
+        name = cloudformation_json["Properties"].get("AlarmName", resource_name)
+        return cls(name, f"arn:aws:cloudwatch:{region_name}:{account_id}:alarm:{name}")
+
+
 def _patch_moto_gaps() -> None:
     """Teach moto 5.2.5 two things real CloudFormation does; the templates stay untouched."""
     from moto.rds.models import DBParameterGroup
@@ -121,9 +162,25 @@ def _patch_moto_gaps() -> None:
     if not hasattr(DBParameterGroup, "physical_resource_id"):
         DBParameterGroup.physical_resource_id = property(lambda group: group.name)  # type: ignore[attr-defined]
 
-    # The two secret models above register as CloudFormationModel subclasses.
+    # The secret and alarm models above register as CloudFormationModel subclasses.
     for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
         cached.cache_clear()
+
+    _patch_kms_key_tags()
+
+    # Target tracking on ALB requests and the alarms read Fn::GetAtt TargetGroupFullName,
+    # which moto's target group model cannot answer: "targetgroup/<name>/<id>" from its ARN.
+    from moto.elbv2.models import FakeTargetGroup
+
+    def target_group_attribute(group: Any, attribute_name: str) -> Any:
+        if attribute_name == "TargetGroupFullName":
+            return group.arn.split(":", 5)[5]
+        from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+
+        raise UnformattedGetAttTemplateException()
+
+    if not hasattr(FakeTargetGroup, "get_cfn_attribute"):
+        FakeTargetGroup.get_cfn_attribute = target_group_attribute  # type: ignore[attr-defined]
 
     # AWS::SSM::Parameter Tags are a key/value map in CloudFormation; moto expects a list.
     original = Parameter.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
@@ -142,6 +199,29 @@ def _patch_moto_gaps() -> None:
 
     create._humansa_patched = True  # type: ignore[attr-defined]
     Parameter.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+
+
+def _patch_kms_key_tags() -> None:
+    """AWS::KMS::Key Tags are Key/Value in CloudFormation; moto's model passes them to the KMS
+    API's TagKey/TagValue shape and fails (the alarm topic's key)."""
+    from moto.kms.models import Key
+
+    original = Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    if getattr(original, "_humansa_patched", False):
+        return
+
+    def create(
+        cls: Any, name: str, cloudformation_json: dict[str, Any], *args: Any, **kw: Any
+    ) -> Any:
+        tags = cloudformation_json.get("Properties", {}).get("Tags")
+        if tags:
+            properties = {**cloudformation_json["Properties"]}
+            properties["Tags"] = [{"TagKey": t["Key"], "TagValue": t["Value"]} for t in tags]
+            cloudformation_json = {**cloudformation_json, "Properties": properties}
+        return original(cls, name, cloudformation_json, *args, **kw)
+
+    create._humansa_patched = True  # type: ignore[attr-defined]
+    Key.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,499 @@
+"""The wired service stacks: provider secrets and the instance role, rollout, monitoring,
+scaling, spot capacity, architecture, and the GHCR image source (GIVEN the real app)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aws_cdk import App
+from aws_cdk.assertions import Match, Template
+
+from app import build_app
+from components.boot import (
+    METRICS_NAMESPACE_PREFIX,
+    PLACEHOLDER_SECRET_VALUE,
+    PROVIDER_SECRET_NAMES,
+    USER_DATA_LIMIT_BYTES,
+    secret_name,
+)
+from components.image import ghcr_token_secret_name
+from config import ConfigError, load_environment
+from config.model import is_graviton
+from stacks.service_stack import REFRESH_ALARMS
+from tests.conftest import ENVIRONMENTS, ROOT, Synth, cdk_context
+from tests.ops_checks import (
+    alarm_topic,
+    check_alarm,
+    check_dashboard,
+    expected_alarms,
+    only_resource,
+)
+
+
+def _title(env: str) -> str:
+    return env.capitalize()
+
+
+def _resources(template: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _asg(template: Mapping[str, Any]) -> dict[str, Any]:
+    (asg,) = _resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+    return asg
+
+
+def _role_statements(template: Mapping[str, Any]) -> list[dict[str, Any]]:
+    (policy,) = _resources(template, "AWS::IAM::Policy").values()
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+# --- provider secrets and the instance role -------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_provider_secret_placeholders(synth: Synth, env: str) -> None:
+    template = synth.template_json(env, "Service")
+    secrets = _resources(template, "AWS::SecretsManager::Secret")
+    names = {r["Properties"]["Name"]: r["Properties"] for r in secrets.values()}
+    assert set(names) == {secret_name(env, n) for n in PROVIDER_SECRET_NAMES}
+    for props in names.values():
+        assert props["SecretString"] == PLACEHOLDER_SECRET_VALUE
+        assert "GenerateSecretString" not in props
+    policy = "Retain" if env == "production" else "Delete"
+    assert {r["DeletionPolicy"] for r in secrets.values()} == {policy}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_role_reads_exactly_the_boot_secrets(synth: Synth, env: str) -> None:
+    template = synth.template_json(env, "Service")
+    provider_ids = set(_resources(template, "AWS::SecretsManager::Secret"))
+    read: list[Any] = []
+    for statement in _role_statements(template):
+        if "secretsmanager:GetSecretValue" in _actions(statement):
+            assert set(_actions(statement)) == {
+                "secretsmanager:GetSecretValue",
+                "secretsmanager:DescribeSecret",
+            }
+            resource = statement["Resource"]
+            read.extend(resource if isinstance(resource, list) else [resource])
+    refs = sorted(r["Ref"] for r in read if "Ref" in r)
+    imports = [r for r in read if "Fn::ImportValue" in r]
+    assert refs == sorted(provider_ids)  # the ten placeholders, each once
+    assert len(imports) == 1 and "SecretAttachment" in json.dumps(imports)  # the RDS secret
+    assert len(read) == len(provider_ids) + 1
+    assert "GHCR_TOKEN" not in json.dumps(_role_statements(template))
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_role_scope(synth: Synth, env: str) -> None:
+    template = synth.template_json(env, "Service")
+    statements = _role_statements(template)
+    by_action: dict[str, list[dict[str, Any]]] = {}
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        for action in _actions(statement):
+            by_action.setdefault(action, []).append(statement)
+    assert set(by_action) == {
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret",
+        "ssm:GetParametersByPath",
+        "cloudwatch:PutMetricData",
+        "ec2:DescribeTags",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchGetImage",
+    }
+    (path,) = by_action["ssm:GetParametersByPath"]
+    assert json.dumps(path["Resource"]).endswith(f':parameter/humansa/{env}"]]}}')
+    (metrics,) = by_action["cloudwatch:PutMetricData"]
+    assert metrics["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE_PREFIX + env}
+    }
+    logs = json.dumps([s["Resource"] for s in by_action["logs:PutLogEvents"]])
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    assert len(groups) == 2 and all(group_id in logs for group_id in groups)
+
+
+def _concrete(part: Any, template: Mapping[str, Any], env: str) -> str:
+    """A realistic, long value for one CloudFormation token in the user data."""
+    if isinstance(part, str):
+        return part
+    resources = template["Resources"]
+    arn_suffix = "-AbCdEf"
+    if "Ref" in part:
+        target = resources.get(part["Ref"])
+        if part["Ref"] == "AWS::URLSuffix":
+            return "amazonaws.com"
+        if target and target["Type"] == "AWS::SecretsManager::Secret":
+            name = target["Properties"]["Name"]
+            return f"arn:aws:secretsmanager:ap-east-1:992382528744:secret:{name}{arn_suffix}"
+        if target and target["Type"] == "AWS::Logs::LogGroup":
+            return str(target["Properties"]["LogGroupName"])
+    if "Fn::Select" in part:  # the registry: first "/" part of the image URI
+        index, split = part["Fn::Select"]
+        separator, source = split["Fn::Split"]
+        return str(_concrete(source, template, env).split(separator)[index])
+    if "Fn::Sub" in part:  # the asset image URI
+        return str(part["Fn::Sub"]).replace("${AWS::URLSuffix}", "amazonaws.com")
+    if "Fn::ImportValue" in part and "SecretAttachment" in json.dumps(part):
+        return (
+            "arn:aws:secretsmanager:ap-east-1:992382528744:secret:"
+            f"HumansaProductionDataDatabaseSecret3B817195-{env}AbCdEfGhIjKl{arn_suffix}"
+        )
+    raise AssertionError(f"no concrete stand-in for user-data token {part}")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_user_data_with_real_arns_fits(synth: Synth, env: str) -> None:
+    template = synth.template_json(env, "Service")
+    (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
+    joined = launch_template["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+    separator, parts = joined["Fn::Join"]
+    script = separator.join(_concrete(p, template, env) for p in parts)
+    for name in PROVIDER_SECRET_NAMES:
+        assert f"{secret_name(env, name)}-AbCdEf" in script
+    size = len(script.encode())
+    print(f"{env}: rendered user data with concrete ARNs: {size} bytes")
+    assert size < USER_DATA_LIMIT_BYTES, size
+
+
+# --- rollout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_instance_refresh_policy(synth: Synth, env: str) -> None:
+    rollout = synth.configs[env].rollout
+    template = synth.template_json(env, "Service")
+    asg = _asg(template)
+    refresh = asg["UpdatePolicy"]["AutoScalingInstanceRefresh"]
+    assert refresh["Strategy"] == "Rolling"
+    preferences = refresh["Preferences"]
+    names = [f"Humansa-{_title(env)}-{a}" for a in REFRESH_ALARMS]
+    expected: dict[str, Any] = {
+        "MinHealthyPercentage": 100,
+        "MaxHealthyPercentage": 200,
+        "SkipMatching": True,
+        "InstanceWarmup": rollout.instance_warmup_seconds,
+        "BakeTime": rollout.bake_time_minutes * 60,
+        "AlarmSpecification": {"Alarms": names},
+    }
+    if rollout.checkpoint_percentages:
+        expected["CheckpointPercentages"] = list(rollout.checkpoint_percentages)
+        expected["CheckpointDelay"] = rollout.checkpoint_delay_minutes * 60
+    assert preferences == expected
+    # The named alarms are this stack's, and the group is created after them.
+    alarms = {
+        r["Properties"]["AlarmName"]: k
+        for k, r in _resources(template, "AWS::CloudWatch::Alarm").items()
+    }
+    assert {alarms[n] for n in names} <= set(asg["DependsOn"])
+    assert asg["Properties"]["DefaultInstanceWarmup"] == rollout.instance_warmup_seconds
+    assert asg["Properties"]["HealthCheckGracePeriod"] >= rollout.instance_warmup_seconds
+
+
+def test_rollout_defaults_per_environment(synth: Synth) -> None:
+    bake = {env: synth.configs[env].rollout.bake_time_minutes for env in ENVIRONMENTS}
+    assert bake == {"dev": 5, "staging": 10, "production": 10}
+    assert synth.configs["production"].rollout.checkpoint_percentages == (50, 100)
+    assert not synth.configs["dev"].rollout.checkpoint_percentages
+
+
+# --- monitoring on the real templates -----------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_alarms_on_the_service_stack(synth: Synth, env: str) -> None:
+    config = synth.configs[env].monitoring
+    template = synth.template(env, "Service")
+    topic_id = alarm_topic(template, config.alarm_email)
+    expected = expected_alarms(config, METRICS_NAMESPACE_PREFIX + env)
+    for alarm in expected:
+        check_alarm(template, _title(env), topic_id, alarm)
+    template.resource_count_is("AWS::CloudWatch::Alarm", len(expected))
+    # The RDS alarms read the Data stack's instance through a strong reference.
+    _, rds = only_resource(
+        template, "AWS::CloudWatch::Alarm", {"AlarmName": f"Humansa-{_title(env)}-RdsCpu"}
+    )
+    assert "Fn::ImportValue" in json.dumps(rds["Dimensions"])
+    # Fleet alarms use the group's name as their only dimension.
+    _, memory = only_resource(
+        template, "AWS::CloudWatch::Alarm", {"AlarmName": f"Humansa-{_title(env)}-FleetMemory"}
+    )
+    (asg_id,) = _resources(
+        synth.template_json(env, "Service"), "AWS::AutoScaling::AutoScalingGroup"
+    )
+    assert memory["Dimensions"] == [{"Name": "AutoScalingGroupName", "Value": {"Ref": asg_id}}]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dashboard_on_the_service_stack(synth: Synth, env: str) -> None:
+    check_dashboard(synth.template(env, "Service"), _title(env))
+
+
+def test_agent_config_aggregates_by_group_and_skips_tmpfs() -> None:
+    text = (ROOT / "user_data" / "cloudwatch-agent.json.j2").read_text()
+    assert '"aggregation_dimensions": [["AutoScalingGroupName"]]' in text
+    assert '"ignore_file_system_types": ["tmpfs", "devtmpfs", "overlay"]' in text
+
+
+# --- scaling and capacity --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_scaling_policies_and_bounds(synth: Synth, env: str) -> None:
+    config = synth.configs[env]
+    template = synth.template(env, "Service")
+    asg = _asg(synth.template_json(env, "Service"))["Properties"]
+    assert (asg["MinSize"], asg["MaxSize"]) == (
+        str(config.fleet.min_capacity),
+        str(config.fleet.max_capacity),
+    )
+    template.has_resource_properties(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingConfiguration": {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "ALBRequestCountPerTarget",
+                    "ResourceLabel": Match.any_value(),
+                },
+                "TargetValue": config.scaling.requests_per_target_per_minute,
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingConfiguration": {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "ASGAverageCPUUtilization"
+                },
+                "TargetValue": config.scaling.cpu_target_percent,
+            },
+        },
+    )
+    template.resource_count_is("AWS::AutoScaling::ScalingPolicy", 2)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_capacity_mix(synth: Synth, env: str) -> None:
+    fleet = synth.configs[env].fleet
+    template = synth.template_json(env, "Service")
+    asg = _asg(template)["Properties"]
+    (launch_template_id,) = _resources(template, "AWS::EC2::LaunchTemplate")
+    if not fleet.spot:
+        assert "MixedInstancesPolicy" not in asg and "CapacityRebalance" not in asg
+        assert asg["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": launch_template_id}
+        return
+    mixed = asg["MixedInstancesPolicy"]
+    assert asg["CapacityRebalance"] is True
+    assert "LaunchTemplate" not in asg
+    assert mixed["LaunchTemplate"]["LaunchTemplateSpecification"]["LaunchTemplateId"] == {
+        "Ref": launch_template_id
+    }
+    types = [o["InstanceType"] for o in mixed["LaunchTemplate"]["Overrides"]]
+    assert types == list(fleet.all_instance_types) and len(types) >= 2
+    assert all(is_graviton(t) for t in types)
+    assert mixed["InstancesDistribution"] == {
+        "OnDemandAllocationStrategy": "prioritized",
+        "OnDemandBaseCapacity": fleet.on_demand_base_capacity,
+        "OnDemandPercentageAboveBaseCapacity": fleet.on_demand_percentage_above_base,
+        "SpotAllocationStrategy": "price-capacity-optimized",
+    }
+
+
+def test_capacity_defaults_per_environment(synth: Synth) -> None:
+    fleets = {env: synth.configs[env].fleet for env in ENVIRONMENTS}
+    assert (fleets["dev"].spot, fleets["dev"].on_demand_base_capacity) == (True, 0)
+    assert fleets["dev"].on_demand_percentage_above_base == 0
+    assert fleets["staging"].spot is True
+    assert fleets["production"].spot is False and fleets["production"].min_capacity == 2
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_arm64_launch_template(synth: Synth, env: str) -> None:
+    template = synth.template_json(env, "Service")
+    (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
+    data = launch_template["Properties"]["LaunchTemplateData"]
+    assert is_graviton(data["InstanceType"])
+    ami_parameter = template["Parameters"][data["ImageId"]["Ref"]]
+    assert ami_parameter["Default"] == (
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64"
+    )
+    assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+
+
+# --- an x86_64 fleet and the GHCR image source (their own synth) --------------------------
+
+VARIANT_TAG = "release-9.9.9"
+
+
+def _variant_dir(tmp: Path) -> Path:
+    folder = tmp / "config"
+    folder.mkdir()
+    for env in ("dev", "staging"):
+        shutil.copy(ROOT / "config" / f"{env}.yaml", folder / f"{env}.yaml")
+    dev = yaml.safe_load((folder / "dev.yaml").read_text())
+    dev["fleet"].update(
+        architecture="x86_64", instance_type="t3.small", instance_types=["t3a.small", "m7i.large"]
+    )
+    (folder / "dev.yaml").write_text(yaml.safe_dump(dev))
+    staging = yaml.safe_load((folder / "staging.yaml").read_text())
+    staging["image"].update(source="ghcr", ghcr_repository="acme/humansa-ml-server")
+    (folder / "staging.yaml").write_text(yaml.safe_dump(staging))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("variants")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HUMANSA_CONFIG_DIR", str(_variant_dir(tmp)))
+        outdir = tmp / "cdk.out"
+        app = App(
+            outdir=str(outdir),
+            context={**cdk_context(), "env": "dev,staging", "image_tag": VARIANT_TAG},
+        )
+        dev, staging = build_app(app)
+        app.synth()  # raises on any unacknowledged cdk-nag finding
+        yield {
+            "outdir": outdir,
+            "dev": Template.from_stack(dev.service),
+            "staging": Template.from_stack(staging.service),
+        }
+
+
+def test_x86_64_fleet_builds_an_amd64_image(variants: dict[str, Any]) -> None:
+    assets = json.loads((variants["outdir"] / "Humansa-Dev-Service.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    assert image["source"]["platform"] == "linux/amd64"
+    template = variants["dev"].to_json()
+    (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
+    data = launch_template["Properties"]["LaunchTemplateData"]
+    assert data["InstanceType"] == "t3.small"
+    assert template["Parameters"][data["ImageId"]["Ref"]]["Default"].endswith("-x86_64")
+    overrides = _asg(template)["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    assert [o["InstanceType"] for o in overrides] == ["t3.small", "t3a.small", "m7i.large"]
+
+
+def test_ghcr_source_uses_the_pull_through_cache(variants: dict[str, Any]) -> None:
+    template: Template = variants["staging"]
+    data = template.to_json()
+    _, token = only_resource(
+        template, "AWS::SecretsManager::Secret", {"Name": ghcr_token_secret_name("staging")}
+    )
+    assert token["Name"].startswith("ecr-pullthroughcache/")
+    assert json.loads(token["SecretString"]) == {
+        "username": PLACEHOLDER_SECRET_VALUE,
+        "accessToken": PLACEHOLDER_SECRET_VALUE,
+    }
+    token_id = next(
+        k
+        for k, r in _resources(data, "AWS::SecretsManager::Secret").items()
+        if r["Properties"]["Name"] == ghcr_token_secret_name("staging")
+    )
+    template.has_resource_properties(
+        "AWS::ECR::PullThroughCacheRule",
+        {
+            "EcrRepositoryPrefix": "ghcr-humansa-staging",
+            "UpstreamRegistry": "github-container-registry",
+            "UpstreamRegistryUrl": "ghcr.io",
+            "CredentialArn": {"Ref": token_id},
+        },
+    )
+    # No image asset; instances pull the cached image with the release tag.
+    assert _resources(data, "AWS::ECR::Repository") == {}
+    (launch_template,) = _resources(data, "AWS::EC2::LaunchTemplate").values()
+    user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    image = (
+        '992382528744.dkr.ecr.ap-east-1.", {"Ref": "AWS::URLSuffix"}, '
+        f'"/ghcr-humansa-staging/acme/humansa-ml-server:{VARIANT_TAG}'
+    )
+    assert image in user_data
+    assert "cdk-hnb659fds-container-assets" not in user_data
+    template.has_resource_properties(
+        "AWS::SSM::Parameter",
+        {"Name": "/humansa/staging/ml_server_image_tag", "Value": VARIANT_TAG},
+    )
+    # The role pulls and imports through the cache prefix only; it never reads the token.
+    statements = _role_statements(data)
+    (cache,) = [s for s in statements if "ecr:BatchImportUpstreamImage" in _actions(s)]
+    assert set(_actions(cache)) == {
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchGetImage",
+        "ecr:BatchImportUpstreamImage",
+        "ecr:CreateRepository",
+    }
+    assert json.dumps(cache["Resource"]).endswith(':repository/ghcr-humansa-staging/*"]]}')
+    assert token_id not in json.dumps(statements)
+
+
+# --- configuration errors ---------------------------------------------------------------
+
+
+def _bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet: dict[str, Any], **top: Any) -> str:
+    folder = tmp_path / "config"
+    folder.mkdir()
+    data = yaml.safe_load((ROOT / "config" / "production.yaml").read_text())
+    data["fleet"].update(fleet)
+    data.update(top)
+    (folder / "production.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("HUMANSA_CONFIG_DIR", str(folder))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_environment("production")
+    return str(caught.value)
+
+
+def test_instance_types_must_match_the_architecture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = _bad(
+        tmp_path, monkeypatch, {"spot": True, "instance_types": ["t4g.medium", "m7i.large"]}
+    )
+    assert message == (
+        "config/production.yaml: fleet.instance_types=m7i.large is not a Graviton type but "
+        "fleet.architecture=arm64 (use t4g, m7g, c7g, ... or set x86_64)"
+    )
+
+
+def test_x86_64_refuses_graviton_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _bad(tmp_path, monkeypatch, {"architecture": "x86_64"})
+    assert message == (
+        "config/production.yaml: fleet.instance_type=t4g.small is a Graviton type but "
+        "fleet.architecture=x86_64 (set arm64 or pick an x86_64 type such as t3, m7i, c7i)"
+    )
+
+
+def test_grace_period_covers_the_warmup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _bad(tmp_path, monkeypatch, {"health_check_grace_seconds": 120})
+    assert message.startswith(
+        "config/production.yaml: fleet.health_check_grace_seconds=120 is below "
+        "rollout.instance_warmup_seconds=180"
+    )
+
+
+def test_checkpoints_must_end_at_100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rollout = {"checkpoint_percentages": [50]}
+    message = _bad(tmp_path, monkeypatch, {}, rollout=rollout)
+    assert message == (
+        "config/production.yaml: rollout.checkpoint_percentages=[50] must end at 100 "
+        "(otherwise part of the fleet is never replaced)"
+    )
