@@ -59,5 +59,6 @@ def test_hostile_values_are_refused_before_rendering() -> None:
 
 def test_parameter_path_needs_slashes() -> None:
     settings = _settings("dev")
-    with pytest.raises(ValueError, match=r"BootSettings\.parameter_path must start and end with '/'"):
+    message = r"BootSettings\.parameter_path must start and end with '/'"
+    with pytest.raises(ValueError, match=message):
         render_user_data(BootSettings(**{**settings.__dict__, "parameter_path": "/humansa/dev"}))
