@@ -64,16 +64,21 @@ class Fleet(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="Humansa ML server instances",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")
-            ],
         )
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
-            "AmazonSSMManagedInstanceCore]",
-            "AWS-maintained Session Manager policy: replaces SSH (no key pair, no port 22) and "
-            "tracks the SSM agent's needs as AWS changes them.",
+        # Session Manager (instead of SSH) needs only these; AmazonSSMManagedInstanceCore would
+        # also grant ssm:GetParameter(s) on every parameter of the account.
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="SessionManager",
+                actions=[
+                    "ssm:UpdateInstanceInformation",
+                    "ssmmessages:CreateControlChannel",
+                    "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel",
+                    "ssmmessages:OpenDataChannel",
+                ],
+                resources=["*"],
+            )
         )
         self.security_group = ec2.SecurityGroup(
             self,

@@ -209,6 +209,7 @@ class ServiceStack(Stack):
             role,
             "AwsSolutions-IAM5[Resource::*]",
             "No resource-level permissions exist for ecr:GetAuthorizationToken, "
-            "ec2:DescribeTags and cloudwatch:PutMetricData (the latter is limited to the "
-            "agent's namespace by a condition); AWS requires '*'.",
+            "ec2:DescribeTags, cloudwatch:PutMetricData (limited to the agent's namespace by a "
+            "condition) and the Session Manager channel actions (ssm:UpdateInstanceInformation, "
+            "ssmmessages:*Channel); AWS requires '*'.",
         )

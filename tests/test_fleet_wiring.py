@@ -117,6 +117,12 @@ def test_role_scope(synth: Synth, env: str) -> None:
         "ecr:BatchCheckLayerAvailability",
         "ecr:GetDownloadUrlForLayer",
         "ecr:BatchGetImage",
+        # Session Manager instead of SSH (no managed policy: it would read every parameter)
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
     }
     (path,) = by_action["ssm:GetParametersByPath"]
     assert json.dumps(path["Resource"]).endswith(f':parameter/humansa/{env}"]]}}')

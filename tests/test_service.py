@@ -104,17 +104,34 @@ def test_auto_scaling_group(synth: Synth, env: str) -> None:
 
 def test_instance_role_has_session_manager_and_no_admin(synth: Synth) -> None:
     template = synth.template("production", "Service")
+    roles = template.find_resources(
+        "AWS::IAM::Role", {"Properties": {"Description": "Humansa ML server instances"}}
+    )
+    assert len(roles) == 1
+    # No managed policy: AmazonSSMManagedInstanceCore would allow reading every SSM parameter.
+    assert "ManagedPolicyArns" not in next(iter(roles.values()))["Properties"]
     template.has_resource_properties(
-        "AWS::IAM::Role",
+        "AWS::IAM::Policy",
         {
-            "ManagedPolicyArns": [
-                {
-                    "Fn::Join": [
-                        "",
-                        Match.array_with([":iam::aws:policy/AmazonSSMManagedInstanceCore"]),
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Sid": "SessionManager",
+                                "Action": Match.array_with(
+                                    [
+                                        "ssm:UpdateInstanceInformation",
+                                        "ssmmessages:CreateControlChannel",
+                                        "ssmmessages:OpenDataChannel",
+                                    ]
+                                ),
+                                "Resource": "*",
+                            }
+                        )
                     ]
-                }
-            ]
+                )
+            }
         },
     )
     policy = json.dumps(synth.template_json("production", "Service"))
