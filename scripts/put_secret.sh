@@ -2,6 +2,8 @@
 # Puts one Humansa secret (/humansa/<env>/<NAME>) from stdin; the value never reaches a command
 # line, the shell history or the terminal.  Usage: make secrets ENV=production NAME=OPENAI_API_KEY
 # To mark a provider as not configured again, put the placeholder value UNSET.
+# GHCR_TOKEN (the ECR pull-through cache credential) is stored as the JSON ECR requires,
+# {"username": $GHCR_USERNAME, "accessToken": <stdin>}, under ecr-pullthroughcache/humansa/<env>/.
 set -euo pipefail
 ENVS="dev staging production"
 NAMES="OPENAI_API_KEY ANTHROPIC_API_KEY DEEPSEEK_API_KEY GOOGLE_API_KEY XAI_API_KEY AZURE_INFERENCE_ENDPOINT AZURE_INFERENCE_CREDENTIAL WEBSHARE_PROXY_USERNAME WEBSHARE_PROXY_PASSWORD MEM0_API_KEY GHCR_TOKEN"
@@ -18,6 +20,15 @@ else
   value=$(cat)
 fi
 [ -n "$value" ] || { echo "put_secret: empty value refused (put UNSET to disable a provider)" >&2; exit 2; }
-printf '%s' "$value" | aws secretsmanager put-secret-value --secret-id "/humansa/$env_name/$name" \
+secret_id="/humansa/$env_name/$name"
+if [ "$name" = GHCR_TOKEN ]; then
+  [ -n "${GHCR_USERNAME:-}" ] \
+    || { echo "put_secret: GHCR_TOKEN needs GHCR_USERNAME=<GitHub user owning the token>" >&2; exit 2; }
+  secret_id="ecr-pullthroughcache/humansa/$env_name/GHCR_TOKEN"
+  # The token goes through stdin into the JSON; only the user name is in the environment.
+  value=$(printf '%s' "$value" | python3 -c \
+    'import json, os, sys; print(json.dumps({"username": os.environ["GHCR_USERNAME"], "accessToken": sys.stdin.read()}))')
+fi
+printf '%s' "$value" | aws secretsmanager put-secret-value --secret-id "$secret_id" \
   --secret-string file:///dev/stdin --query VersionId --output text >/dev/null
-echo "put_secret: stored a new version of /humansa/$env_name/$name" >&2
+echo "put_secret: stored a new version of $secret_id" >&2

@@ -402,6 +402,36 @@ def test_put_secret_reads_stdin_and_keeps_the_value_off_the_command_line(
     )
 
 
+def test_put_secret_stores_the_ghcr_token_as_ecr_pull_through_cache_json(
+    moto: h.Moto, sandbox: h.Sandbox
+) -> None:
+    token = "ghcr-test-not-a-real-token-17"
+    secret_id = "ecr-pullthroughcache/humansa/production/GHCR_TOKEN"
+    moto.client("secretsmanager").create_secret(Name=secret_id, SecretString="UNSET")
+    env = sandbox.env(moto.endpoint, AWS_DEFAULT_REGION=h.REGION)
+    refused = subprocess.run(
+        [str(REPO / "scripts/put_secret.sh"), "production", "GHCR_TOKEN"],
+        input=token,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "needs GHCR_USERNAME" in refused.stderr
+    done = subprocess.run(
+        [str(REPO / "scripts/put_secret.sh"), "production", "GHCR_TOKEN"],
+        input=token,
+        env={**env, "GHCR_USERNAME": "humansa-bot"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    got = moto.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    assert json.loads(got["SecretString"]) == {"username": "humansa-bot", "accessToken": token}
+    assert token not in sandbox.stub_log.read_text() + done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
