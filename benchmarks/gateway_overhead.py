@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +103,12 @@ async def first_chunk(session: aiohttp.ClientSession, url: str, body: bytes) -> 
 
 
 async def interleaved(
-    targets: list[Target], n: int, warmup: int, model: str, fn: Callable[..., object], stream: bool
+    targets: list[Target],
+    n: int,
+    warmup: int,
+    model: str,
+    fn: Callable[[aiohttp.ClientSession, str, bytes], Awaitable[float]],
+    stream: bool,
 ) -> dict[str, list[float]]:
     """``n`` sequential rounds, each sending one request to every target (order rotating)."""
     sessions = [session_for(t, 1) for t in targets]
@@ -113,9 +118,9 @@ async def interleaved(
         for i in range(n + warmup):
             for k in range(len(targets)):
                 j = (i + k) % len(targets)
-                ms = await fn(sessions[j], targets[j].url, bodies[j])  # type: ignore[misc]
+                ms = await fn(sessions[j], targets[j].url, bodies[j])
                 if i >= warmup:
-                    out[targets[j].name].append(float(ms))  # type: ignore[arg-type]
+                    out[targets[j].name].append(ms)
     finally:
         for s in sessions:
             await s.close()
