@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ml_server import __version__
+from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.config import Settings, load_settings
@@ -114,6 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None if not settings.is_development else "/docs",
         redoc_url=None,
         openapi_url=None if not settings.is_development else "/openapi.json",
+        # FastAPI's OpenTelemetry bridge checks the global providers on every request; we export
+        # Prometheus metrics ourselves.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
 
     @app.exception_handler(ApiError)
@@ -155,7 +159,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/json",
         )
 
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        fast_routes={
+            "/v1/chat/completions": endpoint_app(chat.chat_completions),
+            "/v1/embeddings": endpoint_app(embeddings.embeddings),
+        },
+    )
     for module in (health, metrics_route, models, chat, embeddings):
         app.include_router(module.router)
     return app

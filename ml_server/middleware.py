@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,10 +29,23 @@ def _valid_request_id(value: str) -> bool:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    """Args:
+    fast_routes: POST paths answered by these ASGI apps directly, past FastAPI's router
+        (``ml_server.api.fastpath``); the route label in metrics and logs is the path.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        fast_routes: Mapping[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.fast_routes = dict(fast_routes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,17 +89,23 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        route_label = None
+        app = self.app
+        if scope["method"] == "POST":
+            fast = self.fast_routes.get(scope["path"])
+            if fast is not None:
+                app, route_label = fast, scope["path"]
         try:
             if content_length is not None and content_length > self.max_body:
                 raise BodyTooLarge
-            await self.app(scope, limited_receive, send_wrapper)
+            await app(scope, limited_receive, send_wrapper)
         except BodyTooLarge:
             if sent_start:
                 raise
             await self._too_large(send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_label or getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(route, method, str(status or 500)).inc()
             self.metrics.request_latency.labels(route).observe(elapsed)
