@@ -20,6 +20,7 @@ from ml_server.db.models import UsageRecord
 from ml_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+USAGE_TABLE = UsageRecord.metadata.tables[UsageRecord.__tablename__]
 
 
 @dataclass
@@ -110,7 +111,8 @@ class UsageRecorder:
 
     async def _write(self, rows: list[UsageRow]) -> None:
         async with self._sessions() as session:
-            await session.execute(insert(UsageRecord), [vars(r) for r in rows])
+            # A Core insert of the table (one executemany), not the ORM's bulk-insert machinery.
+            await session.execute(insert(USAGE_TABLE), [vars(r) for r in rows])
             await session.commit()
 
     async def _run(self) -> None:
