@@ -156,7 +156,14 @@ def rss_mib(pid: int) -> float:
 
 
 class TimedServer(ServerProcess):
-    """ServerProcess that measures start to the first /health 200 at 10 ms resolution."""
+    """ServerProcess that measures start to the first /health 200 at 10 ms resolution.
+
+    ``root``: the source tree to run (another checkout for ``--baseline``).
+    """
+
+    def __init__(self, env: dict[str, str], root: Path = HERE.parent) -> None:
+        super().__init__({**env, "PYTHONPATH": str(root)})
+        self.root = root
 
     def start_timed(self) -> float:
         with self.log_path.open("ab") as log:
@@ -164,7 +171,7 @@ class TimedServer(ServerProcess):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ml_server", "serve"],
                 env=self.env,
-                cwd=HERE.parent,
+                cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -236,6 +243,11 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
         print(f"    {n:<7} p50 {pct(ttfc[n], 0.5):6.3f} ms  added {pct(ttfc[n], 0.5) - d:6.3f} ms")
     r["ttfc_added_ms"] = pct(ttfc["ours"], 0.5) - d
     r["floor_ttfc_added_ms"] = pct(ttfc["floor"], 0.5) - d
+    if "base" in names:
+        r["base_added_p50_ms"] = pct(lat["base"], 0.5) - d50
+        r["base_added_p99_ms"] = pct(lat["base"], 0.99) - d99
+        r["c64_rps_base"] = statistics.median(rps["base"])
+        r["base_ttfc_added_ms"] = pct(ttfc["base"], 0.5) - d
     return r
 
 
@@ -246,10 +258,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="phase a: requests per path")
     parser.add_argument("--warmup", type=int, default=200, help="phase a: warm-up rounds")
     parser.add_argument("--concurrency", type=int, default=64, help="phase b: concurrency")
-    parser.add_argument("--seconds", type=float, default=5.0, help="phase b: seconds per round")
-    parser.add_argument("--rounds", type=int, default=2, help="phase b: rounds per path")
+    parser.add_argument("--seconds", type=float, default=2.5, help="phase b: seconds per round")
+    parser.add_argument("--rounds", type=int, default=4, help="phase b: rounds per path")
     parser.add_argument(
         "--stream-requests", type=int, default=500, help="phase c: streams per path"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the gateway from another source tree (e.g. an older commit unpacked with\n"
+        "`git archive`) as path 'base', interleaved with the others: A/B on a noisy machine",
     )
     parser.add_argument("--keep-log", action="store_true", help="print the gateway's log tail")
     args = parser.parse_args()
@@ -275,20 +293,23 @@ def main() -> None:
     ]
     try:
         with TempPostgres() as pg:
-            server = TimedServer(
-                {
-                    "ENVIRONMENT": "staging",
-                    "LOG_LEVEL": "INFO",
-                    **pg.env(),
-                    **provider_env(fake_url),
-                }
-            )
+            server_env = {
+                "ENVIRONMENT": "staging",
+                "LOG_LEVEL": "INFO",
+                **pg.env(),
+                **provider_env(fake_url),
+            }
+            server = TimedServer(server_env)
             key = server.cli("keys", "create", "--name", "bench").stdout.strip()  # also migrates
             if not key:
                 raise RuntimeError("could not create an API key")
+            base = TimedServer(server_env, Path(args.baseline).resolve()) if args.baseline else None
             try:
                 start_s = server.start_timed()
                 server.wait("/ready")
+                if base is not None:
+                    base.start_timed()
+                    base.wait("/ready")
                 for port in (fake_port, floor_port):
                     _wait_port(port)
                 targets = [
@@ -298,6 +319,10 @@ def main() -> None:
                     ),
                     Target("ours", f"{server.url}/v1/chat/completions", key, "openai/"),
                 ]
+                if base is not None:
+                    targets.append(
+                        Target("base", f"{base.url}/v1/chat/completions", key, "openai/")
+                    )
                 results = uvloop.run(run_phases(targets, args))
                 assert server.proc is not None
                 results["rss_mib"] = rss_mib(server.proc.pid)
@@ -310,6 +335,8 @@ def main() -> None:
                     print(server.log()[-2000:])
             finally:
                 server.stop()
+                if base is not None:
+                    base.stop()
     finally:
         for p in procs:
             p.terminate()
@@ -329,6 +356,7 @@ def main() -> None:
         "c64_rps_direct",
         "c64_p99_ours_ms",
     ]
+    keys += [k for k in results if "base" in k]
     print("RESULT " + " ".join(f"{k}={results[k]:.{0 if 'rps' in k else 2}f}" for k in keys))
 
 
