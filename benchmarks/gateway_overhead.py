@@ -57,6 +57,7 @@ class Target:
     url: str  # .../chat/completions
     key: str
     prefix: str  # model prefix: "" direct/floor, "openai/" ours
+    pid: int  # the process serving this path (the fake provider for "direct")
 
     def body(self, model: str, *, stream: bool = False) -> bytes:
         data: dict[str, object] = {"model": self.prefix + model, "messages": MESSAGES}
@@ -129,8 +130,9 @@ async def interleaved(
 
 async def closed_loop(
     t: Target, concurrency: int, seconds: float, model: str
-) -> tuple[float, float]:
-    """req/s and p99 ms of ``concurrency`` workers sending back to back for ``seconds``."""
+) -> tuple[float, float, float]:
+    """req/s, p99 ms, and the serving process's CPU µs per request, of ``concurrency`` workers
+    sending back to back for ``seconds``."""
     body = t.body(model)
     latencies: list[float] = []
     async with session_for(t, concurrency) as session:
@@ -138,6 +140,7 @@ async def closed_loop(
         await asyncio.gather(*(one(session, t.url, body) for _ in range(concurrency)))
         end = time.perf_counter() + seconds
         started = time.perf_counter()
+        cpu = cpu_seconds(t.pid)
 
         async def worker() -> None:
             while time.perf_counter() < end:
@@ -145,7 +148,14 @@ async def closed_loop(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, pct(latencies, 0.99)
+        cpu_us = (cpu_seconds(t.pid) - cpu) / len(latencies) * 1e6
+    return len(latencies) / elapsed, pct(latencies, 0.99), cpu_us
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -194,7 +204,10 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
     names = [t.name for t in targets]
 
     print(f"(a) concurrency 1, 0 ms provider, {args.requests} requests each, interleaved")
+    cpu = {t.name: cpu_seconds(t.pid) for t in targets}
     lat = await interleaved(targets, args.requests, args.warmup, "gpt-4o-mini", one, False)
+    for t in targets:
+        cpu[t.name] = (cpu_seconds(t.pid) - cpu[t.name]) / (args.requests + args.warmup) * 1e6
     for n in names:
         v = lat[n]
         print(
@@ -206,6 +219,8 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
             f"    {n:<7} added p50 {pct(lat[n], 0.5) - d50:6.3f}"
             f"  p99 {pct(lat[n], 0.99) - d99:6.3f} ms"
         )
+    for n in names:
+        print(f"    {n:<7} CPU of its server process {cpu[n]:4.0f} µs/req")
     r["added_p50_ms"] = pct(lat["ours"], 0.5) - d50
     r["added_p99_ms"] = pct(lat["ours"], 0.99) - d99
     r["floor_added_p50_ms"] = pct(lat["floor"], 0.5) - d50
@@ -217,21 +232,28 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
     )
     rps: dict[str, list[float]] = {n: [] for n in names}
     p99: dict[str, list[float]] = {n: [] for n in names}
+    cpu_b: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for t in targets:
-            x, y = await closed_loop(t, args.concurrency, args.seconds, "gpt-slow-20")
+            x, y, z = await closed_loop(t, args.concurrency, args.seconds, "gpt-slow-20")
             rps[t.name].append(x)
             p99[t.name].append(y)
+            cpu_b[t.name].append(z)
     for n in names:
         print(
             f"    {n:<7} {statistics.median(rps[n]):7.0f} req/s"
             f"  p99 {statistics.median(p99[n]):7.2f} ms"
+            f"  CPU {statistics.median(cpu_b[n]):4.0f} µs/req"
             f"  (rounds: {', '.join(f'{x:.0f}' for x in rps[n])})"
         )
     r["c64_rps_direct"] = statistics.median(rps["direct"])
     r["c64_rps_floor"] = statistics.median(rps["floor"])
     r["c64_rps_ours"] = statistics.median(rps["ours"])
     r["c64_p99_ours_ms"] = statistics.median(p99["ours"])
+    r["cpu_us_ours"] = cpu["ours"]
+    r["cpu_us_floor"] = cpu["floor"]
+    r["c64_cpu_us_ours"] = statistics.median(cpu_b["ours"])
+    r["c64_cpu_us_floor"] = statistics.median(cpu_b["floor"])
     r["ratio"] = r["c64_rps_ours"] / r["c64_rps_floor"]
 
     print(f"(c) streaming, time to first chunk, {args.stream_requests} streams each, interleaved")
@@ -248,6 +270,8 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
         r["base_added_p99_ms"] = pct(lat["base"], 0.99) - d99
         r["c64_rps_base"] = statistics.median(rps["base"])
         r["base_ttfc_added_ms"] = pct(ttfc["base"], 0.5) - d
+        r["cpu_us_base"] = cpu["base"]
+        r["c64_cpu_us_base"] = statistics.median(cpu_b["base"])
     return r
 
 
@@ -307,21 +331,36 @@ def main() -> None:
             try:
                 start_s = server.start_timed()
                 server.wait("/ready")
+                assert server.proc is not None
+                spid = server.proc.pid
+                bpid = 0
                 if base is not None:
                     base.start_timed()
                     base.wait("/ready")
+                    assert base.proc is not None
+                    bpid = base.proc.pid
                 for port in (fake_port, floor_port):
                     _wait_port(port)
                 targets = [
-                    Target("direct", f"{fake_url}/openai/v1/chat/completions", FAKE_KEY, ""),
                     Target(
-                        "floor", f"http://127.0.0.1:{floor_port}/v1/chat/completions", FAKE_KEY, ""
+                        "direct",
+                        f"{fake_url}/openai/v1/chat/completions",
+                        FAKE_KEY,
+                        "",
+                        procs[0].pid,
                     ),
-                    Target("ours", f"{server.url}/v1/chat/completions", key, "openai/"),
+                    Target(
+                        "floor",
+                        f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+                        FAKE_KEY,
+                        "",
+                        procs[1].pid,
+                    ),
+                    Target("ours", f"{server.url}/v1/chat/completions", key, "openai/", spid),
                 ]
                 if base is not None:
                     targets.append(
-                        Target("base", f"{base.url}/v1/chat/completions", key, "openai/")
+                        Target("base", f"{base.url}/v1/chat/completions", key, "openai/", bpid)
                     )
                 results = uvloop.run(run_phases(targets, args))
                 assert server.proc is not None
@@ -355,9 +394,14 @@ def main() -> None:
         "floor_ttfc_added_ms",
         "c64_rps_direct",
         "c64_p99_ours_ms",
+        "cpu_us_ours",
+        "cpu_us_floor",
+        "c64_cpu_us_ours",
+        "c64_cpu_us_floor",
     ]
     keys += [k for k in results if "base" in k]
-    print("RESULT " + " ".join(f"{k}={results[k]:.{0 if 'rps' in k else 2}f}" for k in keys))
+    figures = (f"{k}={results[k]:.{0 if 'rps' in k or 'cpu' in k else 2}f}" for k in keys)
+    print("RESULT " + " ".join(figures))
 
 
 def _wait_port(port: int) -> None:
