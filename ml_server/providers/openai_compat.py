@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ml_server.providers.base import (
     ChatResult,
@@ -64,6 +65,7 @@ class OpenAICompatProvider(Provider):
         self._query = f"?{query}" if query else ""
         self._stream_usage = stream_usage
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def start(self) -> None:
         self._session = make_session(
@@ -74,8 +76,12 @@ class OpenAICompatProvider(Provider):
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, path: str) -> str:
-        return f"{self._base}{path}{self._query}"
+    def _url(self, path: str) -> URL:
+        # Parsed once per path: aiohttp would otherwise parse the string on every request.
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(f"{self._base}{path}{self._query}")
+        return url
 
     @property
     def session(self) -> aiohttp.ClientSession:
