@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
 from ml_server.api.fastpath import endpoint_app
@@ -49,6 +50,29 @@ async def _migrate_until_done(state: AppState) -> None:
         state.migration_error = None
         log.info("database migrations applied")
         return
+
+
+FAST_ROUTES = ("/v1/chat/completions", "/v1/embeddings")
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, except that POST to the hot routes goes straight to the request middleware and
+    the endpoint (``ml_server.api.fastpath``), past Starlette's error and exception middleware,
+    routing and dependency solving (see docs/ml-server.md, Performance)."""
+
+    fast_entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_entry is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in FAST_ROUTES
+        ):
+            scope["app"] = self
+            await self.fast_entry(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await router.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Humansa ML Server",
         version=__version__,
         lifespan=lifespan,
@@ -159,8 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/json",
         )
 
-    app.add_middleware(
-        RequestMiddleware,
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.fast_entry = RequestMiddleware(
+        app,  # not reached: every fast path below has its endpoint
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         fast_routes={
