@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -52,22 +53,20 @@ async def _migrate_until_done(state: AppState) -> None:
         return
 
 
-FAST_ROUTES = ("/v1/chat/completions", "/v1/embeddings")
-
-
 class GatewayApp(FastAPI):
     """FastAPI, except that POST to the hot routes goes straight to the request middleware and
     the endpoint (``ml_server.api.fastpath``), past Starlette's error and exception middleware,
     routing and dependency solving (see docs/ml-server.md, Performance)."""
 
     fast_entry: ASGIApp | None = None
+    fast_paths: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             self.fast_entry is not None
             and scope["type"] == "http"
             and scope["method"] == "POST"
-            and scope["path"] in FAST_ROUTES
+            and scope["path"] in self.fast_paths
         ):
             scope["app"] = self
             await self.fast_entry(scope, receive, send)
@@ -184,14 +183,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    fast_routes = {
+        "/v1/chat/completions": endpoint_app(chat.chat_completions),
+        "/v1/embeddings": endpoint_app(embeddings.embeddings),
+    }
+    app.fast_paths = frozenset(fast_routes)
     app.fast_entry = RequestMiddleware(
-        app,  # not reached: every fast path below has its endpoint
+        functools.partial(FastAPI.__call__, app),  # not reached: each fast path has its endpoint
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
-        fast_routes={
-            "/v1/chat/completions": endpoint_app(chat.chat_completions),
-            "/v1/embeddings": endpoint_app(embeddings.embeddings),
-        },
+        fast_routes=fast_routes,
     )
     for module in (health, metrics_route, models, chat, embeddings):
         app.include_router(module.router)
