@@ -19,7 +19,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
-.PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets
+.PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_A
 
 serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .humansa/, fake/echo without keys)
 	ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m ml_server serve --local
+
+bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--requests 5000"), ~1 min
+	$(PY) benchmarks/gateway_overhead.py $(BENCH_ARGS)
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,8 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
+from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.config import Settings, load_settings
@@ -51,6 +54,27 @@ async def _migrate_until_done(state: AppState) -> None:
         state.migration_error = None
         log.info("database migrations applied")
         return
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, except that POST to the hot routes goes straight to the request middleware and
+    the endpoint (``ml_server.api.fastpath``), past Starlette's error and exception middleware,
+    routing and dependency solving (see docs/ml-server.md, Performance)."""
+
+    fast_entry: ASGIApp | None = None
+    fast_paths: frozenset[str] = frozenset()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_entry is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in self.fast_paths
+        ):
+            scope["app"] = self
+            await self.fast_entry(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -121,13 +145,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await router.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Humansa ML Server",
         version=__version__,
         lifespan=lifespan,
         docs_url=None if not settings.is_development else "/docs",
         redoc_url=None,
         openapi_url=None if not settings.is_development else "/openapi.json",
+        # FastAPI's OpenTelemetry bridge checks the global providers on every request; we export
+        # Prometheus metrics ourselves.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
 
     @app.exception_handler(ApiError)
@@ -170,6 +197,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    fast_routes = {
+        "/v1/chat/completions": endpoint_app(chat.chat_completions),
+        "/v1/embeddings": endpoint_app(embeddings.embeddings),
+    }
+    app.fast_paths = frozenset(fast_routes)
+    app.fast_entry = RequestMiddleware(
+        functools.partial(FastAPI.__call__, app),  # not reached: each fast path has its endpoint
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        fast_routes=fast_routes,
+    )
     for module in (health, metrics_route, models, chat, embeddings):
         app.include_router(module.router)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -57,3 +59,24 @@ class Metrics:
         self.usage_write_errors = Counter(
             "mlserver_usage_write_errors_total", "Failed batch writes (retried)", registry=r
         )
+        # Label children bound once: ``.labels()`` costs a lock and a tuple build per call.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                self.requests.labels(route, method, str(status)),
+                self.request_latency.labels(route),
+            )
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def count_tokens(self, provider: str, kind: str, n: int) -> None:
+        key = ("tokens", provider, kind)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.tokens.labels(provider, kind)
+        child.inc(n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import insert
@@ -20,6 +20,7 @@ from ml_server.db.models import UsageRecord
 from ml_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+USAGE_TABLE = UsageRecord.metadata.tables[UsageRecord.__tablename__]
 
 
 @dataclass
@@ -35,6 +36,9 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: int
+
+
+_COLUMNS = tuple(f.name for f in fields(UsageRow))
 
 
 class UsageRecorder:
@@ -115,7 +119,18 @@ class UsageRecorder:
 
     async def _write(self, rows: list[UsageRow]) -> None:
         async with self._sessions() as session:
-            await session.execute(insert(UsageRecord), [vars(r) for r in rows])
+            conn = await session.connection()
+            if conn.dialect.name == "postgresql":
+                # Binary COPY through asyncpg: a fraction of the CPU of an executemany INSERT.
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None
+                await driver.copy_records_to_table(
+                    USAGE_TABLE.name,
+                    records=[tuple(getattr(r, c) for c in _COLUMNS) for r in rows],
+                    columns=_COLUMNS,
+                )
+            else:
+                await session.execute(insert(USAGE_TABLE), [vars(r) for r in rows])
             await session.commit()
 
     async def _run(self) -> None:

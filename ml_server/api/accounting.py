@@ -34,9 +34,9 @@ def account(
     }
     name = route.provider.name
     if usage.prompt_tokens:
-        state.metrics.tokens.labels(name, "prompt").inc(usage.prompt_tokens)
+        state.metrics.count_tokens(name, "prompt", usage.prompt_tokens)
     if usage.completion_tokens:
-        state.metrics.tokens.labels(name, "completion").inc(usage.completion_tokens)
+        state.metrics.count_tokens(name, "completion", usage.completion_tokens)
     state.usage.record(
         UsageRow(
             created_at=datetime.now(UTC),

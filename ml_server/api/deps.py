@@ -25,7 +25,11 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 async def require_key(request: Request, state: StateDep) -> KeyInfo:
-    header = request.headers.get("authorization", "")
+    header = ""
+    for name, value in request.scope["headers"]:  # cheaper than building request.headers
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            break
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -19,6 +19,8 @@ def make_session(
         headers={"Content-Type": "application/json", **headers},
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout),
         raise_for_status=False,
+        # Providers set no cookies we need; a real jar filters cookies on every request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

@@ -6,11 +6,13 @@ the response bytes go back untouched (parsed once with orjson to read the token 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ml_server.providers.base import (
     ChatResult,
@@ -22,6 +24,9 @@ from ml_server.providers.base import (
     sse_lines,
 )
 from ml_server.providers.http import make_session, transport_errors
+
+# With include_usage, OpenAI puts ``"usage": null`` in every chunk but the last: no need to parse.
+_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
 
 def _usage(data: Any) -> Usage:
@@ -60,6 +65,7 @@ class OpenAICompatProvider(Provider):
         self._query = f"?{query}" if query else ""
         self._stream_usage = stream_usage
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def start(self) -> None:
         self._session = make_session(
@@ -70,8 +76,12 @@ class OpenAICompatProvider(Provider):
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, path: str) -> str:
-        return f"{self._base}{path}{self._query}"
+    def _url(self, path: str) -> URL:
+        # Parsed once per path: aiohttp would otherwise parse the string on every request.
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(f"{self._base}{path}{self._query}")
+        return url
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -136,16 +146,20 @@ class _OpenAIStream(ChatStream):
         self._hide_usage_chunk = hide_usage_chunk
 
     async def events(self) -> AsyncIterator[bytes]:
+        """The events of each upstream read, joined into one chunk (one write to our client)."""
         buffer = bytearray()
         with transport_errors(self._provider):
             async for chunk in self._resp.content.iter_any():
+                out: list[bytes] = []
+                done = False
                 for line in sse_lines(buffer, chunk):
                     if not line.startswith(b"data:"):
                         continue  # comments, event names, blank separators
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
-                        return
-                    if b'"usage"' in payload:
+                        done = True
+                        break
+                    if b'"usage"' in payload and not _NULL_USAGE.search(payload):
                         try:
                             data = orjson.loads(payload)
                         except orjson.JSONDecodeError:
@@ -154,7 +168,11 @@ class _OpenAIStream(ChatStream):
                             self.usage = _usage(data)
                             if self._hide_usage_chunk and not data.get("choices"):
                                 continue
-                    yield b"data: " + payload + b"\n\n"
+                    out.append(b"data: " + payload + b"\n\n")
+                if out:
+                    yield b"".join(out)
+                if done:
+                    return
 
     async def aclose(self) -> None:
         if self._resp.content.at_eof():

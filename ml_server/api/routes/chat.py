@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from ml_server.api.accounting import account
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
@@ -23,7 +24,62 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+
+
+class EventStreamResponse(Response):
+    """``text/event-stream`` over an async iterator of bytes, sent chunk by chunk.
+
+    Starlette's StreamingResponse, under uvicorn (ASGI 2.3), runs every stream in an anyio task
+    group with a second task waiting for the disconnect. Here that listener is one plain task,
+    started once the first chunk is out (so it never delays the first token), which cancels the
+    stream when the client goes away; the stream's own cleanup (accounting as 499) then runs.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(SSE_HEADERS)
+        self._chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        listener: asyncio.Future[Message] | None = None
+        gone = finished = False
+
+        def on_message(f: asyncio.Future[Message]) -> None:
+            nonlocal gone
+            if finished or f.cancelled() or f.exception() is not None:
+                return
+            if f.result().get("type") == "http.disconnect" and task is not None:
+                gone = True
+                task.cancel()
+
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            async for chunk in self._chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if listener is None:
+                    listener = asyncio.ensure_future(receive())
+                    listener.add_done_callback(on_message)
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or task is None:
+                raise
+            task.uncancel()  # the client left: the stream ended, this request is done
+        finally:
+            finished = True
+            if listener is not None and not listener.done():
+                listener.cancel()
 
 
 def _validate(body: dict[str, Any]) -> None:
@@ -107,11 +163,7 @@ async def chat_completions(
                 started=started,
             )
         raise failure
-    return StreamingResponse(
-        _relay(state, request, route, opening, keepalive, started),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started))
 
 
 async def _relay(

@@ -1,0 +1,58 @@
+"""The hot routes (POST /v1/chat/completions, /v1/embeddings) served without FastAPI's machinery.
+
+FastAPI's routing, dependency solving and exception middleware cost more CPU per request than
+our own work (see docs/ml-server.md, Performance). ``GatewayApp`` (ml_server/app.py) hands these
+two routes, wrapped in the request middleware only, to ``endpoint_app``, which calls the *same*
+dependencies (``require_key``, ``json_body``) and the *same* endpoint function in the same order,
+and answers ``ApiError`` the same way; the FastAPI routes stay registered for everything else
+(405 on other methods, the OpenAPI schema in development). Unexpected exceptions get the same
+JSON 500 as the app's handler gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ml_server.api.deps import json_body, require_key
+from ml_server.db.keys import KeyInfo
+from ml_server.errors import ApiError, error_body, error_response
+from ml_server.middleware import BodyTooLarge
+from ml_server.state import AppState
+
+log = logging.getLogger("ml_server")
+
+Endpoint = Callable[[Request, AppState, KeyInfo, dict[str, Any]], Awaitable[Response]]
+
+
+def endpoint_app(endpoint: Endpoint) -> ASGIApp:
+    """An ASGI app for an endpoint declared as ``(request, state: StateDep, key: KeyDep, body:
+    BodyDep)``."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        state: AppState = scope["app"].state.ml
+        try:
+            key = await require_key(request, state)
+            body = await json_body(request)
+            response = await endpoint(request, state, key, body)
+        except ApiError as exc:
+            response = error_response(exc)
+        except BodyTooLarge:
+            raise  # the request middleware answers 413
+        except Exception as exc:  # as the app's 500 handler does
+            rid = scope["state"].get("request_id", "")
+            log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})
+            response = Response(
+                error_body(f"internal error (request id {rid})", "api_error", "internal_error"),
+                status_code=500,
+                media_type="application/json",
+            )
+        await response(scope, receive, send)
+
+    return app
