@@ -6,17 +6,18 @@ Select with ``ENV=<names>`` or ``-c env=<names>`` (comma-separated): an environm
 (``dev``, ``staging``, ``production``) selects only that environment's stacks, ``ci`` selects the
 account-level stack. Default (nothing selected): every environment and, when
 ``config/account.yaml`` exists, ``Humansa-CI``. Override the recorded image tag with
-``-c image_tag=<tag>``. Configuration problems print one line and exit 2.
+``-c image_tag=<tag>``. Configuration problems print one line and exit 2, before the CDK
+library (jsii, several seconds) is even loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
-
-from aws_cdk import App, Environment, Tags, Validations
-from cdk_nag import AwsSolutionsChecks
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from config import (
     CI_SELECTOR,
@@ -27,8 +28,12 @@ from config import (
     load_account,
     load_all,
 )
-from stacks.ci_stack import CiStack
-from stacks.environment import EnvironmentStacks, add_environment
+
+if TYPE_CHECKING:  # aws_cdk starts jsii on import: imported where it is used
+    from aws_cdk import App
+
+    from stacks.ci_stack import CiStack
+    from stacks.environment import EnvironmentStacks
 
 CI_STACK_NAME = "Humansa-CI"
 
@@ -51,7 +56,16 @@ class BuiltApp:
 
 def select(app: App) -> Selection:
     """The selection named by ``-c env=`` or ``ENV`` (comma-separated), else everything."""
-    wanted = str(app.node.try_get_context("env") or os.environ.get("ENV", "")).strip()
+    return load_selection(app.node.try_get_context("env"))
+
+
+def load_selection(context_env: object) -> Selection:
+    """Load the configs selected by the ``env`` context value (else ``ENV``), else everything.
+
+    Raises:
+        ConfigError: a bad or unknown environment, or a bad ``config/account.yaml``.
+    """
+    wanted = str(context_env or os.environ.get("ENV", "")).strip()
     names = [n.strip() for n in wanted.split(",") if n.strip()] if wanted else None
     if names is None:
         account = load_account() if account_config_exists() else None
@@ -71,6 +85,10 @@ def selected_environments(app: App) -> list[EnvironmentConfig]:
 
 def add_ci_stack(app: App, config: AccountConfig) -> CiStack:
     """Add ``Humansa-CI``: GitHub OIDC provider and roles, and the CloudTrail trail."""
+    from aws_cdk import Environment, Tags
+
+    from stacks.ci_stack import CiStack
+
     stack = CiStack(
         app,
         CI_STACK_NAME,
@@ -92,6 +110,11 @@ def build(app: App) -> BuiltApp:
     Raises:
         ConfigError: a bad or unknown environment (already one line for the user).
     """
+    from aws_cdk import Validations
+    from cdk_nag import AwsSolutionsChecks
+
+    from stacks.environment import add_environment
+
     selection = select(app)
     if not selection.environments and selection.account is None:
         raise ConfigError("no environments found (add config/<name>.yaml)")
@@ -110,7 +133,26 @@ def build_app(app: App) -> list[EnvironmentStacks]:
     return build(app).environments
 
 
+def _cli_context_env() -> object:
+    """The ``env`` context value the CDK CLI hands the app (``CDK_CONTEXT_JSON``, or the file
+    named by ``CONTEXT_OVERFLOW_LOCATION_ENV`` when the context is large), else None."""
+    context: dict[str, Any] = {}
+    overflow = os.environ.get("CONTEXT_OVERFLOW_LOCATION_ENV")
+    if overflow and Path(overflow).is_file():
+        context.update(json.loads(Path(overflow).read_text(encoding="utf-8")))
+    if os.environ.get("CDK_CONTEXT_JSON"):
+        context.update(json.loads(os.environ["CDK_CONTEXT_JSON"]))
+    return context.get("env")
+
+
 def main() -> int:
+    try:
+        load_selection(_cli_context_env())  # one-line config errors without starting jsii
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from aws_cdk import App
+
     app = App()
     try:
         build(app)
