@@ -9,7 +9,7 @@ from aws_cdk import Stack, Token
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.database import DB_NAME, DB_USERNAME, Database
+from components.database import DB_NAME, DB_PORT, DB_USERNAME, Database
 from components.network import Network
 from components.parameters import Parameters
 from components.rotation import DatabaseSecretRotation
@@ -61,6 +61,7 @@ class DataStack(Stack):
                 vpc=network.vpc,
                 vpc_subnets=network.app_subnets,
                 config=config.rotation,
+                port=DB_PORT,
             )
         else:
             acknowledge(

@@ -93,6 +93,25 @@ def test_rotation_function_reaches_secrets_manager(synth: Synth, env: str) -> No
         assert len(defaults) == 1 and target in defaults[0], (env, subnet, defaults)
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_rotation_function_reaches_the_database_port_only(synth: Synth, env: str) -> None:
+    template = synth.template(env, "Data")
+    sg_id, _ = only_resource(
+        template,
+        "AWS::EC2::SecurityGroup",
+        {"GroupDescription": "Database secret rotation function"},
+    )
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroupIngress",
+        {
+            "SourceSecurityGroupId": {"Fn::GetAtt": [sg_id, "GroupId"]},
+            "IpProtocol": "tcp",
+            "FromPort": 5432,
+            "ToPort": 5432,
+        },
+    )
+
+
 def test_dev_nat_instance_admits_the_vpc(synth: Synth) -> None:
     """The NAT instance forwards for the whole VPC CIDR, so the rotation function's traffic
     (from its own security group) is let in."""
