@@ -35,15 +35,16 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
 
-synth: install ## Synthesize every environment (or ENV=name) into cdk.out, offline
+synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
 	$(PY) scripts/synth_summary.py cdk.out
+	$(PY) scripts/cost.py cdk.out --summary
 
 diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
 	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
 
-deploy: install ## Deploy one environment: make deploy ENV=dev [CDK_ARGS="-c image_tag=1.2.3"] (AWS credentials; cdk bootstrap once)
-	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging or production)" >&2; exit 2; }
+deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
+	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
 
 lint: install

@@ -1,51 +1,161 @@
 #!/usr/bin/env python3
-"""CDK entry point: one Network/Data/Service stack set per environment in ``config/``.
+"""CDK entry point: one Network/Data/Service stack set per environment in ``config/``, plus the
+account-level stack ``Humansa-CI`` (``config/account.yaml``).
 
-Select one environment with ``ENV=<name>`` or ``-c env=<name>`` (default: all). Override the
-recorded image tag with ``-c image_tag=<tag>``. Configuration problems print one line and exit 2.
+Select with ``ENV=<names>`` or ``-c env=<names>`` (comma-separated): an environment name
+(``dev``, ``staging``, ``production``) selects only that environment's stacks, ``ci`` selects the
+account-level stack. Default (nothing selected): every environment and, when
+``config/account.yaml`` exists, ``Humansa-CI``. Override the recorded image tag with
+``-c image_tag=<tag>``. Configuration problems print one line and exit 2, before the CDK
+library (jsii, several seconds) is even loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from aws_cdk import App, Validations
-from cdk_nag import AwsSolutionsChecks
+from config import (
+    CI_SELECTOR,
+    AccountConfig,
+    ConfigError,
+    EnvironmentConfig,
+    account_config_exists,
+    load_account,
+    load_all,
+)
 
-from config import ConfigError, EnvironmentConfig, load_all
-from stacks.environment import EnvironmentStacks, add_environment
+if TYPE_CHECKING:  # aws_cdk starts jsii on import: imported where it is used
+    from aws_cdk import App
+
+    from stacks.ci_stack import CiStack
+    from stacks.environment import EnvironmentStacks
+
+CI_STACK_NAME = "Humansa-CI"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one synth builds: environments and whether the account-level stack is included."""
+
+    environments: list[EnvironmentConfig]
+    account: AccountConfig | None
+
+
+@dataclass(frozen=True)
+class BuiltApp:
+    """The stacks :func:`build` added."""
+
+    environments: list[EnvironmentStacks]
+    ci: CiStack | None
+
+
+def select(app: App) -> Selection:
+    """The selection named by ``-c env=`` or ``ENV`` (comma-separated), else everything."""
+    return load_selection(app.node.try_get_context("env"))
+
+
+def load_selection(context_env: object) -> Selection:
+    """Load the configs selected by the ``env`` context value (else ``ENV``), else everything.
+
+    Raises:
+        ConfigError: a bad or unknown environment, or a bad ``config/account.yaml``.
+    """
+    wanted = str(context_env or os.environ.get("ENV", "")).strip()
+    names = [n.strip() for n in wanted.split(",") if n.strip()] if wanted else None
+    if names is None:
+        account = load_account() if account_config_exists() else None
+        return Selection(environments=load_all(), account=account)
+    with_ci = CI_SELECTOR in names
+    env_names = [n for n in names if n != CI_SELECTOR]
+    return Selection(
+        environments=load_all(env_names) if env_names else [],
+        account=load_account() if with_ci else None,
+    )
 
 
 def selected_environments(app: App) -> list[EnvironmentConfig]:
-    """The environments named by ``-c env=`` or ``ENV`` (comma-separated), else all."""
-    wanted = str(app.node.try_get_context("env") or os.environ.get("ENV", "")).strip()
-    names = [n.strip() for n in wanted.split(",") if n.strip()] if wanted else None
-    return load_all(names)
+    """The environments of :func:`select` (without the account-level stack)."""
+    return select(app).environments
 
 
-def build_app(app: App) -> list[EnvironmentStacks]:
-    """Add the selected environments' stacks and the cdk-nag AwsSolutions checks to ``app``.
+def add_ci_stack(app: App, config: AccountConfig) -> CiStack:
+    """Add ``Humansa-CI``: GitHub OIDC provider and roles, and the CloudTrail trail."""
+    from aws_cdk import Environment, Tags
+
+    from stacks.ci_stack import CiStack
+
+    stack = CiStack(
+        app,
+        CI_STACK_NAME,
+        github_repository=config.github.repository,
+        env=Environment(account=config.account, region=config.region),
+        bootstrap_qualifier=config.bootstrap_qualifier,
+        existing_oidc_provider_arn=config.existing_oidc_provider_arn,
+        audit=config.audit,
+        termination_protection=config.termination_protection,
+    )
+    Tags.of(stack).add("Project", "humansa-ml-server")
+    Tags.of(stack).add("Environment", "account")
+    return stack
+
+
+def build(app: App) -> BuiltApp:
+    """Add the selected stacks and the cdk-nag AwsSolutions checks to ``app``.
 
     Raises:
         ConfigError: a bad or unknown environment (already one line for the user).
     """
-    configs = selected_environments(app)
-    if not configs:
+    from aws_cdk import Validations
+    from cdk_nag import AwsSolutionsChecks
+
+    from stacks.environment import add_environment
+
+    selection = select(app)
+    if not selection.environments and selection.account is None:
         raise ConfigError("no environments found (add config/<name>.yaml)")
     image_tag = app.node.try_get_context("image_tag")
-    built = [
+    environments = [
         add_environment(app, config, image_tag=str(image_tag) if image_tag else None)
-        for config in configs
+        for config in selection.environments
     ]
+    ci = add_ci_stack(app, selection.account) if selection.account else None
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    return built
+    return BuiltApp(environments=environments, ci=ci)
+
+
+def build_app(app: App) -> list[EnvironmentStacks]:
+    """:func:`build`, returning only the environments' stacks."""
+    return build(app).environments
+
+
+def _cli_context_env() -> object:
+    """The ``env`` context value the CDK CLI hands the app (``CDK_CONTEXT_JSON``, or the file
+    named by ``CONTEXT_OVERFLOW_LOCATION_ENV`` when the context is large), else None."""
+    context: dict[str, Any] = {}
+    overflow = os.environ.get("CONTEXT_OVERFLOW_LOCATION_ENV")
+    if overflow and Path(overflow).is_file():
+        context.update(json.loads(Path(overflow).read_text(encoding="utf-8")))
+    if os.environ.get("CDK_CONTEXT_JSON"):
+        context.update(json.loads(os.environ["CDK_CONTEXT_JSON"]))
+    return context.get("env")
 
 
 def main() -> int:
+    try:
+        load_selection(_cli_context_env())  # one-line config errors without starting jsii
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from aws_cdk import App
+
     app = App()
     try:
-        build_app(app)
+        build(app)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

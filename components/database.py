@@ -22,6 +22,8 @@ class Database(Construct):
     Attributes:
         instance: the ``rds.DatabaseInstance``.
         secret: its generated credentials secret (JSON with ``username``, ``password``, ``host``).
+        generated_secret: the ``DatabaseSecret`` construct behind ``secret`` (where cdk-nag's
+            secret findings are acknowledged; ``secret`` is its attachment to the instance).
 
     Args:
         config: the ``database`` section.
@@ -91,13 +93,7 @@ class Database(Construct):
         assert secret is not None  # from_generated_secret always creates one
         self.secret: secretsmanager.ISecret = secret
 
-        generated = self.instance.node.find_child("Secret")
-        acknowledge(
-            generated,
-            "AwsSolutions-SMG4",
-            "The server reads the DB password once at boot; rotating it would break running "
-            "instances until the next instance refresh. Rotation is planned with the boot work.",
-        )
+        self.generated_secret = self.instance.node.find_child("Secret")
         acknowledge(
             self.instance,
             "AwsSolutions-RDS11",

@@ -39,6 +39,8 @@ class DatabaseSecretRotation(Construct):
             API (NAT gateway / NAT instance) or a ``secretsmanager`` interface endpoint with
             private DNS. Default: the VPC's private subnets with egress.
         config: The rotation period.
+        port: The database port, written literally into the ingress rule. Default: the
+            instance's port (a ``Fn::GetAtt`` of its endpoint port).
 
     Instantiate it only when ``config.enabled`` is true.
 
@@ -56,6 +58,7 @@ class DatabaseSecretRotation(Construct):
         vpc: ec2.IVpc,
         config: RotationConfig,
         vpc_subnets: ec2.SubnetSelection | None = None,
+        port: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if not config.enabled:
@@ -88,6 +91,8 @@ class DatabaseSecretRotation(Construct):
             automatically_after=Duration.days(config.database_secret_days),
             rotate_immediately_on_update=False,
         )
-        database.connections.allow_default_port_from(
-            self.security_group, "Database secret rotation function"
-        )
+        description = "Database secret rotation function"
+        if port is None:
+            database.connections.allow_default_port_from(self.security_group, description)
+        else:
+            database.connections.allow_from(self.security_group, ec2.Port.tcp(port), description)

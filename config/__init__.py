@@ -1,5 +1,8 @@
 """Environment configuration: ``config/<env>.yaml`` files validated by :mod:`config.model`.
 
+``config/account.yaml`` is not an environment: it configures the account-level stack
+``Humansa-CI`` (:func:`load_account`), selected as ``ci``.
+
 ``HUMANSA_CONFIG_DIR`` points the loader at another folder (used by tests). Every problem is
 reported as one :class:`ConfigError` line naming the file, the key, the value and what is
 allowed, e.g. ``config/production.yaml: fleet.min_capacity=3 is above fleet.max_capacity=2``.
@@ -9,22 +12,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from config.model import EnvironmentConfig, cross_field_problems
+from config.model import AccountConfig, EnvironmentConfig, cross_field_problems
 
 __all__ = [
+    "ACCOUNT_FILE",
+    "CI_SELECTOR",
+    "AccountConfig",
     "ConfigError",
     "EnvironmentConfig",
+    "account_config_exists",
     "config_dir",
     "environment_names",
+    "load_account",
     "load_all",
     "load_environment",
 ]
+
+#: The account-level settings file (not an environment) and the name that selects its stack.
+ACCOUNT_FILE = "account.yaml"
+CI_SELECTOR = "ci"
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PREFERRED_ORDER = ("dev", "staging", "production")
@@ -49,7 +62,7 @@ def _display(path: Path) -> str:
 
 def environment_names() -> list[str]:
     """Known environments: the config folder's ``*.yaml`` files, dev/staging/production first."""
-    names = [p.stem for p in config_dir().glob("*.yaml")]
+    names = [p.stem for p in config_dir().glob("*.yaml") if p.name != ACCOUNT_FILE]
     return sorted(
         names,
         key=lambda n: (_PREFERRED_ORDER.index(n) if n in _PREFERRED_ORDER else 99, n),
@@ -64,18 +77,25 @@ def _format_value(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _format_validation_error(shown: str, exc: ValidationError) -> str:
+_SETTING_PREFIX = re.compile(r"^[a-z_]+\.[a-z_]+")
+
+
+def _format_validation_error(
+    shown: str, exc: ValidationError, model: type[BaseModel] = EnvironmentConfig
+) -> str:
     errors = exc.errors()
     first = errors[0]
     key = ".".join(str(part) for part in first["loc"])
     kind = first["type"]
+    message = first["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        parent_fields = _fields_at(first["loc"][:-1])
+        parent_fields = _fields_at(first["loc"][:-1], model)
         line = f"{shown}: {key} is not a known setting (allowed: {', '.join(parent_fields)})"
     elif kind == "missing":
         line = f"{shown}: {key} is required"
+    elif _SETTING_PREFIX.match(message):  # the validator already named the setting
+        line = f"{shown}: {message}"
     else:
-        message = first["msg"].removeprefix("Value error, ")
         if kind == "literal_error":
             expected = first.get("ctx", {}).get("expected", "")
             message = f"is not allowed (allowed: {expected.replace(' or ', ', ')})"
@@ -87,8 +107,8 @@ def _format_validation_error(shown: str, exc: ValidationError) -> str:
     return line
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = EnvironmentConfig
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None:
@@ -107,19 +127,7 @@ def _known_az_count(account: str, region: str) -> int | None:
     return len(zones) if isinstance(zones, list) else None
 
 
-def load_environment(name: str) -> EnvironmentConfig:
-    """Load and validate ``<config dir>/<name>.yaml``.
-
-    Raises:
-        ConfigError: unknown environment, unreadable YAML, or an invalid setting.
-    """
-    known = environment_names()
-    if name not in known:
-        raise ConfigError(
-            f"unknown environment {name!r}; known environments: {', '.join(known) or '(none)'}"
-        )
-    path = config_dir() / f"{name}.yaml"
-    shown = _display(path)
+def _read_mapping(path: Path, shown: str, example_keys: str) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -129,7 +137,29 @@ def load_environment(name: str) -> EnvironmentConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{shown}: must be a mapping of settings (account, region, vpc, ...)")
+        raise ConfigError(f"{shown}: must be a mapping of settings ({example_keys})")
+    return raw
+
+
+def load_environment(name: str) -> EnvironmentConfig:
+    """Load and validate ``<config dir>/<name>.yaml``.
+
+    Raises:
+        ConfigError: unknown environment, unreadable YAML, or an invalid setting.
+    """
+    known = environment_names()
+    if name == CI_SELECTOR:
+        raise ConfigError(
+            f"{CI_SELECTOR!r} is the account-level stack Humansa-CI, not an environment "
+            f"(its settings are config/{ACCOUNT_FILE})"
+        )
+    if name not in known:
+        raise ConfigError(
+            f"unknown environment {name!r}; known environments: {', '.join(known) or '(none)'}"
+        )
+    path = config_dir() / f"{name}.yaml"
+    shown = _display(path)
+    raw = _read_mapping(path, shown, "account, region, vpc, ...")
     if "name" in raw:
         raise ConfigError(f"{shown}: name is not a setting (the file name {name} is the name)")
     try:
@@ -157,3 +187,46 @@ def load_environment(name: str) -> EnvironmentConfig:
 def load_all(names: list[str] | None = None) -> list[EnvironmentConfig]:
     """Load the given environments (default: every known one), in a stable order."""
     return [load_environment(n) for n in (names if names is not None else environment_names())]
+
+
+def account_config_exists() -> bool:
+    """True when ``<config dir>/account.yaml`` exists (the ``Humansa-CI`` stack is configured)."""
+    return (config_dir() / ACCOUNT_FILE).is_file()
+
+
+def load_account() -> AccountConfig:
+    """Load and validate ``<config dir>/account.yaml``, the ``Humansa-CI`` stack's settings.
+
+    Every environment in the same account must name the same ``github.repository`` (the one
+    whose workflows the account's OIDC roles trust).
+
+    Raises:
+        ConfigError: missing file, unreadable YAML, an invalid setting or a repository mismatch.
+    """
+    path = config_dir() / ACCOUNT_FILE
+    shown = _display(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{shown} not found: the account-level stack Humansa-CI ({CI_SELECTOR!r}) needs it "
+            "(account, region, github.repository, audit)"
+        )
+    raw = _read_mapping(path, shown, "account, region, github, audit, ...")
+    try:
+        cfg = AccountConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(shown, exc, AccountConfig)) from None
+    zones = _known_az_count(cfg.account, cfg.region)
+    if zones is None:
+        raise ConfigError(
+            f"{shown}: account={cfg.account} region={cfg.region} is not recorded in "
+            "cdk.context.json (add it so synth stays offline)"
+        )
+    for env in load_all():
+        if env.account == cfg.account and env.github.repository != cfg.github.repository:
+            raise ConfigError(
+                f"{_display(config_dir() / f'{env.name}.yaml')}: github.repository="
+                f"{env.github.repository} differs from github.repository="
+                f"{cfg.github.repository} in {shown} (one repository deploys account "
+                f"{cfg.account})"
+            )
+    return cfg

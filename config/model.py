@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from config.monitoring import MonitoringConfig
+from config.monitoring import AuditConfig, MonitoringConfig, RotationConfig
 
 NatMode = Literal["gateway-per-az", "single-gateway", "nat-instance", "none"]
 Architecture = Literal["x86_64", "arm64"]
@@ -311,6 +311,8 @@ class EnvironmentConfig(_Section):
         vpc, database, fleet, service, image, github, rollout, scaling: the sections above,
             each with defaults.
         monitoring: alarms and dashboard (``config.monitoring.MonitoringConfig``).
+        rotation: scheduled rotation of the database secret (``RotationConfig``). Default:
+            enabled, every 30 days.
     """
 
     name: str
@@ -323,24 +325,20 @@ class EnvironmentConfig(_Section):
     service: ServiceConfig = ServiceConfig()
     image: ImageConfig = ImageConfig()
     github: GithubConfig = GithubConfig()
-    # Fleet wiring (rollout, scaling, monitoring).
     rollout: RolloutConfig = RolloutConfig()
     scaling: ScalingConfig = ScalingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    rotation: RotationConfig = RotationConfig()
 
     @field_validator("account")
     @classmethod
     def _account(cls, value: str) -> str:
-        if not _ACCOUNT.match(value):
-            raise ValueError("must be a 12-digit AWS account id (quote it in YAML)")
-        return value
+        return _check_account(value)
 
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not _REGION.match(value):
-            raise ValueError("must be an AWS region such as ap-east-1")
-        return value
+        return _check_region(value)
 
     @property
     def title(self) -> str:
@@ -351,6 +349,78 @@ class EnvironmentConfig(_Section):
     def parameter_path(self) -> str:
         """SSM parameter path with trailing slash, e.g. ``/humansa/production/``."""
         return f"/humansa/{self.name}/"
+
+
+def _check_account(value: str) -> str:
+    if not _ACCOUNT.match(value):
+        raise ValueError("must be a 12-digit AWS account id (quote it in YAML)")
+    return value
+
+
+def _check_region(value: str) -> str:
+    if not _REGION.match(value):
+        raise ValueError("must be an AWS region such as ap-east-1")
+    return value
+
+
+# --- Account level (config/account.yaml): the Humansa-CI stack -------------------------------
+
+_QUALIFIER = re.compile(r"^[A-Za-z0-9_-]{1,10}$")
+_OIDC_PROVIDER_ARN = re.compile(
+    r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$"
+)
+
+
+class AccountConfig(_Section):
+    """The account-level stack ``Humansa-CI`` (``config/account.yaml``; deployed once).
+
+    Args:
+        account: 12-digit AWS account id the stack goes to (required).
+        region: region of the stack (the trail itself records every region). Default
+            ``ap-east-1``.
+        termination_protection: protect the stack (it holds the trail and the OIDC roles) from
+            deletion. Default true.
+        github: the repository whose workflows may assume the deploy and diff roles.
+        bootstrap_qualifier: the ``cdk bootstrap`` qualifier whose roles the deploy role may
+            assume. Default ``hnb659fds`` (the CDK default).
+        existing_oidc_provider_arn: reuse the account's GitHub OIDC provider instead of creating
+            one (IAM allows one per URL). Default none: create it.
+        audit: the CloudTrail trail (``AuditConfig``). Default: enabled, no CloudWatch Logs.
+    """
+
+    account: str
+    region: str = "ap-east-1"
+    termination_protection: bool = True
+    github: GithubConfig = GithubConfig()
+    bootstrap_qualifier: str = "hnb659fds"
+    existing_oidc_provider_arn: str | None = None
+    audit: AuditConfig = AuditConfig()
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return _check_account(value)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _check_region(value)
+
+    @field_validator("bootstrap_qualifier")
+    @classmethod
+    def _qualifier(cls, value: str) -> str:
+        if not _QUALIFIER.match(value):
+            raise ValueError("must be a cdk bootstrap qualifier: 1-10 letters, digits, _ or -")
+        return value
+
+    @field_validator("existing_oidc_provider_arn")
+    @classmethod
+    def _provider_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _OIDC_PROVIDER_ARN.match(value):
+            raise ValueError(
+                "must be arn:aws:iam::<account>:oidc-provider/token.actions.githubusercontent.com"
+            )
+        return value
 
 
 _ARM_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*$")  # t4g, m7g, c7gn, r8g ...

@@ -860,7 +860,9 @@ def _price_trail(p: _Pricer, rtype: str, lid: str, props: dict[str, Any], *_: An
         "GB-month",
         "s3.standard.gb_month",
     )
-    if props.get("EventSelectors") or props.get("AdvancedEventSelectors"):
+    # Management events (the first copy) are free; only data-event selectors cost per event.
+    data_selectors = [sel for sel in props.get("EventSelectors", []) if sel.get("DataResources")]
+    if data_selectors or props.get("AdvancedEventSelectors"):
         p.est.not_priced.append(
             f"CloudTrail data events selected on {p._name(lid)} (volume unknown)"
         )

@@ -14,11 +14,18 @@ Modes (``--mode``, default ``auto``):
 Each stack's (or environment's) diff is saved in ``OUT/diffs/``, echoed to the terminal, and
 summarized by ``scripts/diff_comment.py`` into ``OUT/comment.md`` (the pull-request comment).
 
+The comment includes the estimated monthly cost per environment before and after
+(``scripts/cost.py --json`` on the base and head assemblies, saved as ``OUT/cost-before.json`` and
+``OUT/cost-after.json``). In ``aws`` mode the "before" side needs a base to synthesize: pass
+``--base-ref``. ``--cost-before`` / ``--cost-after`` use given files instead; ``--no-cost``
+skips it.
+A cost estimate that fails (e.g. a resource without a price) becomes a note, never a failed diff.
+
 Environment: ``CDK_CLI`` overrides the CDK CLI path (default ``node_modules/.bin/cdk``).
 
 Usage:
     python scripts/make_diff.py [--env NAME ...] [--mode auto|aws|offline] [--base-ref REF]
-        [--out DIR] [--head-app DIR] [--cost-before FILE] [--cost-after FILE]
+        [--out DIR] [--head-app DIR] [--cost-before FILE] [--cost-after FILE] [--no-cost]
 """
 
 from __future__ import annotations
@@ -126,6 +133,26 @@ def synth(repo: Path, outdir: Path, envs: list[str], env: dict[str, str], *, lab
         raise MakeDiffError(f"synth of {label} failed (exit {result.returncode}):\n{result.stdout}")
 
 
+def assembly_cost(
+    assembly: Path, envs: list[str], out_file: Path, env: dict[str, str]
+) -> tuple[dict[str, float], str | None]:
+    """Monthly cost per environment of ``assembly`` (``scripts/cost.py --json``), saved to
+    ``out_file``; returns the costs of ``envs`` (all when empty) and a note when it failed."""
+    result = subprocess.run(
+        [sys.executable, str(TOOLS_ROOT / "scripts" / "cost.py"), str(assembly), "--json"],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return {}, f"No cost estimate for {out_file.stem.removeprefix('cost-')}: {reason}"
+    out_file.write_text(result.stdout, encoding="utf-8")
+    costs = load_costs(out_file)
+    wanted = {e.lower() for e in envs}
+    return {name: usd for name, usd in costs.items() if not wanted or name.lower() in wanted}, None
+
+
 def default_base_ref(repo: Path, env: dict[str, str]) -> str:
     for ref in ("origin/main", "main"):
         probe = subprocess.run(
@@ -216,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-app", type=Path, help="reuse this synthesized cloud assembly")
     parser.add_argument("--cost-before", type=Path, help="JSON: environment -> monthly USD")
     parser.add_argument("--cost-after", type=Path, help="JSON: environment -> monthly USD")
+    parser.add_argument("--no-cost", action="store_true", help="leave the cost change out")
     args = parser.parse_args(argv)
     envs = [e for e in args.env if e]
     for name in envs:
@@ -238,9 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         diffs = out / "diffs"
         diffs.mkdir(parents=True)
         notes: list[str] = []
+        head_assembly: Path | None = None
+        base_assembly: Path | None = None
         if mode == "aws":
             files = diff_aws(repo, envs, diffs, env)
             source = "Compared with the deployed stacks (cdk diff --method=template, read-only)."
+            if not args.no_cost and args.base_ref:
+                head_assembly = out / "head"
+                synth(repo, head_assembly, envs, env, label="this checkout")
+                base_assembly = out / "base"
+                notes += synth_base(repo, args.base_ref, base_assembly, envs, env)
         else:
             head = args.head_app.resolve() if args.head_app else out / "head"
             if not args.head_app:
@@ -250,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             notes += synth_base(repo, base_ref, out / "base", envs, env)
             files, more = diff_offline(repo, head, out / "base", diffs, env)
             notes += more
+            head_assembly, base_assembly = head, out / "base"
             source = (
                 f"No AWS access: compared with the templates synthesized from `{base_ref}` "
                 f"({sha.strip()}), not with what is deployed."
@@ -257,14 +293,31 @@ def main(argv: list[str] | None = None) -> int:
         stacks: list[StackDiff] = []
         for path in files:
             stacks += parse_diff(path.read_text(encoding="utf-8"))
+        cost_before, cost_after = load_costs(args.cost_before), load_costs(args.cost_after)
+        if not args.no_cost:
+            for label, assembly, given in (
+                ("before", base_assembly, args.cost_before),
+                ("after", head_assembly, args.cost_after),
+            ):
+                if given is not None or assembly is None:
+                    continue
+                if not (assembly / "manifest.json").exists() or not stacks_in(assembly):
+                    continue  # a base without a CDK app: no "before" figure
+                costs, note = assembly_cost(assembly, envs, out / f"cost-{label}.json", env)
+                if note:
+                    notes.append(note)
+                elif label == "before":
+                    cost_before = costs
+                else:
+                    cost_after = costs
         env_label = ", ".join(envs) if envs else "all environments"
         body = render(
             merge_stacks(stacks),
             title=f"CDK diff ({env_label})",
             source=" ".join([source, *notes]),
             marker=DEFAULT_MARKER,
-            cost_before=load_costs(args.cost_before),
-            cost_after=load_costs(args.cost_after),
+            cost_before=cost_before,
+            cost_after=cost_after,
         )
         (out / "comment.md").write_text(body, encoding="utf-8")
     except (MakeDiffError, DiffCommentError) as exc:

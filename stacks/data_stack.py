@@ -1,4 +1,5 @@
-"""Data stack: RDS PostgreSQL, its secret and the database SSM parameters."""
+"""Data stack: RDS PostgreSQL, its secret (rotated on a schedule) and the database SSM
+parameters."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 from aws_cdk import Stack, Token
 from constructs import Construct
 
-from components.database import DB_NAME, DB_USERNAME, Database
+from components.acks import acknowledge
+from components.database import DB_NAME, DB_PORT, DB_USERNAME, Database
 from components.network import Network
 from components.parameters import Parameters
+from components.rotation import DatabaseSecretRotation
 from config.model import EnvironmentConfig
 
 
@@ -18,6 +21,10 @@ class DataStack(Stack):
 
     Attributes:
         database: the ``Database`` component (``.instance``, ``.secret``, ``.security_group``).
+        rotation: the ``DatabaseSecretRotation`` (``rotation.enabled``, the default), else None.
+            Its function runs in the fleet's ``App`` subnets, which reach the Secrets Manager
+            API through the environment's NAT (gateway or instance) or, with ``vpc.nat: none``,
+            through the ``secretsmanager`` interface endpoint there.
         parameters: ``db_host``, ``db_port``, ``db_username``, ``db_name`` under
             ``/humansa/<env>/`` (the password stays in the secret).
 
@@ -45,6 +52,24 @@ class DataStack(Stack):
             subnets=network.data_subnets,
             environment=config.name,
         )
+        self.rotation: DatabaseSecretRotation | None = None
+        if config.rotation.enabled:
+            self.rotation = DatabaseSecretRotation(
+                self,
+                "SecretRotation",
+                database=self.database.instance,
+                vpc=network.vpc,
+                vpc_subnets=network.app_subnets,
+                config=config.rotation,
+                port=DB_PORT,
+            )
+        else:
+            acknowledge(
+                self.database.generated_secret,
+                "AwsSolutions-SMG4",
+                f"rotation.enabled is false in config/{config.name}.yaml: the database password "
+                "is not rotated on a schedule in this environment.",
+            )
         endpoint = self.database.instance.instance_endpoint
         self.parameters = Parameters(
             self,

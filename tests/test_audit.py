@@ -1,35 +1,95 @@
-"""AuditTrail: the account trail, its bucket and lifecycle, optional CloudWatch Logs."""
+"""The account trail in the real Humansa-CI stack (config/account.yaml), plus the AuditTrail
+variants the committed config does not use (CloudWatch Logs delivery, no lifecycle)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
+from cdk_nag import AwsSolutionsChecks
 from pydantic import ValidationError
 
+from app import CI_STACK_NAME
 from components.audit import AuditTrail
+from config import ConfigError, load_account
 from config.monitoring import AuditConfig
+from stacks.ci_stack import CiStack
+from tests.conftest import ROOT, Synth
 from tests.ops_checks import check_trail
-from tests.ops_fixture import AUDIT, ops_app
+from tests.test_config import _config_dir
 
 
-def test_trail_from_fixture_config() -> None:
-    check_trail(ops_app().account, AUDIT)
+def test_trail_in_the_ci_stack_from_account_config(synth: Synth) -> None:
+    assert synth.ci_stack.stack_name == CI_STACK_NAME
+    assert synth.account.audit.enabled is True
+    check_trail(synth.ci, synth.account.audit)
+    synth.ci.resource_count_is("AWS::Logs::LogGroup", 0)  # cloudwatch_logs: false committed
 
 
-def test_trail_with_defaults_and_no_cloudwatch_logs() -> None:
-    app = App()
-    stack = Stack(app, "Account")
-    config = AuditConfig()
-    AuditTrail(stack, "AuditTrail", config=config)
-    template = Template.from_stack(stack)
+def test_ci_stack_is_termination_protected(synth: Synth) -> None:
+    assert synth.account.termination_protection is True
+    assert synth.ci_stack.termination_protection is True
+
+
+@pytest.fixture(scope="module")
+def with_logs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Template, Path, AuditConfig]:
+    """A CI stack whose trail delivers to CloudWatch Logs, non-default lifecycle, cdk-nag on."""
+    config = AuditConfig(
+        cloudwatch_logs=True,
+        cloudwatch_logs_retention_days=400,
+        transition_to_infrequent_access_days=45,
+        transition_to_glacier_days=120,
+        expiration_days=400,
+    )
+    outdir = tmp_path_factory.mktemp("audit")
+    app = App(outdir=str(outdir))
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    CiStack(
+        app,
+        "Humansa-CI",
+        github_repository="octo-org/humansa-ml-server",
+        env=cdk.Environment(account="992382528744", region="ap-east-1"),
+        audit=config,
+    )
+    artifact = app.synth().get_stack_by_name("Humansa-CI")  # raises on a cdk-nag finding
+    return Template.from_json(artifact.template), outdir / artifact.template_file, config
+
+
+def test_trail_with_cloudwatch_logs(with_logs: tuple[Template, Path, AuditConfig]) -> None:
+    template, _, config = with_logs
     check_trail(template, config)
-    template.resource_count_is("AWS::Logs::LogGroup", 0)
+    template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 400})
+
+
+def test_trail_with_cloudwatch_logs_is_cfn_lint_clean(
+    with_logs: tuple[Template, Path, AuditConfig],
+) -> None:
+    _, path, _ = with_logs
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "cfn-lint"),
+            "--config-file",
+            str(ROOT / ".cfnlintrc.yaml"),
+            "--format",
+            "parseable",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, ""), result.stdout + result.stderr
 
 
 def test_trail_without_transitions_or_expiry() -> None:
-    app = App()
-    stack = Stack(app, "Account")
+    stack = Stack(App(), "Account")
     config = AuditConfig(
         transition_to_infrequent_access_days=None,
         transition_to_glacier_days=None,
@@ -39,7 +99,16 @@ def test_trail_without_transitions_or_expiry() -> None:
     check_trail(Template.from_stack(stack), config)
 
 
-def test_disabled_config_is_refused() -> None:
+def test_disabled_audit_leaves_the_trail_out() -> None:
+    stack = CiStack(
+        App(),
+        "Humansa-CI",
+        github_repository="octo-org/humansa-ml-server",
+        env=cdk.Environment(account="992382528744", region="ap-east-1"),
+        audit=AuditConfig(enabled=False),
+    )
+    assert stack.audit is None
+    Template.from_stack(stack).resource_count_is("AWS::CloudTrail::Trail", 0)
     with pytest.raises(ValueError, match=r"audit\.enabled is false"):
         AuditTrail(Stack(App(), "Account"), "AuditTrail", config=AuditConfig(enabled=False))
 
@@ -71,8 +140,7 @@ def test_config_rejects(data: dict[str, object], message: str) -> None:
 
 @pytest.mark.parametrize("days", [1, 90, 400, 3653])
 def test_every_allowed_retention_synthesizes(days: int) -> None:
-    app = App()
-    stack = Stack(app, "Account")
+    stack = Stack(App(), "Account")
     AuditTrail(
         stack,
         "AuditTrail",
@@ -81,3 +149,79 @@ def test_every_allowed_retention_synthesizes(days: int) -> None:
     Template.from_stack(stack).has_resource_properties(
         "AWS::Logs::LogGroup", {"RetentionInDays": days}
     )
+
+
+def _account_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
+    """config/ copied to tmp_path with ``changes`` applied to account.yaml."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    folder = _config_dir(tmp_path)
+    data = yaml.safe_load((folder / "account.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = data
+        for part in parents:
+            target = target.setdefault(part, {})
+        if value is None:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    (folder / "account.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("HUMANSA_CONFIG_DIR", str(folder))
+
+
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        (
+            {"audit__cloudwatch_logs_retention_days": 10},
+            "config/account.yaml: audit.cloudwatch_logs_retention_days: 10 is not a CloudWatch "
+            "Logs retention; allowed: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, "
+            "731, 1096, 1827, 2192, 2557, 2922, 3288, 3653",
+        ),
+        (
+            {"audit__expiration_days": 60},
+            "config/account.yaml: audit.expiration_days (60) must be greater than "
+            "audit.transition_to_glacier_days (90)",
+        ),
+        (
+            {"audit__trail": "x"},
+            "config/account.yaml: audit.trail is not a known setting (allowed: enabled, "
+            "cloudwatch_logs, cloudwatch_logs_retention_days, transition_to_infrequent_access_days"
+            ", transition_to_glacier_days, expiration_days)",
+        ),
+        ({"account": None}, "config/account.yaml: account is required"),
+        (
+            {"github__repository": "octo/other"},
+            "config/dev.yaml: github.repository=humansa/humansa-ml-server differs from "
+            "github.repository=octo/other in config/account.yaml (one repository deploys "
+            "account 992382528744)",
+        ),
+        (
+            {"bootstrap_qualifier": "not a qualifier"},
+            "config/account.yaml: bootstrap_qualifier=not a qualifier must be a cdk bootstrap "
+            "qualifier: 1-10 letters, digits, _ or -",
+        ),
+    ],
+)
+def test_account_config_errors_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any], line: str
+) -> None:
+    _account_dir(tmp_path, monkeypatch, **changes)
+    with pytest.raises(ConfigError) as caught:
+        load_account()
+    assert str(caught.value) == line
+
+
+def test_missing_account_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _account_dir(tmp_path, monkeypatch)
+    (tmp_path / "config" / "account.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"^config/account\.yaml not found: the account-level"):
+        load_account()
+
+
+def test_committed_account_config() -> None:
+    config = load_account()
+    assert (config.account, config.region) == ("992382528744", "ap-east-1")
+    assert config.audit == AuditConfig()  # the committed file spells out the defaults

@@ -1,4 +1,8 @@
-"""The account-level CI stack: GitHub OIDC trust pinned exactly, least-privilege roles."""
+"""The account-level CI stack: GitHub OIDC trust pinned exactly, least-privilege roles.
+
+``Humansa-CI`` is the one in the session's shared synth (built from config/account.yaml, cdk-nag
+on); only the reuse-an-existing-provider variant is built here.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,23 @@ from aws_cdk.assertions import Match, Template
 from cdk_nag import AwsSolutionsChecks
 
 from components.github_oidc import validate_github_repository
+from config import load_account
 from stacks.ci_stack import CiStack
+from tests.conftest import Synth
 
-ACCOUNT = "992382528744"
-REGION = "ap-east-1"
-REPO = "octo-org/humansa-ml-server"
+_ACCOUNT_CONFIG = load_account()
+ACCOUNT = _ACCOUNT_CONFIG.account
+REGION = _ACCOUNT_CONFIG.region
+REPO = _ACCOUNT_CONFIG.github.repository
 ENV = cdk.Environment(account=ACCOUNT, region=REGION)
 READ_ONLY_VERBS = ("Describe", "Get", "List")
 
 
 @pytest.fixture(scope="module")
-def templates() -> dict[str, Template]:
-    """One synth of a small app holding the CI stack, with cdk-nag on (raises on a finding)."""
+def templates(synth: Synth) -> dict[str, Template]:
+    """The shared synth's Humansa-CI and a variant reusing an existing provider (cdk-nag on)."""
     app = cdk.App()
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
-    CiStack(app, "Humansa-CI", github_repository=REPO, env=ENV)
     CiStack(
         app,
         "Humansa-CI-Existing",
@@ -35,10 +41,8 @@ def templates() -> dict[str, Template]:
         ),
     )
     assembly = app.synth()
-    return {
-        name: Template.from_json(assembly.get_stack_by_name(name).template)
-        for name in ("Humansa-CI", "Humansa-CI-Existing")
-    }
+    existing = Template.from_json(assembly.get_stack_by_name("Humansa-CI-Existing").template)
+    return {"Humansa-CI": synth.ci, "Humansa-CI-Existing": existing}
 
 
 def _flatten(value: Any) -> Any:

@@ -373,3 +373,28 @@ def test_environment_names_from_stack_names() -> None:
     assert cost.environment_of("Humansa-Dev-Network") == "Dev"
     assert cost.environment_of("Humansa-CI") == "CI"
     assert cost.environment_of("Standalone") == "Standalone"
+
+
+@pytest.mark.parametrize(
+    ("selectors", "not_priced"),
+    [
+        # What AuditTrail synthesizes: management events only (the first copy is free).
+        ([{"IncludeManagementEvents": True, "ReadWriteType": "All"}], []),
+        (
+            [
+                {
+                    "IncludeManagementEvents": True,
+                    "DataResources": [{"Type": "AWS::S3::Object", "Values": ["arn:aws:s3"]}],
+                }
+            ],
+            ["CloudTrail data events selected on Humansa-CI/Trail022F0CF2 (volume unknown)"],
+        ),
+    ],
+)
+def test_only_data_event_selectors_are_unpriced(
+    table: cost.PriceTable, tmp_path: Path, selectors: list[dict[str, Any]], not_priced: list[str]
+) -> None:
+    folder = _copy("production", tmp_path)
+    _edit(folder / "Humansa-CI.template.json", "Trail022F0CF2", EventSelectors=selectors)
+    ci = cost.estimate(folder, table, region="us-east-1")["CI"]
+    assert ci.not_priced == not_priced

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aws_cdk as cdk
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,28 @@ def _write_app(repo: Path, *, db_identifier: str, code: str) -> None:
     (repo / "cdk.json").write_text(json.dumps(cdk_json), encoding="utf-8")
 
 
+def _synth_head_in_process(repo: Path, outdir: Path, *, db_identifier: str) -> None:
+    """Synthesize the working copy's fixture app in this process (jsii is already running), as
+    `cdk synth` would, so make_diff gets it through --head-app and runs one CLI synth only
+    (the base's, from its temporary worktree)."""
+    spec = importlib.util.spec_from_file_location("fixture_app", repo / "fixture_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cli_context = {  # what the CDK CLI passes to an app it runs
+        "aws:cdk:enable-path-metadata": True,
+        "aws:cdk:enable-asset-metadata": True,
+        "aws:cdk:version-reporting": True,
+        "aws:cdk:bundling-stacks": ["**"],
+    }
+    app = cdk.App(outdir=str(outdir), context=cli_context)
+    module.FixtureData(app, "Humansa-Dev-Data", db_identifier=db_identifier, with_bucket=True)
+    module.FixtureService(
+        app, "Humansa-Dev-Service", asset_dir=repo / "assets", extra_parameter=False
+    )
+    app.synth()
+
+
 @pytest.mark.slow
 def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -> None:
     # GIVEN a repository whose main has one version of the app ...
@@ -45,6 +69,9 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
     # ... and a working copy that renames the database and changes the Lambda code
     _write_app(repo, db_identifier="humansa-dev-2", code="def handler(e, c):\n    return 2\n")
 
+    head = tmp_path / "head"
+    _synth_head_in_process(repo, head, db_identifier="humansa-dev-2")
+
     # WHEN make_diff runs with no AWS credentials reachable
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {
@@ -53,7 +80,7 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")],
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--head-app", str(head)],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -69,6 +96,13 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
     assert "compared with the templates synthesized from `main`" in comment
     assert "AWS::RDS::DBInstance `Database` would be **REPLACED**" in comment
     assert "change(s) only in asset hashes" in comment
+    # and the cost change computed by scripts/cost.py on both assemblies
+    assert "#### Estimated monthly cost (USD)" in comment, comment
+    before = json.loads((tmp_path / "out" / "cost-before.json").read_text())
+    after = json.loads((tmp_path / "out" / "cost-after.json").read_text())
+    assert set(before) == set(after) == {"Dev"}
+    row = f"| Dev | {before['Dev']['total_usd']:,.2f} | {after['Dev']['total_usd']:,.2f} |"
+    assert row in comment
     # and the temporary worktree of main is gone
     listed = subprocess.run(
         ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True

@@ -238,9 +238,9 @@ def test_thresholds_are_frozen() -> None:
 
 
 def test_templates_pass_cfn_lint() -> None:
-    """The ops test app's templates (alarms, dashboard, trail, rotation) lint clean."""
+    """The ops test app's templates (alarms, dashboard) lint clean."""
     templates = sorted(str(p) for p in Path(ops_app().templates_dir).glob("*.template.json"))
-    assert len(templates) == 4
+    assert len(templates) == 3  # network, data, service (trail and rotation: real stacks)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), *templates],
         capture_output=True,

@@ -18,11 +18,11 @@ SERVICE = {
 }
 # cdk-nag's EC26 cannot follow the launch template inside a MixedInstancesPolicy (spot fleets).
 SERVICE_SPOT = SERVICE | {"AwsSolutions-EC26"}
+# No SMG4 on Data: the database secret rotates on a schedule (rotation.enabled, the default).
 DATA_UNPROTECTED = {
     "AwsSolutions-RDS3",
     "AwsSolutions-RDS10",
     "AwsSolutions-RDS11",
-    "AwsSolutions-SMG4",
 }
 EXPECTED = {
     "Humansa-Dev-Network": {"AwsSolutions-EC28", "AwsSolutions-EC29"},
@@ -32,8 +32,9 @@ EXPECTED = {
     "Humansa-Staging-Data": DATA_UNPROTECTED,
     "Humansa-Staging-Service": SERVICE_SPOT,
     "Humansa-Production-Network": set(),
-    "Humansa-Production-Data": {"AwsSolutions-RDS11", "AwsSolutions-SMG4"},
+    "Humansa-Production-Data": {"AwsSolutions-RDS11"},
     "Humansa-Production-Service": SERVICE,
+    "Humansa-CI": {"AwsSolutions-IAM5"},
 }
 
 
@@ -70,7 +71,8 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
     assert set(rows) == set(EXPECTED)
-    assert rows["Humansa-Production-Data"][1:] == ["2", "0"]
-    # 5 foundation + 10 provider secrets (SMG4) + EC26 of the spot group
+    assert rows["Humansa-Production-Data"][1:] == ["1", "0"]
+    assert rows["Humansa-CI"][1:] == ["1", "0"]
+    # 4 foundation + 10 provider secrets (SMG4) + EC26 of the spot group
     assert rows["Humansa-Dev-Service"][1:] == ["15", "0"]
     assert all(int(resources) > 5 for resources, _, _ in rows.values())
