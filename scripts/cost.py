@@ -282,6 +282,7 @@ class StackTemplate:
     name: str
     region: str
     template: dict[str, Any]
+    account: str = ""
 
 
 def environment_of(stack_name: str) -> str:
@@ -317,10 +318,31 @@ def read_assembly(cdk_out: Path) -> list[StackTemplate]:
             raise CostError(
                 f"{template_path} (stack {name}) is listed in the manifest but missing"
             ) from None
+        environment = str(artifact.get("environment", ""))
         stacks.append(
-            StackTemplate(name, _region_of(str(artifact.get("environment", ""))), template)
+            StackTemplate(name, _region_of(environment), template, _account_of(environment))
         )
     return stacks
+
+
+def _account_of(environment: str) -> str:
+    match = re.fullmatch(r"aws://([^/]+)/[^/]+", environment)
+    return match.group(1) if match else ""
+
+
+# CloudWatch's always-free tier (not a 12-month trial) includes 3 dashboards per account
+# (up to 50 metrics each): https://aws.amazon.com/cloudwatch/pricing/
+FREE_DASHBOARDS_PER_ACCOUNT = 3
+
+
+def _accounts_within_free_dashboards(stacks: list[StackTemplate]) -> set[str]:
+    """Accounts whose dashboards in this assembly all fit the always-free allowance."""
+    counts: dict[str, int] = {}
+    for stack in stacks:
+        resources = stack.template.get("Resources") or {}
+        count = sum(1 for r in resources.values() if r.get("Type") == "AWS::CloudWatch::Dashboard")
+        counts[stack.account] = counts.get(stack.account, 0) + count
+    return {acct for acct, n in counts.items() if acct and n <= FREE_DASHBOARDS_PER_ACCOUNT}
 
 
 def _region_of(environment: str) -> str:
@@ -336,8 +358,11 @@ def _region_of(environment: str) -> str:
 class _Pricer:
     """Prices the resources of the stacks of one environment."""
 
-    def __init__(self, table: PriceTable, estimate: Estimate) -> None:
+    def __init__(
+        self, table: PriceTable, estimate: Estimate, *, free_dashboards: bool = False
+    ) -> None:
         self.table = table
+        self.free_dashboards = free_dashboards
         self.est = estimate
         self.a = estimate.assumptions
         self.hours = table.hours_per_month
@@ -788,6 +813,19 @@ def _price_composite(p: _Pricer, rtype: str, lid: str, *_: Any) -> None:
 
 
 def _price_dashboard(p: _Pricer, rtype: str, lid: str, *_: Any) -> None:
+    if p.free_dashboards:
+        # Every dashboard of the account fits the always-free allowance; which one would be
+        # billed first is undefined, so none is (a 4th dashboard turns this off for all).
+        p.add(
+            rtype,
+            lid,
+            f"dashboard {lid} (always-free: <= {FREE_DASHBOARDS_PER_ACCOUNT} per account)",
+            1,
+            "dashboard-month",
+            "cloudwatch.dashboard_month",
+            factor=0.0,
+        )
+        return
     p.add(rtype, lid, f"dashboard {lid}", 1, "dashboard-month", "cloudwatch.dashboard_month")
 
 
@@ -917,6 +955,7 @@ def estimate(
 ) -> dict[str, Estimate]:
     """Estimate every environment of the assembly (or only ``env``), keyed by environment."""
     stacks = read_assembly(cdk_out)
+    free_dashboard_accounts = _accounts_within_free_dashboards(stacks)
     by_env: dict[str, list[StackTemplate]] = {}
     for stack in stacks:
         by_env.setdefault(environment_of(stack.name), []).append(stack)
@@ -932,7 +971,8 @@ def estimate(
         for stack in env_stacks:
             est.stacks.append(stack.name)
             est.region = region or stack.region  # each stack is priced at its own region
-            _Pricer(table, est).price_stack(stack)
+            free = stack.account in free_dashboard_accounts
+            _Pricer(table, est, free_dashboards=free).price_stack(stack)
         est.region = ", ".join(regions)
         result[name] = est
     return result
@@ -956,7 +996,8 @@ def render_table(estimates: Mapping[str, Estimate], table: PriceTable) -> str:
     for est in estimates.values():
         lines.append(
             f"{est.name} ({est.region}): ESTIMATED monthly cost in USD, "
-            f"{table.hours_per_month:g} hours/month, on-demand list prices, no free tier"
+            f"{table.hours_per_month:g} hours/month, on-demand list prices, no free tier except "
+            f"CloudWatch's always-free {FREE_DASHBOARDS_PER_ACCOUNT} dashboards per account"
         )
         lines.append(f"  {'what':<64} {'quantity':>10} {'unit':<18} {'unit USD':>9} {'monthly':>9}")
         for item in sorted(est.items, key=lambda i: -i.monthly_usd):

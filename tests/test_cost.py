@@ -68,7 +68,7 @@ def test_dev_total_at_us_east_1(table: cost.PriceTable) -> None:
         + H * 0.0168 * (1 - 0.70)  # 1 spot t4g.small
         + 20 * 0.08  # its 20 GiB gp3
         + 3 * 0.10  # 3 standard alarms
-        + 3.00  # 1 dashboard
+        + 0.00  # 1 dashboard: within the always-free 3 per account
         + 0.2 * 0.50  # log ingestion
         + 0.2 * (30 / 30.4) * 0.03  # log storage, 30-day retention
     )
@@ -95,7 +95,7 @@ def test_dev_at_manifest_region_warns_unsourced(table: cost.PriceTable) -> None:
         + H * 0.0212 * (1 - 0.70)
         + 20 * 0.1056
         + 3 * 0.10
-        + 3.00
+        + 0.00  # dashboard: always-free
         + 0.2 * 0.57
         + 0.2 * (30 / 30.4) * 0.033
     )
@@ -126,7 +126,7 @@ def test_staging_total_at_us_east_1(table: cost.PriceTable) -> None:
         + H * 0.0168  # 1 on-demand t4g.small (MinSize, no DesiredCapacity)
         + 30 * 0.08
         + 2 * 0.10
-        + 3.00
+        + 0.00  # dashboard: always-free
         + 0.3 * 0.50  # server log group
         + 0.3 * (90 / 30.4) * 0.03
     )
@@ -154,7 +154,7 @@ def test_production_and_ci_totals_at_us_east_1(table: cost.PriceTable) -> None:
         + 2 * 0.10  # 5xx-rate alarm over 2 metrics
         + 0.10  # unhealthy hosts
         + 0.30  # 10-second period: high-resolution alarm
-        + 3.00
+        + 0.00  # dashboard: always-free
         + 0.5 * 0.50
         + 0.5 * (365 / 30.4) * 0.03  # server logs, 1 year
         + 0.5 * 0.50
@@ -167,6 +167,28 @@ def test_production_and_ci_totals_at_us_east_1(table: cost.PriceTable) -> None:
 
 
 # ----------------------------------------------------------------------------- behaviours
+
+
+def test_dashboards_are_free_up_to_three_per_account_then_all_billed(
+    table: cost.PriceTable, tmp_path: Path
+) -> None:
+    out = _copy("dev", tmp_path)
+    service = out / "Humansa-Dev-Service.template.json"
+    template = json.loads(service.read_text())
+    (lid,) = [
+        k for k, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Dashboard"
+    ]
+
+    def dashboards(est: cost.Estimate) -> list[cost.LineItem]:
+        return [i for i in est.items if i.resource_type == "AWS::CloudWatch::Dashboard"]
+
+    (free,) = dashboards(cost.estimate(out, table, region="us-east-1")["Dev"])
+    assert free.monthly_usd == 0 and "always-free" in free.what
+    for n in range(1, 4):  # 4 dashboards in the same account: none is free any more
+        template["Resources"][f"{lid}Extra{n}"] = template["Resources"][lid]
+    service.write_text(json.dumps(template))
+    billed = dashboards(cost.estimate(out, table, region="us-east-1")["Dev"])
+    assert [i.monthly_usd for i in billed] == [pytest.approx(3.00)] * 4
 
 
 def test_unknown_price_is_an_error_naming_the_resource(
