@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from config.monitoring import AuditConfig, MonitoringConfig, RotationConfig
 
@@ -27,6 +27,29 @@ _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _CERT_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def _check_account(value: str) -> str:
+    if not _ACCOUNT.match(value):
+        raise ValueError("must be a 12-digit AWS account id (quote it in YAML)")
+    return value
+
+
+def _check_region(value: str) -> str:
+    if not _REGION.match(value):
+        raise ValueError("must be an AWS region such as ap-east-1")
+    return value
+
+
+def _check_repository(value: str) -> str:
+    if not _REPOSITORY.match(value):
+        raise ValueError("must be a GitHub owner/name such as acme/humansa-ml-server")
+    return value
+
+
+AccountId = Annotated[str, AfterValidator(_check_account)]
+Region = Annotated[str, AfterValidator(_check_region)]
+GithubRepository = Annotated[str, AfterValidator(_check_repository)]
 
 
 class _Section(BaseModel):
@@ -272,14 +295,7 @@ class ImageConfig(_Section):
 
     source: ImageSource = "asset"
     tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")] = "latest"
-    ghcr_repository: str = "owner/humansa-ml-server"
-
-    @field_validator("ghcr_repository")
-    @classmethod
-    def _ghcr_repository(cls, value: str) -> str:
-        if not _REPOSITORY.match(value):
-            raise ValueError("must be a GitHub owner/name such as acme/humansa-ml-server")
-        return value
+    ghcr_repository: GithubRepository = "owner/humansa-ml-server"
 
 
 class GithubConfig(_Section):
@@ -289,14 +305,7 @@ class GithubConfig(_Section):
         repository: ``owner/name``. Default ``humansa/humansa-ml-server``.
     """
 
-    repository: str = "humansa/humansa-ml-server"
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        if not _REPOSITORY.match(value):
-            raise ValueError("must be a GitHub owner/name such as acme/humansa-ml-server")
-        return value
+    repository: GithubRepository = "humansa/humansa-ml-server"
 
 
 class EnvironmentConfig(_Section):
@@ -316,8 +325,8 @@ class EnvironmentConfig(_Section):
     """
 
     name: str
-    account: str
-    region: str = "ap-east-1"
+    account: AccountId
+    region: Region = "ap-east-1"
     termination_protection: bool = False
     vpc: VpcConfig = VpcConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -330,16 +339,6 @@ class EnvironmentConfig(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
     rotation: RotationConfig = RotationConfig()
 
-    @field_validator("account")
-    @classmethod
-    def _account(cls, value: str) -> str:
-        return _check_account(value)
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        return _check_region(value)
-
     @property
     def title(self) -> str:
         """``Production`` for ``production``: the environment part of stack names."""
@@ -349,18 +348,6 @@ class EnvironmentConfig(_Section):
     def parameter_path(self) -> str:
         """SSM parameter path with trailing slash, e.g. ``/humansa/production/``."""
         return f"/humansa/{self.name}/"
-
-
-def _check_account(value: str) -> str:
-    if not _ACCOUNT.match(value):
-        raise ValueError("must be a 12-digit AWS account id (quote it in YAML)")
-    return value
-
-
-def _check_region(value: str) -> str:
-    if not _REGION.match(value):
-        raise ValueError("must be an AWS region such as ap-east-1")
-    return value
 
 
 # --- Account level (config/account.yaml): the Humansa-CI stack -------------------------------
@@ -388,23 +375,13 @@ class AccountConfig(_Section):
         audit: the CloudTrail trail (``AuditConfig``). Default: enabled, no CloudWatch Logs.
     """
 
-    account: str
-    region: str = "ap-east-1"
+    account: AccountId
+    region: Region = "ap-east-1"
     termination_protection: bool = True
     github: GithubConfig = GithubConfig()
     bootstrap_qualifier: str = "hnb659fds"
     existing_oidc_provider_arn: str | None = None
     audit: AuditConfig = AuditConfig()
-
-    @field_validator("account")
-    @classmethod
-    def _account(cls, value: str) -> str:
-        return _check_account(value)
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        return _check_region(value)
 
     @field_validator("bootstrap_qualifier")
     @classmethod
