@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from fastapi import Request
 
-from ml_server.providers.base import Usage
+from ml_server.providers.base import ChatResult, ProviderError, Usage
 from ml_server.router import Route
 from ml_server.state import AppState
 from ml_server.usage import UsageRow
@@ -52,3 +53,40 @@ def account(
             latency_ms=latency_ms,
         )
     )
+
+
+async def accounted_call(
+    state: AppState,
+    request: Request,
+    route: Route,
+    call: Awaitable[ChatResult],
+    *,
+    endpoint: str,
+    started: float,
+) -> ChatResult:
+    """Await a non-streamed provider call and record its usage row, failed or not."""
+    try:
+        result = await call
+    except ProviderError as exc:
+        account(
+            state,
+            request,
+            route,
+            endpoint=endpoint,
+            stream=False,
+            status=exc.status,
+            usage=Usage(),
+            started=started,
+        )
+        raise
+    account(
+        state,
+        request,
+        route,
+        endpoint=endpoint,
+        stream=False,
+        status=200,
+        usage=result.usage,
+        started=started,
+    )
+    return result

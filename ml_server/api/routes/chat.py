@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ml_server.api.accounting import account
+from ml_server.api.accounting import account, accounted_call
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import ApiError, invalid_request
 from ml_server.providers.base import ChatStream, ProviderError, Usage
@@ -118,30 +118,8 @@ async def chat_completions(
     route = state.router.resolve(body["model"])
     started = time.perf_counter()
     if not body.get("stream"):
-        try:
-            result = await state.router.chat(route, body)
-        except ProviderError as exc:
-            account(
-                state,
-                request,
-                route,
-                endpoint="chat",
-                stream=False,
-                status=exc.status,
-                usage=Usage(),
-                started=started,
-            )
-            raise
-        account(
-            state,
-            request,
-            route,
-            endpoint="chat",
-            stream=False,
-            status=200,
-            usage=result.usage,
-            started=started,
-        )
+        call = state.router.chat(route, body)
+        result = await accounted_call(state, request, route, call, endpoint="chat", started=started)
         return Response(result.body, media_type="application/json")
 
     # Wait briefly for the provider's answer so an early refusal (429, 400, ...) keeps its status;

@@ -7,10 +7,9 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ml_server.api.accounting import account
+from ml_server.api.accounting import accounted_call
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import invalid_request
-from ml_server.providers.base import ProviderError, Usage
 
 router = APIRouter(prefix="/v1", tags=["embeddings"])
 
@@ -32,28 +31,8 @@ async def embeddings(request: Request, state: StateDep, _key: KeyDep, body: Body
     _validate(body)
     route = state.router.resolve(str(body["model"]))
     started = time.perf_counter()
-    try:
-        result = await state.router.embeddings(route, body)
-    except ProviderError as exc:
-        account(
-            state,
-            request,
-            route,
-            endpoint="embeddings",
-            stream=False,
-            status=exc.status,
-            usage=Usage(),
-            started=started,
-        )
-        raise
-    account(
-        state,
-        request,
-        route,
-        endpoint="embeddings",
-        stream=False,
-        status=200,
-        usage=result.usage,
-        started=started,
+    call = state.router.embeddings(route, body)
+    result = await accounted_call(
+        state, request, route, call, endpoint="embeddings", started=started
     )
     return Response(result.body, media_type="application/json")
