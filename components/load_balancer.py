@@ -116,3 +116,13 @@ class LoadBalancer(Construct):
                 default_target_groups=[self.target_group],
                 open=False,
             )
+        # The server's Prometheus /metrics has no auth: it is for scrapers inside the VPC, so the
+        # internet-facing listener answers it with a 404 instead of forwarding it.
+        self.listener.add_action(
+            "BlockMetrics",
+            priority=1,
+            conditions=[elbv2.ListenerCondition.path_patterns(["/metrics", "/metrics/*"])],
+            action=elbv2.ListenerAction.fixed_response(
+                404, content_type="application/json", message_body='{"error": "not found"}'
+            ),
+        )

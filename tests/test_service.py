@@ -276,3 +276,27 @@ def test_image_tag_context_overrides_config(tmp_path: Any) -> None:
         "AWS::SSM::Parameter",
         {"Name": "/humansa/dev/ml_server_image_tag", "Value": "release-1.2.3"},
     )
+
+
+def test_metrics_are_not_reachable_through_the_alb(synth: Synth) -> None:
+    for env in ("dev", "production"):
+        synth.template(env, "Service").has_resource_properties(
+            "AWS::ElasticLoadBalancingV2::ListenerRule",
+            {
+                "Priority": 1,
+                "Conditions": [
+                    {
+                        "Field": "path-pattern",
+                        "PathPatternConfig": {"Values": ["/metrics", "/metrics/*"]},
+                    }
+                ],
+                "Actions": [
+                    Match.object_like(
+                        {
+                            "Type": "fixed-response",
+                            "FixedResponseConfig": Match.object_like({"StatusCode": "404"}),
+                        }
+                    )
+                ],
+            },
+        )
