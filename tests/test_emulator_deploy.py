@@ -34,6 +34,8 @@ STACKS = ("Humansa-Production-Network", "Humansa-Production-Data", "Humansa-Prod
 CUSTOM_TYPES = ("AWS::CloudFormation::CustomResource",)
 
 
+# Each emulated model subclasses CloudFormationModel directly: moto finds models with
+# CloudFormationModel.__subclasses__(), which does not see grandchildren of a shared base.
 class _EmulatedSecret(CloudFormationModel):
     """AWS::SecretsManager::Secret for moto's CloudFormation (moto 5.2.5 skips the type, so
     the Data stack's export of the secret ARN, imported by the Service stack, went missing)."""
