@@ -37,11 +37,11 @@ install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_mod
 
 synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
-	$(PY) scripts/synth_summary.py cdk.out
-	$(PY) scripts/cost.py cdk.out --summary
+	$(PY) -m humansa_ops.synth_summary cdk.out
+	$(PY) -m humansa_ops.cost cdk.out --summary
 
 diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
-	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
+	$(PY) -m humansa_ops.make_diff $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
 
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
@@ -61,7 +61,7 @@ test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
 	@test -f cdk.out/manifest.json || $(MAKE) synth
-	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_APP = ROOT / "tests" / "fixtures" / "diff" / "fixture_app.py"
-SCRIPT = ROOT / "scripts" / "make_diff.py"
+SCRIPT = ROOT / "scripts" / "make-diff"
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -80,7 +80,7 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--head-app", str(head)],
+        [str(SCRIPT), "--out", str(tmp_path / "out"), "--head-app", str(head)],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -96,7 +96,7 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
     assert "compared with the templates synthesized from `main`" in comment
     assert "AWS::RDS::DBInstance `Database` would be **REPLACED**" in comment
     assert "change(s) only in asset hashes" in comment
-    # and the cost change computed by scripts/cost.py on both assemblies
+    # and the cost change computed by humansa_ops/cost.py on both assemblies
     assert "#### Estimated monthly cost (USD)" in comment, comment
     before = json.loads((tmp_path / "out" / "cost-before.json").read_text())
     after = json.loads((tmp_path / "out" / "cost-after.json").read_text())
@@ -111,8 +111,6 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
 
 
 def test_bad_environment_name_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--env", "Prod uction"], capture_output=True, text=True
-    )
+    result = subprocess.run([str(SCRIPT), "--env", "Prod uction"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "--env / ENV: 'Prod uction' is not an environment name" in result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.diff_comment import DEFAULT_MARKER
+from humansa_ops.diff_comment import DEFAULT_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print, per synthesized stack, its resource count and cdk-nag acknowledgments/findings.
 
-Usage: ``python scripts/synth_summary.py cdk.out``. Reads only the cloud assembly (manifest,
+Usage: ``python -m humansa_ops.synth_summary cdk.out``. Reads only the cloud assembly (manifest,
 templates, ``<stack>.metadata.json`` and ``validation-report.json``); exits 1 when the
 validation report lists any finding.
 """
