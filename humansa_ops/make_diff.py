@@ -199,7 +199,19 @@ def diff_offline(
     for name in sorted(head_stacks):
         old = base / base_stacks[name] if name in base_stacks else empty
         out = _run(
-            [_cdk(), "diff", "--no-notices", "--app", str(head), "--template", str(old), name],
+            # --exclusively: Data and Service depend on Network, and `--template` compares one
+            # stack only (without it the CLI adds the dependencies and refuses).
+            [
+                _cdk(),
+                "diff",
+                "--no-notices",
+                "--exclusively",
+                "--app",
+                str(head),
+                "--template",
+                str(old),
+                name,
+            ],
             cwd=repo,
             env=env,
         )
