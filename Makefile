@@ -20,6 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
+.PHONY: status logs shell
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +63,15 @@ test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
 	@test -f cdk.out/manifest.json || $(MAKE) synth
 	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
+	@$(PY) -m humansa_ops.operate status --env "$(ENV)"
+
+logs: $(VENV)/.installed ## Server logs of ENV=name, last 30 min [FOLLOW=1] [SINCE=minutes] [SETUP=1 boot log]
+	@$(PY) -m humansa_ops.operate logs --env "$(ENV)" $(if $(FOLLOW),--follow,) $(if $(SINCE),--since $(SINCE),) $(if $(SETUP),--setup,)
+
+shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=name [INSTANCE=i-...]
+	@$(PY) -m humansa_ops.operate shell --env "$(ENV)" $(if $(INSTANCE),--instance $(INSTANCE),)
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
