@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
-.PHONY: status logs shell
+.PHONY: status logs shell rollback
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,10 @@ logs: $(VENV)/.installed ## Server logs of ENV=name, last 30 min [FOLLOW=1] [SIN
 
 shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=name [INSTANCE=i-...]
 	@$(PY) -m humansa_ops.operate shell --env "$(ENV)" $(if $(INSTANCE),--instance $(INSTANCE),)
+
+rollback: install ## Deploy exactly what release TO=<version> deployed (its commit and image) to ENV=name
+	@test -n "$(ENV)" -a -n "$(TO)" || { echo "make rollback needs ENV=<name> TO=<version> (tag release-<version>)" >&2; exit 2; }
+	@APPROVAL=$(APPROVAL) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"

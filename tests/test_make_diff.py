@@ -13,6 +13,8 @@ from pathlib import Path
 import aws_cdk as cdk
 import pytest
 
+from tests.project_copy import copy_project
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_APP = ROOT / "tests" / "fixtures" / "diff" / "fixture_app.py"
 SCRIPT = ROOT / "scripts" / "make-diff"
@@ -116,33 +118,12 @@ def test_bad_environment_name_is_refused() -> None:
     assert "--env / ENV: 'Prod uction' is not an environment name" in result.stderr
 
 
-def _copy_project(dest: Path) -> None:
-    """This checkout's files (tracked and new, as git lists them) in a fresh one-commit repo
-    whose branch is ``main``, with the shared .venv and node_modules linked in."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    for shared in (".venv", "node_modules"):
-        (dest / shared).symlink_to((ROOT / shared).resolve(), target_is_directory=True)
-    _git(dest, "init", "-q", "-b", "main")
-    _git(dest, "add", ".")
-    _git(dest, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "base")
-
-
 @pytest.mark.slow
 def test_offline_diff_of_the_real_app_compares_each_stack_alone(tmp_path: Path) -> None:
     # GIVEN this project's own app (Network, and Data and Service that depend on it) on main ...
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_project(repo)
+    copy_project(repo)
     # ... and a working copy that raises dev's fleet maximum (a Service change only)
     dev = repo / "config" / "dev.yaml"
     text = dev.read_text(encoding="utf-8")
@@ -152,8 +133,11 @@ def test_offline_diff_of_the_real_app_compares_each_stack_alone(tmp_path: Path) 
     # WHEN `make diff ENV=dev` runs offline (the PR workflow's path: --mode offline --base-ref)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     result = subprocess.run(
-        [str(repo / "scripts" / "make-diff"), "--mode", "offline", "--base-ref", "main"]
-        + ["--env", "dev", "--out", str(tmp_path / "out")],
+        [
+            str(repo / "scripts" / "make-diff"),
+            *("--mode", "offline", "--base-ref", "main"),
+            *("--env", "dev", "--out", str(tmp_path / "out")),
+        ],
         cwd=repo,
         env=env,
         capture_output=True,
