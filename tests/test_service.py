@@ -374,4 +374,4 @@ def test_certificate_gives_https_and_http_only_redirects() -> None:
             ],
         },
     )
-    assert synth_summary.plain_http_listeners(template.to_json()) == []
+    assert synth_summary.plain_http_listeners(dict(template.to_json())) == []
