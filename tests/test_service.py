@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -375,3 +376,43 @@ def test_certificate_gives_https_and_http_only_redirects() -> None:
         },
     )
     assert synth_summary.plain_http_listeners(dict(template.to_json())) == []
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_server_keep_alive_outlasts_alb_idle_timeout(
+    synth: Synth, env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN the synthesized ALB and launch template THEN the keep-alive the boot hands the
+    server, read by the server's own settings and passed to uvicorn, is longer than the ALB's
+    idle timeout (else the target closes a connection the ALB reuses: a 502), and both come from
+    service.idle_timeout_seconds."""
+    import signal
+
+    import uvicorn
+
+    from ml_server import __main__ as server_main
+    from ml_server.config import load_settings
+
+    template = synth.template_json(env, "Service")
+    (alb,) = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer"
+    ]
+    attributes = {a["Key"]: a["Value"] for a in alb["Properties"]["LoadBalancerAttributes"]}
+    idle = int(attributes["idle_timeout.timeout_seconds"])
+    assert idle == synth.configs[env].service.idle_timeout_seconds
+    (launch_template,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
+    ]
+    user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    (value,) = set(re.findall(r"-e KEEP_ALIVE_SECONDS=(\d+) ", user_data))
+
+    monkeypatch.setenv("KEEP_ALIVE_SECONDS", value)
+    settings = load_settings(secrets_dir="/nonexistent")
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    server_main.cmd_serve(settings, local=False)
+    assert captured["timeout_keep_alive"] == int(value)
+    assert captured["timeout_keep_alive"] > idle
