@@ -21,6 +21,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
 .PHONY: status logs shell rollback
+.PHONY: preflight
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,7 +47,12 @@ diff: install ## What a deploy would change (ENV=name): against AWS if credentia
 
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
+	@$(PY) scripts/preflight.py --env $(ENV) --tls-only
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
+
+preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker
+	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
+	$(PY) scripts/preflight.py --env $(ENV)
 
 lint: install
 	$(BIN)/ruff check .

@@ -144,6 +144,7 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         proxy_headers=True,
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=settings.drain_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
 
 

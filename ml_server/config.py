@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
     # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
     drain_seconds: int = Field(default=25, ge=0, le=3600)
+    # HTTP keep-alive of idle connections; above the load balancer's idle timeout (the boot
+    # passes the ALB's + 5 s), else the ALB reuses a connection the server closes: a 502.
+    keep_alive_seconds: int = Field(default=65, ge=1, le=4100)
 
     # Usage accounting.
     usage_queue_size: int = Field(default=10_000, ge=1)

@@ -14,7 +14,7 @@ from components.boot import METRICS_NAMESPACE_PREFIX, BootSettings, SecretFile
 from components.database import DB_PORT
 from components.fleet import Fleet
 from components.image import ServerImage
-from components.load_balancer import LoadBalancer
+from components.load_balancer import LoadBalancer, server_keep_alive_seconds
 from components.logs import ServiceLogs
 from components.monitoring import ServiceMonitoring
 from components.network import Network
@@ -105,6 +105,7 @@ class ServiceStack(Stack):
             setup_log_group=self.logs.setup.log_group_name,
             container_port=config.service.container_port,
             health_path=config.service.health_path,
+            keep_alive_seconds=server_keep_alive_seconds(config.service),
         )
         self.fleet = Fleet(
             self,
