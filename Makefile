@@ -75,5 +75,8 @@ bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--
 image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-in base where the registry base cannot be pulled)
 	scripts/image.sh
 
+image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
