@@ -22,6 +22,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
 .PHONY: status logs shell rollback
 .PHONY: preflight
+.PHONY: image image-test instance-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -91,6 +92,12 @@ serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .hum
 
 bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--requests 5000"), ~1 min
 	$(PY) benchmarks/gateway_overhead.py $(BENCH_ARGS)
+
+image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-in base where the registry base cannot be pulled)
+	scripts/image.sh
+
+image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
