@@ -111,6 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_size=settings.usage_batch_size,
             flush_seconds=settings.usage_flush_seconds,
             retry_max_seconds=settings.usage_retry_max_seconds,
+            spool_dir=Path(
+                settings.usage_spool_dir or Path(settings.local_data_dir) / "usage-spool"
+            ),
+            spool_max_bytes=settings.usage_spool_max_bytes,
+            stuck_seconds=settings.usage_stuck_seconds,
         )
         state = AppState(
             settings=settings,
