@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ml_server import __version__
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
@@ -208,6 +209,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
     )
-    for module in (health, metrics_route, models, chat, embeddings):
+    for module in (health, metrics_route, models, chat, embeddings, messages_route):
         app.include_router(module.router)
     return app

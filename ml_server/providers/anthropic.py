@@ -138,6 +138,122 @@ class AnthropicProvider(Provider):
                 raise _anthropic_error(self.name, resp.status, raw, resp.headers)
         return _AnthropicStream(resp, model, include_usage=include_usage)
 
+    # --- /v1/messages: native pass-through ------------------------------------------------------
+    async def _post_native(
+        self, path: str, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        payload = {**body, "model": model}
+        with transport_errors(self.name):
+            ctx = self.session.post(
+                self.base_url + path, data=orjson.dumps(payload), headers=headers
+            )
+            resp = await ctx.__aenter__()
+            if resp.status >= 400:
+                raw = await resp.read()
+                resp.release()
+                raise _anthropic_error(self.name, resp.status, raw, resp.headers)
+        return resp
+
+    async def messages(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> ChatResult:
+        """POST /messages with the client's body (only ``model`` rewritten); bytes back as sent."""
+        resp = await self._post_native("/messages", model, {**body, "stream": False}, headers)
+        with transport_errors(self.name):
+            raw = await resp.read()
+        resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(
+                502, "provider anthropic sent a response that is not JSON",
+                code="provider_bad_response",
+            ) from exc  # fmt: skip
+        return ChatResult(raw, usage_of(data.get("usage") if isinstance(data, dict) else None)[0])
+
+    async def messages_stream(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> ChatStream:
+        resp = await self._post_native("/messages", model, {**body, "stream": True}, headers)
+        return _NativeStream(resp)
+
+    async def count_tokens(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> bytes:
+        resp = await self._post_native("/messages/count_tokens", model, body, headers)
+        with transport_errors(self.name):
+            raw = await resp.read()
+        resp.release()
+        return raw
+
+
+class _NativeStream(ChatStream):
+    """Anthropic's own stream, passed on event by event (usage read on the way).
+
+    Events are held back until the first content event, so an ``event: error`` before any
+    content (overloaded inside an HTTP 200) is a failed attempt the router can retry; after
+    that it raises, and the route ends the stream with an error event.
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        super().__init__()
+        self._resp = resp
+        self._raw_usage: dict[str, Any] = {}
+
+    def _look(self, data: bytes) -> bool:
+        """Read usage and errors from one event; True for content."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        kind = event.get("type")
+        if kind == "error":
+            raise stream_error("anthropic", event.get("error"))
+        u = (event.get("message") or {}).get("usage") if kind == "message_start" else None
+        u = u if u is not None else event.get("usage") if kind == "message_delta" else None
+        if isinstance(u, dict):
+            self._raw_usage.update({k: v for k, v in u.items() if v is not None})
+            self.usage = usage_of(self._raw_usage)[0]
+        return kind in ("content_block_start", "content_block_delta", "message_delta")
+
+    async def events(self) -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        held: list[bytes] = []
+        started = finished = False
+        with transport_errors("anthropic"):
+            async for chunk in self._resp.content.iter_any():
+                lines = sse_lines(buffer, chunk)
+                for line in lines:
+                    if line.startswith(b"data:"):
+                        try:
+                            started = self._look(line[5:]) or started
+                        except ProviderError:
+                            if started and held:
+                                yield b"".join(held)
+                            raise
+                        finished = finished or b'"message_stop"' in line
+                    held.append(line + b"\n")
+                if started and held:
+                    yield b"".join(held)
+                    held.clear()
+        if not finished:
+            raise ProviderError(
+                502,
+                "provider anthropic ended the stream before message_stop",
+                code="provider_stream_truncated",
+                kind="connection",
+            )
+        if held:
+            yield b"".join(held)
+
+    async def aclose(self) -> None:
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
 
 class _AnthropicStream(ChatStream):
     """Anthropic stream events -> OpenAI chat.completion.chunk events.

@@ -171,7 +171,7 @@ class FakeProvider:
             }
         )
         path = request.path
-        anthropic = path.endswith("/messages")
+        anthropic = path.endswith(("/messages", "/messages/count_tokens"))
         model = str((body or {}).get("model", "")) if isinstance(body, dict) else ""
         d = _directives(model)
         auth_error = self._check_auth(request, anthropic)
@@ -193,6 +193,8 @@ class FakeProvider:
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
             return self._error(anthropic, 400, "body must be a JSON object")
+        if path.endswith("/messages/count_tokens"):
+            return _json({"input_tokens": _rich_usage(body, [], set())["input_tokens"]})
         if anthropic and _wants_rich(model, body):
             return await self._anthropic_rich(request, body, model)
         if anthropic:

@@ -19,6 +19,7 @@ import pytest
 
 from ml_server.errors import ApiError
 from ml_server.providers.anthropic import _AnthropicStream, from_anthropic, to_anthropic
+from ml_server.providers.base import ChatStream, Usage
 
 
 def test_request_golden_caching_documents_tools_and_system_in_place() -> None:
@@ -453,3 +454,155 @@ async def test_stream_cut_before_message_stop_is_an_error() -> None:
     with pytest.raises(ApiError) as err:
         await _collect(raw)
     assert err.value.kind == "connection"
+
+
+# --- the other direction: Anthropic Messages -> OpenAI chat (for /v1/messages) ------------------
+def test_messages_request_golden_to_openai() -> None:
+    from ml_server.providers.messages_translate import to_openai
+
+    body = {
+        "model": "x",
+        "max_tokens": 300,
+        "system": [{"type": "text", "text": "Rules", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "See"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "iVBO"}},
+                {"type": "document", "source": {"type": "base64",
+                                                "media_type": "application/pdf", "data": "JVBE"}},
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "t", "signature": "s"},
+                {"type": "tool_use", "id": "tu1", "name": "f", "input": {"a": 1}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "tu1", "content": [
+                    {"type": "text", "text": "done"}]},
+            ]},
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "f"},
+        "thinking": {"type": "enabled", "budget_tokens": 5000},
+        "metadata": {"user_id": "u1"},
+        "stop_sequences": ["Z"],
+    }  # fmt: skip
+    assert to_openai("gpt-x", body, "openai") == {
+        "model": "gpt-x",
+        "messages": [
+            {"role": "system", "content": "Rules"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "See"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",
+                                          "filename": "document.pdf"}},
+            ]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "tu1", "type": "function",
+                 "function": {"name": "f", "arguments": '{"a":1}'}}]},
+            {"role": "tool", "tool_call_id": "tu1", "content": "done"},
+        ],
+        "max_completion_tokens": 300,
+        "stop": ["Z"],
+        "user": "u1",
+        "tools": [{"type": "function", "function": {
+            "name": "f", "description": "", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "reasoning_effort": "medium",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_k": 3}, "top_k"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
+        ({"container": "c1"}, "container"),
+    ],
+)
+def test_messages_fields_without_an_openai_equivalent_are_refused(
+    extra: dict[str, Any], param: str
+) -> None:
+    from ml_server.providers.messages_translate import to_openai
+
+    body = {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
+    with pytest.raises(ApiError) as err:
+        to_openai("m", body, "deepseek")
+    assert err.value.param == param
+
+
+def test_messages_response_golden_from_openai() -> None:
+    from ml_server.providers.messages_translate import from_openai
+
+    data = {
+        "id": "chatcmpl-1",
+        "model": "gpt-x",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Sure.",
+            "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "f", "arguments": '{"a": 2}'}}]}}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 9,
+                  "prompt_tokens_details": {"cached_tokens": 32}},
+    }  # fmt: skip
+    out, usage = from_openai(data, "gpt-x")
+    assert out == {
+        "id": "msg_chatcmpl-1",
+        "type": "message",
+        "role": "assistant",
+        "model": "gpt-x",
+        "content": [
+            {"type": "text", "text": "Sure."},
+            {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 2}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 18, "cache_read_input_tokens": 32,
+                  "cache_creation_input_tokens": 0, "output_tokens": 9},
+    }  # fmt: skip
+    assert (usage.prompt_tokens, usage.completion_tokens) == (50, 9)
+
+
+class _Recorded(ChatStream):
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self._chunks = chunks
+
+    async def events(self) -> AsyncIterator[bytes]:
+        for c in self._chunks:
+            if c.get("usage"):
+                self.usage = Usage(c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"])
+            yield b"data: " + orjson.dumps(c) + b"\n\n"
+
+
+async def test_messages_stream_golden_from_openai_chunks() -> None:
+    from ml_server.providers.messages_translate import _OpenAIToMessagesStream
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    recorded = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hi"}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                               "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+        chunk({}, "tool_calls"),
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}},
+    ]  # fmt: skip
+    stream = _OpenAIToMessagesStream(_Recorded(recorded), "gpt-x")
+    raw = b"".join([c async for c in stream.events()])
+    events = [orjson.loads(part.split(b"\ndata: ", 1)[1]) for part in raw.split(b"\n\n") if part]
+    assert [e["type"] for e in events] == [
+        "message_start",
+        "content_block_start", "content_block_delta", "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop",
+        "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert events[4]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "f",
+                                          "input": {}}  # fmt: skip
+    assert events[6]["delta"] == {"type": "input_json_delta", "partial_json": "1}"}
+    assert events[8]["delta"]["stop_reason"] == "tool_use"
+    assert events[8]["usage"]["input_tokens"] == 7 and events[8]["usage"]["output_tokens"] == 5
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (7, 5)
