@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
+from ml_server import catalog as model_catalog
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import messages as messages_route
@@ -82,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Heavy clients are created in the lifespan, inside the running loop."""
     settings = settings or load_settings()
     metrics = Metrics()
+    extra_catalog = settings.model_catalog_file
+    catalog = model_catalog.load(Path(extra_catalog) if extra_catalog else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,
             policy=RoutingPolicy.from_settings(settings),
+            catalog=catalog,
         )
         limiter = RateLimiter(settings.rate_limit_rpm)
         router.collector.set_limiter(limiter)
@@ -107,6 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_size=settings.usage_batch_size,
             flush_seconds=settings.usage_flush_seconds,
             retry_max_seconds=settings.usage_retry_max_seconds,
+            spool_dir=Path(
+                settings.usage_spool_dir or Path(settings.local_data_dir) / "usage-spool"
+            ),
+            spool_max_bytes=settings.usage_spool_max_bytes,
+            stuck_seconds=settings.usage_stuck_seconds,
         )
         state = AppState(
             settings=settings,

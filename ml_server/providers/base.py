@@ -14,8 +14,85 @@ from ml_server.errors import ApiError
 
 @dataclass
 class Usage:
+    """The token counts of one call, in the shape every provider hands the router (OpenAI's).
+
+    - ``prompt_tokens``: ALL input tokens, cache reads and cache writes included;
+    - ``cached_tokens``: cache reads (``prompt_tokens_details.cached_tokens``; Anthropic
+      ``cache_read_input_tokens``);
+    - ``cache_write_tokens``: cache writes (``prompt_tokens_details.cache_write_tokens``;
+      Anthropic ``cache_creation_input_tokens``);
+    - ``completion_tokens``: output tokens as the provider reports them;
+    - ``reasoning_tokens``: ``completion_tokens_details.reasoning_tokens`` (part of
+      ``completion_tokens``, as OpenAI counts them);
+    - ``total_tokens``: as reported; when it exceeds prompt + completion, the difference is
+      reasoning output the provider left out of ``completion_tokens`` (Gemini, xAI);
+    - ``estimated``: the gateway estimated the counts (no usage reported: client left, stream
+      cut, provider reports none).
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+    def categories(self) -> TokenCategories:
+        """Split into the billed categories (each token in exactly one)."""
+        prompt = max(0, self.prompt_tokens)
+        cached = min(max(0, self.cached_tokens), prompt)
+        write = min(max(0, self.cache_write_tokens), prompt - cached)
+        completion = max(0, self.completion_tokens)
+        extra = self.total_tokens - prompt - completion
+        if extra > 0:  # reasoning reported only in total_tokens
+            reasoning, output = extra, completion
+        else:
+            reasoning = min(max(0, self.reasoning_tokens), completion)
+            output = completion - reasoning
+        return TokenCategories(prompt - cached - write, cached, write, output, reasoning)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCategories:
+    input: int  # uncached input
+    cached_input: int  # cache reads
+    cache_write: int
+    output: int  # visible output
+    reasoning: int
+
+    @property
+    def prompt(self) -> int:
+        return self.input + self.cached_input + self.cache_write
+
+    @property
+    def completion(self) -> int:
+        return self.output + self.reasoning
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+def usage_from_openai(u: Any) -> Usage:
+    """An OpenAI-shaped ``usage`` object (also DeepSeek's, Gemini's and xAI's variants)."""
+    if not isinstance(u, dict):
+        return Usage()
+    pd = u.get("prompt_tokens_details")
+    cd = u.get("completion_tokens_details")
+    pd = pd if isinstance(pd, dict) else {}
+    cd = cd if isinstance(cd, dict) else {}
+    cached = _count(pd.get("cached_tokens")) or _count(u.get("prompt_cache_hit_tokens"))
+    return Usage(
+        prompt_tokens=_count(u.get("prompt_tokens")),
+        completion_tokens=_count(u.get("completion_tokens")),
+        cached_tokens=cached,
+        cache_write_tokens=_count(pd.get("cache_write_tokens")),
+        reasoning_tokens=_count(cd.get("reasoning_tokens")),
+        total_tokens=_count(u.get("total_tokens")),
+    )
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ml_server.providers.base import (
     Usage,
     error_from_upstream,
     sse_lines,
+    usage_from_openai,
 )
 from ml_server.providers.http import make_session, transport_errors
 
@@ -31,9 +32,7 @@ _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
 def _usage(data: Any) -> Usage:
     if isinstance(data, dict):
-        u = data.get("usage")
-        if isinstance(u, dict):
-            return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        return usage_from_openai(data.get("usage"))
     return Usage()
 
 

@@ -13,6 +13,11 @@ Behaviour is chosen per request through the model name (any provider prefix):
   attempt that times out, then a fast one);
 - ``x-chunkdelay-100``: stream chunks 100 ms apart;
 - ``x-breakafter-2``: a stream that drops the connection after 2 content chunks.
+- usage the provider reports (OpenAI format): ``ptok-3000000000`` sets ``prompt_tokens``,
+  ``cached-40`` ``prompt_tokens_details.cached_tokens``, ``reasoning-7``
+  ``completion_tokens_details.reasoning_tokens``, ``thoughts-9`` adds 9 to ``total_tokens`` only
+  (Gemini's thinking tokens), ``nousage`` reports none;
+- ``x-nodone``: a stream that ends (cleanly) without ``data: [DONE]``.
 
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
@@ -34,13 +39,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-_NUM = re.compile(r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter)-(\d+)")
+_NUM = re.compile(
+    r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter|ptok|cached|reasoning|thoughts)"
+    r"-(\d+)"
+)
 _FAILURES = ("hang", "slow", "ratelimit", "status")
 
 
 def _directives(model: str) -> dict[str, int]:
     found = {k: int(v) for k, v in _NUM.findall(model)}
-    for flag in ("hang", "tools"):
+    for flag in ("hang", "tools", "nousage", "nodone"):
         if re.search(rf"(^|[-/_]){flag}($|[-/_])", model):
             found[flag] = 1
     return found
@@ -239,11 +247,19 @@ class FakeProvider:
         model = body.get("model", "")
         text = "echo: " + _last_user_text(body.get("messages") or [])
         prompt = sum(_words(_text(m.get("content"))) for m in body.get("messages") or [])
-        usage = {
+        prompt = d.get("ptok", prompt)
+        usage: dict[str, Any] | None = {
             "prompt_tokens": prompt,
             "completion_tokens": _words(text),
-            "total_tokens": prompt + _words(text),
+            "total_tokens": prompt + _words(text) + d.get("thoughts", 0),
         }
+        assert usage is not None
+        if "cached" in d:
+            usage["prompt_tokens_details"] = {"cached_tokens": d["cached"]}
+        if "reasoning" in d:
+            usage["completion_tokens_details"] = {"reasoning_tokens": d["reasoning"]}
+        if "nousage" in d:
+            usage = None
         created = int(time.time())
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -299,7 +315,7 @@ class FakeProvider:
                 await asyncio.sleep(d["chunkdelay"] / 1000)
             await resp.write(chunk({"content": word if i == 0 else " " + word}))
         await resp.write(chunk({}, "stop"))
-        if include_usage:
+        if include_usage and usage is not None:
             final = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -309,7 +325,8 @@ class FakeProvider:
                 "usage": usage,
             }
             await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        if "nodone" not in d:
+            await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
