@@ -19,6 +19,7 @@ from ml_server import __version__
 from ml_server import catalog as model_catalog
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
@@ -219,6 +220,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
     )
-    for module in (health, metrics_route, models, chat, embeddings, usage_route):
+    for module in (health, metrics_route, models, chat, embeddings, usage_route, messages_route):
         app.include_router(module.router)
     return app

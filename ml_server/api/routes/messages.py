@@ -1,0 +1,171 @@
+"""POST /v1/messages (plain and streamed) and /v1/messages/count_tokens: the Anthropic API.
+
+Same keys (``x-api-key`` as the Anthropic SDK sends it, or ``Authorization: Bearer``), per-key
+limits, usage rows (endpoint ``messages``), retries and fallbacks as the chat route. Claude
+models get the request as it is (native pass-through); OpenAI-format providers get it
+translated (``ml_server.providers.messages_translate``). Errors come in Anthropic's shape:
+``{"type": "error", "error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ml_server.api.accounting import account, accounted_call
+from ml_server.api.deps import json_body, require_key
+from ml_server.api.routes.chat import EventStreamResponse
+from ml_server.errors import ApiError, invalid_request
+from ml_server.providers.anthropic import AnthropicProvider
+from ml_server.providers.base import ChatStream, ProviderError, Usage
+from ml_server.providers.messages_translate import MessagesAdapter
+from ml_server.router import Route, Target
+from ml_server.state import AppState
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+_FORWARDED = ("anthropic-version", "anthropic-beta")
+
+
+def _error_data(exc: ApiError) -> bytes:
+    kind = _ERROR_TYPES.get(exc.status, "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": exc.message}})
+
+
+def anthropic_error(exc: ApiError) -> Response:
+    headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
+    return Response(
+        _error_data(exc), status_code=exc.status, media_type="application/json", headers=headers
+    )
+
+
+async def _authorized(request: Request, state: AppState) -> dict[str, Any]:
+    """The key check of every route (x-api-key accepted as a bearer token), then the body."""
+    headers = request.scope["headers"]
+    if not any(name == b"authorization" for name, _ in headers):
+        for name, value in headers:
+            if name == b"x-api-key":
+                request.scope["headers"] = [*headers, (b"authorization", b"Bearer " + value)]
+                break
+    await require_key(request, state)
+    body = await json_body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("'model' is required and must be a string", param="model")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise invalid_request("'messages' must be a non-empty array", param="messages")
+    if not isinstance(body.get("stream", False), bool):
+        raise invalid_request("'stream' must be a boolean", param="stream")
+    return body
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    return {k: v for k in _FORWARDED if (v := request.headers.get(k))}
+
+
+def _adapted(route: Route, headers: dict[str, str]) -> Route:
+    return Route(
+        tuple(
+            Target(MessagesAdapter(t.provider, headers), t.model, t.breaker) for t in route.targets
+        )
+    )
+
+
+@router.post("/messages")
+async def messages(request: Request) -> Response:
+    state: AppState = request.app.state.ml
+    try:
+        body = await _authorized(request, state)
+        route = _adapted(state.router.resolve(body["model"]), _forwarded(request))
+        started = time.perf_counter()
+        if not body.get("stream"):
+            call = state.router.chat(route, body)
+            result = await accounted_call(
+                state, request, route, call, endpoint="messages", started=started
+            )
+            return Response(result.body, media_type="application/json")
+        opening = asyncio.ensure_future(state.router.chat_stream(route, body))
+        await asyncio.wait({opening}, timeout=state.settings.stream_keepalive_seconds)
+        failure = opening.exception() if opening.done() else None
+        if failure is not None:
+            if isinstance(failure, ProviderError):
+                account(state, request, route, endpoint="messages", stream=True,
+                        status=failure.status, usage=Usage(), started=started)  # fmt: skip
+            raise failure
+    except ApiError as exc:
+        return anthropic_error(exc)
+    return EventStreamResponse(_relay(state, request, route, opening, started))
+
+
+async def _relay(
+    state: AppState,
+    request: Request,
+    route: Route,
+    opening: asyncio.Future[ChatStream],
+    started: float,
+) -> AsyncIterator[bytes]:
+    keepalive = state.settings.stream_keepalive_seconds
+    status = 200
+    upstream: ChatStream | None = None
+    try:
+        while not opening.done():
+            done, _ = await asyncio.wait({opening}, timeout=keepalive)
+            if not done:
+                yield PING
+        try:
+            upstream = opening.result()
+            async for event in upstream.events():
+                yield event
+        except ApiError as exc:
+            status = exc.status
+            yield b"event: error\ndata: " + _error_data(exc) + b"\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499
+        raise
+    finally:
+        if not opening.done():
+            opening.cancel()
+        if upstream is not None:
+            await upstream.aclose()
+        account(state, request, route, endpoint="messages", stream=True, status=status,
+                usage=upstream.usage if upstream is not None else Usage(),
+                started=started)  # fmt: skip
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    """Anthropic's token count (free at Anthropic; no usage row). Claude models only."""
+    state: AppState = request.app.state.ml
+    try:
+        body = await _authorized(request, state)
+        route = state.router.resolve(body["model"])
+        target = route.targets[0]
+        if not isinstance(target.provider, AnthropicProvider):
+            raise invalid_request(
+                f"count_tokens is offered for Anthropic models only; '{body['model']}' is served "
+                f"by {target.provider.name}",
+                param="model",
+            )
+        raw = await target.provider.count_tokens(target.model, body, _forwarded(request))
+    except ApiError as exc:
+        return anthropic_error(exc)
+    return Response(raw, media_type="application/json")
