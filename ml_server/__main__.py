@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -113,6 +115,7 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         host = "127.0.0.1"
         _migrate(settings)
         key = cmd_keys_create(settings, "make-serve")
+        settings = _local_admin_key(settings)
         model = "fake/echo" if settings.fake_provider_enabled else "openai/gpt-4o-mini"
         base = f"http://{host}:{settings.ml_server_port}"
         print(
@@ -123,7 +126,11 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
             f"  -H 'Content-Type: application/json' \\\n"
             f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", '
             f'"content": "Hello"}}]}}\'\n\n'
-            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n',
+            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n\n'
+            f"Admin API key (this machine only; `make keys` reads it from "
+            f"{Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE}): "
+            f"{settings.admin_api_key.get_secret_value() if settings.admin_api_key else ''}\n"
+            f"curl -s {base}/admin/keys -H 'Authorization: Bearer <admin key>'\n",
             flush=True,
         )
     configure_logging(settings.log_level)
@@ -145,6 +152,26 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=settings.drain_seconds,
     )
+
+
+LOCAL_ADMIN_KEY_FILE = "admin_api_key"
+
+
+def _local_admin_key(settings: Settings) -> Settings:
+    """``make serve``: ADMIN_API_KEY if set, else one kept in LOCAL_DATA_DIR (made once, 0600)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    if settings.admin_api_key is not None and settings.admin_api_key.get_secret_value().strip():
+        return settings
+    path = Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("hsa-" + secrets.token_urlsafe(32) + "\n")
+    return settings.model_copy(update={"admin_api_key": SecretStr(path.read_text().strip())})
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

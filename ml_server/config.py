@@ -28,6 +28,7 @@ SECRET_FIELDS = (
     "azure_inference_credential",
     "webshare_proxy_password",
     "mem0_api_key",
+    "admin_api_key",
 )
 
 
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     webshare_proxy_username: str | None = None
     webshare_proxy_password: SecretStr | None = None
     mem0_api_key: SecretStr | None = None
+    # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
+    admin_api_key: SecretStr | None = None
 
     # Provider base URLs (tests and proxies point these elsewhere).
     openai_base_url: str = "https://api.openai.com/v1"
@@ -131,6 +134,11 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
+    # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are
+    # reconciled this often per process; the overshoot bound grows with it (docs/ml-server.md).
+    limits_sync_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Processes serving the port (uvicorn workers); 0 = one per CPU (nproc).
+    web_concurrency: int = Field(default=1, ge=0, le=64)
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
     # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
     drain_seconds: int = Field(default=25, ge=0, le=3600)
