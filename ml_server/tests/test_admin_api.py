@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ import asyncpg
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from ml_server.tests.conftest import TEST_SETTINGS
 from ml_server.tests.fake_provider import FakeProvider
@@ -19,7 +21,7 @@ from ml_server.tests.server_proc import ServerProcess, provider_env
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "hsa-test-admin-key-not-real-0123456789"
-MSG = [{"role": "user", "content": "count these words"}]
+MSG: list[ChatCompletionMessageParam] = [{"role": "user", "content": "count these words"}]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +65,15 @@ def test_admin_key_required(admin_server: ServerProcess, server: ServerProcess) 
     assert off.status_code == 503 and "ADMIN_API_KEY" in off.json()["error"]["message"]
 
 
-async def test_key_lifecycle(
-    admin: httpx.Client, admin_server: ServerProcess, db: asyncpg.Connection
-) -> None:
+async def _fetchval(dsn: str, query: str, *args: object) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+def test_key_lifecycle(admin: httpx.Client, admin_server: ServerProcess, pg: TempPostgres) -> None:
     expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     created = admin.post(
         "/admin/keys",
@@ -97,8 +105,8 @@ async def test_key_lifecycle(
     assert shown.status_code == 200 and "key" not in shown.json()
     listed = admin.get("/admin/keys")
     assert secret not in listed.text and any(k["id"] == key_id for k in listed.json()["data"])
-    stored = await db.fetchval("SELECT key_hash FROM api_keys WHERE id = $1", key_id)
-    assert stored != secret and len(stored) == 64
+    stored = asyncio.run(_fetchval(pg.dsn, "SELECT key_hash FROM api_keys WHERE id = $1", key_id))
+    assert isinstance(stored, str) and stored != secret and len(stored) == 64
 
     client = _sdk(admin_server, secret)
     assert client.chat.completions.create(model="openai/gpt-4o", messages=MSG).choices
