@@ -24,7 +24,7 @@ from ml_server.db.engine import make_engine, make_sessionmaker
 from ml_server.db.keys import KeyVerifier
 from ml_server.db.migrate import upgrade_to_head_async
 from ml_server.errors import ApiError, error_body, error_response
-from ml_server.limits import GovernedUsageRecorder, Governor
+from ml_server.limits import GovernedUsageRecorder, Governor, GovernorCollector
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
 from ml_server.resilience import RateLimiter
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             governor=governor,
         )
         usage.governor = governor
+        metrics.registry.register(GovernorCollector(governor))
         app.state.ml = state
         await router.start()
         usage.start()

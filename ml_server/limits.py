@@ -37,12 +37,14 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_server.errors import ApiError
@@ -595,3 +597,32 @@ class GovernedUsageRecorder(UsageRecorder):
                 row.prompt_tokens + row.completion_tokens,
                 getattr(row, "cost_usd", None),
             )
+
+
+class GovernorCollector(Collector):
+    """Exports the governor's counters at scrape time (nothing on the request path)."""
+
+    def __init__(self, governor: Governor) -> None:
+        self._g = governor
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        refused = CounterMetricFamily(
+            "mlserver_limit_refusals",
+            "Requests refused by key governance, by reason "
+            "(rpm, tpm, concurrency, budget, model, expired)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._g.refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield CounterMetricFamily(
+            "mlserver_limits_syncs", "Reconciliations with the shared state", self._g.sync_count
+        )
+        yield CounterMetricFamily(
+            "mlserver_limits_sync_errors", "Failed reconciliations", self._g.sync_errors
+        )
+        yield GaugeMetricFamily(
+            "mlserver_limits_sync_seconds_max",
+            "Longest reconciliation round trip so far (d in the accuracy bound)",
+            self._g.sync_seconds_max,
+        )
