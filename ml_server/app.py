@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
+from ml_server import catalog as model_catalog
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
@@ -95,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Heavy clients are created in the lifespan, inside the running loop."""
     settings = settings or load_settings()
     metrics = Metrics()
+    extra_catalog = settings.model_catalog_file
+    catalog = model_catalog.load(Path(extra_catalog) if extra_catalog else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,
             policy=RoutingPolicy.from_settings(settings),
+            catalog=catalog,
         )
         limiter = RateLimiter(settings.rate_limit_rpm)
         router.collector.set_limiter(limiter)

@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     usage_batch_size: int = Field(default=200, ge=1)
     usage_flush_seconds: float = Field(default=1.0, gt=0)
     usage_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # Durable spool: rows the database did not take (outage, shutdown) are kept here and written
+    # at the next start; bounded (rows beyond it are dropped and counted). Default:
+    # LOCAL_DATA_DIR/usage-spool.
+    usage_spool_dir: str | None = None
+    usage_spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # The writer counts as stuck on /ready when no batch was written for this long while rows wait.
+    usage_stuck_seconds: float = Field(default=120.0, gt=0)
+    # An operator's model catalogue, merged over ml_server/catalog/models.yaml (prices, limits).
+    model_catalog_file: str | None = None
 
     log_level: str = "INFO"
     secrets_dir: str = DEFAULT_SECRETS_DIR

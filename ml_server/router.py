@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from ml_server import catalog as model_catalog
 from ml_server.config import Settings
 from ml_server.metrics import Metrics
 from ml_server.providers.anthropic import AnthropicProvider
@@ -33,25 +34,9 @@ from ml_server.resilience import (
 
 log = logging.getLogger(__name__)
 
-# Listed by GET /v1/models for each provider that has a key. Any other model id of a configured
-# provider still routes (``provider/any-model``); EXTRA_MODELS adds entries to the list.
-DEFAULT_CATALOG: dict[str, tuple[str, ...]] = {
-    "openai": (
-        "gpt-4.1",
-        "gpt-4.1-mini",
-        "gpt-4o",
-        "gpt-4o-mini",
-        "o4-mini",
-        "text-embedding-3-small",
-        "text-embedding-3-large",
-    ),
-    "anthropic": ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"),
-    "deepseek": ("deepseek-chat", "deepseek-reasoner"),
-    "gemini": ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-embedding-001"),
-    "xai": ("grok-4", "grok-3-mini"),
-    "azure": (),
-    "fake": FAKE_MODELS,
-}
+# GET /v1/models lists, for each provider that has a key, the catalogue's listed models
+# (ml_server/catalog/models.yaml); any other model id of a configured provider still routes
+# (``provider/any-model``); EXTRA_MODELS adds entries to the list.
 
 
 # Failures worth another attempt (same target after a back-off, or the next target).
@@ -262,8 +247,10 @@ class Router:
         aliases: dict[str, str | list[str]] | None = None,
         extra_models: list[str] | None = None,
         policy: RoutingPolicy | None = None,
+        catalog: model_catalog.Catalog | None = None,
     ) -> None:
         self.providers = providers
+        self.catalog = catalog or model_catalog.default()
         self._metrics = metrics
         self.policy = policy or RoutingPolicy()
         self.breakers = {
@@ -366,7 +353,8 @@ class Router:
     def list_models(self) -> list[dict[str, Any]]:
         ids: list[str] = []
         for name in self.providers:
-            ids.extend(f"{name}/{m}" for m in DEFAULT_CATALOG.get(name, ()))
+            listed = FAKE_MODELS if name == "fake" else self.catalog.listed(name)
+            ids.extend(f"{name}/{m}" for m in listed)
         ids.extend(m for m in self._extra if m.partition("/")[0] in self.providers)
         ids.extend(a for a in self._aliases if a in self._resolved)
         seen: dict[str, None] = dict.fromkeys(ids)

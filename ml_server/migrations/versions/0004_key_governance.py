@@ -6,7 +6,7 @@ expiry. Three tables hold the state every server process reconciles with (ml_ser
 process's in-flight requests per key) and ``spend_counters`` (USD per key per UTC day and month).
 
 Revision ID: 0004
-Revises: 0002 (temporarily: 0003 of the accounting work is not merged yet)
+Revises: 0003
 Create Date: 2026-12-01
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -67,6 +67,22 @@ def upgrade() -> None:
         sa.Column("period_start", sa.Date(), primary_key=True),
         sa.Column("usd", sa.Numeric(24, 10), nullable=False),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Spend already recorded this month counts against the budgets from the start.
+        op.execute(
+            "INSERT INTO spend_counters (key_id, period, period_start, usd) "
+            "SELECT api_key_id, 'day', (created_at AT TIME ZONE 'UTC')::date, sum(cost_usd) "
+            "FROM usage WHERE api_key_id IS NOT NULL AND cost_usd IS NOT NULL "
+            "AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+            "GROUP BY 1, 3"
+        )
+        op.execute(
+            "INSERT INTO spend_counters (key_id, period, period_start, usd) "
+            "SELECT api_key_id, 'month', (date_trunc('month', now() AT TIME ZONE 'UTC'))::date, "
+            "sum(cost_usd) FROM usage WHERE api_key_id IS NOT NULL AND cost_usd IS NOT NULL "
+            "AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+            "GROUP BY 1"
+        )
 
 
 def downgrade() -> None:

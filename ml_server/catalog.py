@@ -1,0 +1,280 @@
+"""The model catalogue: what each ``provider/model`` is (limits, aliases, listed) and costs.
+
+One data file, ``ml_server/catalog/models.yaml`` (its header documents every field), optionally
+extended by the operator's own file (MODEL_CATALOG_FILE: its entries replace or add to the
+shipped ones, e.g. negotiated prices or Azure deployments). Loaded once at start and validated:
+a bad entry stops the server with an error naming the model and the field.
+
+Prices are USD per 1 million tokens. ``Price.cost`` never guesses: a token category with tokens
+but no price makes the cost unknown (``None``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CATALOG_FILE = Path(__file__).resolve().parent / "catalog" / "models.yaml"
+_MILLION = Decimal(1_000_000)
+_CATEGORIES = ("input", "cached_input", "cache_write", "output")
+_PRICE_FIELDS = frozenset({*_CATEGORIES, "tiers", "source", "checked"})
+_TIER_FIELDS = frozenset({*_CATEGORIES, "above_prompt_tokens"})
+_ENTRY_FIELDS = frozenset(
+    {"listed", "aliases", "context_window", "max_output_tokens", "price", "provider"}
+)
+
+
+class CatalogError(ValueError):
+    """The catalogue file is invalid; the message names the file, the model and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """USD per 1M tokens per category; ``None`` = not priced."""
+
+    input: Decimal | None = None
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+    output: Decimal | None = None
+
+    def cost(
+        self, *, input: int, cached_input: int, cache_write: int, output: int
+    ) -> Decimal | None:
+        total = Decimal(0)
+        for tokens, rate in (
+            (input, self.input),
+            (cached_input, self.cached_input),
+            (cache_write, self.cache_write),
+            (output, self.output),
+        ):
+            if tokens:
+                if rate is None:
+                    return None
+                total += rate * tokens
+        return total / _MILLION
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTier:
+    above_prompt_tokens: int
+    rates: Rates
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    rates: Rates
+    source: str
+    checked: date
+    tiers: tuple[PriceTier, ...] = ()
+
+    def cost(
+        self, *, input: int, cached_input: int = 0, cache_write: int = 0, output: int = 0
+    ) -> Decimal | None:
+        """Cost in USD; ``output`` includes reasoning tokens. ``None`` when not computable."""
+        prompt = input + cached_input + cache_write
+        rates = self.rates
+        for tier in self.tiers:  # sorted by threshold, highest last
+            if prompt > tier.above_prompt_tokens:
+                rates = tier.rates
+        return rates.cost(
+            input=input, cached_input=cached_input, cache_write=cache_write, output=output
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    id: str  # provider/model
+    provider: str
+    model: str
+    listed: bool = True
+    aliases: tuple[str, ...] = ()
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    price: Price | None = None
+
+
+@dataclass
+class Catalog:
+    entries: dict[str, ModelEntry]
+    _index: dict[tuple[str, str], ModelEntry] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for e in self.entries.values():
+            self._index[(e.provider, e.model)] = e
+        for e in self.entries.values():
+            for alias in e.aliases:
+                self._index.setdefault((e.provider, alias), e)
+
+    def lookup(self, provider: str, model: str) -> ModelEntry | None:
+        """The entry for ``provider``'s model id (or one of its aliases)."""
+        return self._index.get((provider, model))
+
+    def listed(self, provider: str) -> list[str]:
+        """Model ids (without the provider prefix) listed for ``provider``, in file order."""
+        return [e.model for e in self.entries.values() if e.provider == provider and e.listed]
+
+
+def _where(path: Path, model: str | None, fld: str | None = None) -> str:
+    out = str(path.name)
+    if model is not None:
+        out += f": model {model!r}"
+    if fld is not None:
+        out += f", field {fld!r}"
+    return out
+
+
+def _rate(path: Path, model: str, fld: str, value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CatalogError(f"{_where(path, model, fld)}: must be a number (USD per 1M tokens)")
+    try:
+        rate = Decimal(str(value))
+    except InvalidOperation:
+        raise CatalogError(
+            f"{_where(path, model, fld)}: {value!r} is not a number (USD per 1M tokens)"
+        ) from None
+    if not rate.is_finite() or rate < 0:
+        raise CatalogError(f"{_where(path, model, fld)}: must be a number >= 0, got {value!r}")
+    return rate
+
+
+def _rates(path: Path, model: str, prefix: str, data: dict[str, Any]) -> Rates:
+    return Rates(**{c: _rate(path, model, f"{prefix}{c}", data.get(c)) for c in _CATEGORIES})
+
+
+def _unknown(
+    path: Path, model: str, prefix: str, data: dict[str, Any], allowed: frozenset[str]
+) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise CatalogError(
+            f"{_where(path, model, prefix + extra[0])}: unknown field "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _positive_int(path: Path, model: str, fld: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CatalogError(
+            f"{_where(path, model, fld)}: must be a whole number >= 1, got {value!r}"
+        )
+    return value
+
+
+def _price(path: Path, model: str, data: Any) -> Price | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{_where(path, model, 'price')}: must be a mapping or null")
+    _unknown(path, model, "price.", data, _PRICE_FIELDS)
+    source = data.get("source")
+    if not isinstance(source, str) or not source.startswith("https://"):
+        raise CatalogError(
+            f"{_where(path, model, 'price.source')}: a price needs the https:// address of the "
+            "provider's pricing page it was copied from"
+        )
+    checked = data.get("checked")
+    if isinstance(checked, str):
+        try:
+            checked = date.fromisoformat(checked)
+        except ValueError:
+            checked = None
+    if not isinstance(checked, date):
+        raise CatalogError(
+            f"{_where(path, model, 'price.checked')}: a price needs the date (YYYY-MM-DD) it was "
+            "read from its source"
+        )
+    rates = _rates(path, model, "price.", data)
+    if rates.input is None or rates.output is None:
+        raise CatalogError(f"{_where(path, model, 'price.input')}: a price needs input and output")
+    tiers_data = data.get("tiers") or []
+    if not isinstance(tiers_data, list):
+        raise CatalogError(f"{_where(path, model, 'price.tiers')}: must be a list")
+    tiers = []
+    for i, t in enumerate(tiers_data):
+        prefix = f"price.tiers[{i}]."
+        if not isinstance(t, dict):
+            raise CatalogError(f"{_where(path, model, prefix[:-1])}: must be a mapping")
+        _unknown(path, model, prefix, t, _TIER_FIELDS)
+        above = _positive_int(
+            path, model, prefix + "above_prompt_tokens", t.get("above_prompt_tokens")
+        )
+        if above is None:
+            raise CatalogError(f"{_where(path, model, prefix + 'above_prompt_tokens')}: required")
+        tiers.append(PriceTier(above, _rates(path, model, prefix, t)))
+    tiers.sort(key=lambda t: t.above_prompt_tokens)
+    return Price(rates, source, checked, tuple(tiers))
+
+
+def _entry(path: Path, name: Any, data: Any) -> ModelEntry:
+    if not isinstance(name, str) or "/" not in name:
+        raise CatalogError(f"{_where(path, str(name))}: the key must be 'provider/model'")
+    provider, _, model = name.partition("/")
+    if not provider or not model:
+        raise CatalogError(f"{_where(path, name)}: the key must be 'provider/model'")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CatalogError(f"{_where(path, name)}: the entry must be a mapping ({{}} when empty)")
+    _unknown(path, name, "", data, _ENTRY_FIELDS)
+    if data.get("provider", provider) != provider:
+        raise CatalogError(f"{_where(path, name, 'provider')}: must match the key's prefix")
+    listed = data.get("listed", True)
+    if not isinstance(listed, bool):
+        raise CatalogError(f"{_where(path, name, 'listed')}: must be true or false")
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise CatalogError(f"{_where(path, name, 'aliases')}: must be a list of model ids")
+    return ModelEntry(
+        id=name,
+        provider=provider,
+        model=model,
+        listed=listed,
+        aliases=tuple(aliases),
+        context_window=_positive_int(path, name, "context_window", data.get("context_window")),
+        max_output_tokens=_positive_int(
+            path, name, "max_output_tokens", data.get("max_output_tokens")
+        ),
+        price=_price(path, name, data.get("price")),
+    )
+
+
+def parse(path: Path, text: str) -> dict[str, ModelEntry]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path.name}: not valid YAML: {exc}") from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("version") != 1
+        or not isinstance(doc.get("models"), dict)
+    ):
+        raise CatalogError(f"{path.name}: must be a mapping with 'version: 1' and 'models:'")
+    return {str(k): _entry(path, k, v) for k, v in doc["models"].items()}
+
+
+def load(extra: Path | None = None, *, base: Path = DEFAULT_CATALOG_FILE) -> Catalog:
+    """The shipped catalogue, with ``extra``'s entries replacing or adding to it."""
+    entries = parse(base, base.read_text())
+    if extra is not None:
+        try:
+            text = extra.read_text()
+        except OSError as exc:
+            raise CatalogError(f"MODEL_CATALOG_FILE {extra}: cannot read it ({exc})") from None
+        entries.update(parse(extra, text))
+    return Catalog(entries)
+
+
+@functools.cache
+def default() -> Catalog:
+    """The shipped catalogue alone (for code without settings, e.g. tests and the CLI)."""
+    return load()
