@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ml_server.config import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+log = logging.getLogger("ml_server")
 
 
 async def _with_sessions(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
@@ -140,18 +142,50 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     # SIGTERM kills the process (exit 143); this handler exits 0 instead, and also ends a start
     # that is interrupted before uvicorn has installed its own.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=settings.ml_server_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-        timeout_graceful_shutdown=settings.drain_seconds,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": settings.ml_server_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*",
+        "timeout_graceful_shutdown": settings.drain_seconds,
+    }
+    workers = worker_count(settings)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes share the port (uvicorn's supervisor binds it, each worker accepts);
+    # each builds its own app from the same environment, so settings made here go through it.
+    if settings.admin_api_key is not None:
+        os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
+    _prometheus_multiprocess_dir()
+    log.info("starting workers", extra={"fields": {"workers": workers}})
+    uvicorn.run("ml_server.app:create_app", factory=True, workers=workers, **options)
+
+
+def worker_count(settings: Settings) -> int:
+    """WEB_CONCURRENCY, or one per CPU this process may run on when it is 0."""
+    if settings.web_concurrency:
+        return settings.web_concurrency
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _prometheus_multiprocess_dir() -> None:
+    """Counters of every worker in one /metrics (prometheus_client's multiprocess mode): a fresh
+    folder in PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) before any worker starts."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="ml-server-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 LOCAL_ADMIN_KEY_FILE = "admin_api_key"

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = "/run/secrets/humansa"
@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment.lower() in {"development", "dev-local", "local", "test"}
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _empty_admin_key_means_off(cls, value: object) -> object:
+        # The boot writes an empty file while the secret is at its CDK placeholder: admin API off.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_routing(self) -> Settings:
