@@ -32,6 +32,7 @@ PROVIDER_SECRET_NAMES: Final[tuple[str, ...]] = (
     "WEBSHARE_PROXY_USERNAME",
     "WEBSHARE_PROXY_PASSWORD",
     "MEM0_API_KEY",
+    "ADMIN_API_KEY",  # the admin API's bearer key (ml_server/admin/routes.py)
 )
 """Provider secrets, each a Secrets Manager secret named ``/humansa/<env>/<NAME>``."""
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import date
+from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ml_server.config import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+log = logging.getLogger("ml_server")
 
 
 async def _with_sessions(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
@@ -153,6 +157,7 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         host = "127.0.0.1"
         _migrate(settings)
         key = cmd_keys_create(settings, "make-serve")
+        settings = _local_admin_key(settings)
         model = "fake/echo" if settings.fake_provider_enabled else "openai/gpt-4o-mini"
         base = f"http://{host}:{settings.ml_server_port}"
         print(
@@ -163,7 +168,11 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
             f"  -H 'Content-Type: application/json' \\\n"
             f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", '
             f'"content": "Hello"}}]}}\'\n\n'
-            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n',
+            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n\n'
+            f"Admin API key (this machine only; `make keys` reads it from "
+            f"{Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE}): "
+            f"{settings.admin_api_key.get_secret_value() if settings.admin_api_key else ''}\n"
+            f"curl -s {base}/admin/keys -H 'Authorization: Bearer <admin key>'\n",
             flush=True,
         )
     configure_logging(settings.log_level)
@@ -173,19 +182,71 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     # SIGTERM kills the process (exit 143); this handler exits 0 instead, and also ends a start
     # that is interrupted before uvicorn has installed its own.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=settings.ml_server_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-        timeout_graceful_shutdown=settings.drain_seconds,
-        timeout_keep_alive=settings.keep_alive_seconds,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": settings.ml_server_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*",
+        "timeout_graceful_shutdown": settings.drain_seconds,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+    }
+    workers = worker_count(settings)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes share the port (uvicorn's supervisor binds it, each worker accepts);
+    # each builds its own app from the same environment, so settings made here go through it.
+    if settings.admin_api_key is not None:
+        os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
+    _prometheus_multiprocess_dir()
+    log.info("starting workers", extra={"fields": {"workers": workers}})
+    uvicorn.run("ml_server.app:create_app", factory=True, workers=workers, **options)
+
+
+def worker_count(settings: Settings) -> int:
+    """WEB_CONCURRENCY, or one per CPU this process may run on when it is 0."""
+    if settings.web_concurrency:
+        return settings.web_concurrency
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _prometheus_multiprocess_dir() -> None:
+    """Counters of every worker in one /metrics (prometheus_client's multiprocess mode): a fresh
+    folder in PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) before any worker starts."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="ml-server-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+LOCAL_ADMIN_KEY_FILE = "admin_api_key"
+
+
+def _local_admin_key(settings: Settings) -> Settings:
+    """``make serve``: ADMIN_API_KEY if set, else one kept in LOCAL_DATA_DIR (made once, 0600)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    if settings.admin_api_key is not None and settings.admin_api_key.get_secret_value().strip():
+        return settings
+    path = Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("hsa-" + secrets.token_urlsafe(32) + "\n")
+    return settings.model_copy(update={"admin_api_key": SecretStr(path.read_text().strip())})
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -28,6 +28,7 @@ SECRET_FIELDS = (
     "azure_inference_credential",
     "webshare_proxy_password",
     "mem0_api_key",
+    "admin_api_key",
 )
 
 # Optional provider settings: an empty value (the boot writes an empty file for a provider secret
@@ -109,6 +110,8 @@ class Settings(BaseSettings):
     webshare_proxy_username: str | None = None
     webshare_proxy_password: SecretStr | None = None
     mem0_api_key: SecretStr | None = None
+    # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
+    admin_api_key: SecretStr | None = None
 
     # Provider base URLs (tests and proxies point these elsewhere).
     openai_base_url: str = "https://api.openai.com/v1"
@@ -148,6 +151,11 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
+    # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are
+    # reconciled this often per process; the overshoot bound grows with it (docs/ml-server.md).
+    limits_sync_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Processes serving the port (uvicorn workers); 0 = one per CPU (nproc).
+    web_concurrency: int = Field(default=1, ge=0, le=64)
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
     # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
     drain_seconds: int = Field(default=25, ge=0, le=3600)
@@ -197,6 +205,14 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment.lower() in {"development", "dev-local", "local", "test"}
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _empty_admin_key_means_off(cls, value: object) -> object:
+        # The boot writes an empty file while the secret is at its CDK placeholder: admin API off.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_routing(self) -> Settings:
