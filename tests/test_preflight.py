@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from scripts import preflight
+from humansa_ops import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "preflight.py"
+SCRIPT = ROOT / "scripts" / "preflight"
 REGION = "ap-east-1"
 
 
@@ -73,7 +72,7 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     extra = {"HUMANSA_CONFIG_DIR": str(config_dir)} if config_dir else {}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [str(SCRIPT), *args],
         cwd=ROOT,
         env={**env, **extra},
         capture_output=True,
@@ -293,7 +292,7 @@ def test_make_deploy_runs_the_guard_before_cdk() -> None:
     )
     lines = result.stdout.splitlines()
     guard = next(
-        i for i, line in enumerate(lines) if "preflight.py --env production --tls-only" in line
+        i for i, line in enumerate(lines) if "scripts/preflight --env production --tls-only" in line
     )
     deploy = next(i for i, line in enumerate(lines) if " deploy --all " in line)
     assert guard < deploy

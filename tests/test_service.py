@@ -16,7 +16,7 @@ from aws_cdk.assertions import Match, Template
 from app import build_app
 from components.load_balancer import LoadBalancer
 from config import load_environment
-from scripts import synth_summary
+from humansa_ops import synth_summary
 from tests.conftest import ENVIRONMENTS, ROOT, Synth, cdk_context
 
 
@@ -313,7 +313,8 @@ def test_synth_summary_says_which_environments_serve_plain_http(synth: Synth) ->
     """GIVEN the configs (no certificate anywhere) THEN the synth summary warns loudly for
     production and notes dev and staging, and still succeeds (a fresh clone can synthesize)."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "synth_summary.py"), str(synth.outdir)],
+        [sys.executable, "-m", "humansa_ops.synth_summary", str(synth.outdir)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,7 @@ OIDC provider, parameters and secrets under ``/humansa/<env>/``, the log groups)
 VPC quotas leave room. What the API (or the emulator) cannot answer is reported as ``not
 checked``, never as ``ok``.
 
-Usage: ``python scripts/preflight.py --env production [--tls-only]``.
+Usage: ``scripts/preflight --env production [--tls-only]`` (or ``python -m humansa_ops.preflight``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 _ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:  # run as a script: make the project's packages importable
-    sys.path.insert(0, str(_ROOT))
 
 from config import (  # noqa: E402
     CI_SELECTOR,
