@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
-.PHONY: status logs shell rollback
+.PHONY: status logs shell rollback release-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ diff: install ## What a deploy would change (ENV=name): against AWS if credentia
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
+
+# What a release deploys (release.yml, and `make rollback` in the release's own checkout): the
+# GHCR image the release built and tested, under its immutable version tag.
+release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image of that release
+	@test -n "$(ENV)" -a -n "$(VERSION)" || { echo "make release-deploy needs ENV=<name> VERSION=<version>" >&2; exit 2; }
+	$(MAKE) deploy ENV=$(ENV) "CDK_ARGS=-c image_source=ghcr -c image_tag=$(VERSION) $(CDK_ARGS)"
 
 lint: install
 	$(BIN)/ruff check .
