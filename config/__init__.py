@@ -153,6 +153,11 @@ def load_environment(name: str) -> EnvironmentConfig:
             f"{CI_SELECTOR!r} is the account-level stack Humansa-CI, not an environment "
             f"(its settings are config/{ACCOUNT_FILE})"
         )
+    from config.naming import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(problem)
     if name not in known:
         raise ConfigError(
             f"unknown environment {name!r}; known environments: {', '.join(known) or '(none)'}"

@@ -25,10 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from config import naming
 from humansa_ops.make_diff import TOOLS_ROOT, MakeDiffError, _cdk, _run, _tool_env
 
 VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 TAG_PREFIX = "release-"
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", required=True, help="release version (tag release-<version>)")
     parser.add_argument("--synth-only", type=Path, metavar="DIR", help="write the assembly only")
     args = parser.parse_args(argv)
-    if not ENV_NAME.match(args.env):
+    if not naming.is_env_name(args.env):
         print(f"make rollback: ENV={args.env!r} is not an environment name", file=sys.stderr)
         return 2
     version = args.to.removeprefix(TAG_PREFIX)
