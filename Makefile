@@ -27,7 +27,8 @@ help: ## List the targets
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt ml_server/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@echo "install: pip install -r requirements-dev.txt into $(VENV) (first time ~1-4 min, ~760 MB)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -59,6 +60,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
+	@test -d .mypy_cache || echo "typecheck: mypy --strict, first run ~2 min (later runs reuse .mypy_cache)"
 	$(BIN)/mypy .
 
 pytest: install

@@ -267,3 +267,16 @@ def test_dependabot_updates_actions_pip_and_npm() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_node_22_everywhere_and_cdk_json_runs_the_venv_python() -> None:
+    for path in FILES:
+        for match in re.findall(r'node-version: "(\d+)"', path.read_text(encoding="utf-8")):
+            assert match == "22", path.name
+    ci_run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'if [ "$node_major" -lt 22 ]; then' in ci_run
+    assert re.search(r"^NODE_VERSION=22\.\d+\.\d+$", ci_run, re.MULTILINE)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Node 22" in readme and "Node 20" not in readme
+    cdk_json = json.loads((ROOT / "cdk.json").read_text(encoding="utf-8"))
+    assert cdk_json["app"] == ".venv/bin/python app.py"
