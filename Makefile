@@ -69,7 +69,8 @@ pytest: install
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
-	@test -f cdk.out/manifest.json || $(MAKE) synth
+	@if [ ! -f cdk.out/manifest.json ] || [ -n "$$(find app.py cdk.json config components stacks user_data ml_server -newer cdk.out/manifest.json -print -quit 2>/dev/null)" ]; then \
+	  echo "cost: cdk.out is missing or older than the sources: synthesizing first"; $(MAKE) synth; fi
 	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
 
 status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
