@@ -23,13 +23,15 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: status logs shell rollback
 .PHONY: preflight
 .PHONY: image image-test instance-test
+.PHONY: release-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt ml_server/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@echo "install: pip install -r requirements-dev.txt into $(VENV) (first time ~1-4 min, ~760 MB)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -55,11 +57,18 @@ preflight: install ## Before the first deploy (ENV=name, with credentials): bloc
 	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
 	scripts/preflight --env $(ENV)
 
+# What a release deploys (release.yml, and `make rollback` in the release's own checkout): the
+# GHCR image the release built and tested, under its immutable version tag.
+release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image of that release
+	@test -n "$(ENV)" -a -n "$(VERSION)" || { echo "make release-deploy needs ENV=<name> VERSION=<version>" >&2; exit 2; }
+	$(MAKE) deploy ENV=$(ENV) "CDK_ARGS=-c image_source=ghcr -c image_tag=$(VERSION) $(CDK_ARGS)"
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: install
+	@test -d .mypy_cache || echo "typecheck: mypy --strict, first run ~2 min (later runs reuse .mypy_cache)"
 	$(BIN)/mypy .
 
 pytest: install
@@ -68,7 +77,8 @@ pytest: install
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
-	@test -f cdk.out/manifest.json || $(MAKE) synth
+	@if [ ! -f cdk.out/manifest.json ] || [ -n "$$(find app.py cdk.json config components stacks user_data ml_server -newer cdk.out/manifest.json -print -quit 2>/dev/null)" ]; then \
+	  echo "cost: cdk.out is missing or older than the sources: synthesizing first"; $(MAKE) synth; fi
 	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
 
 status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)

@@ -17,6 +17,8 @@ from typing import Final
 
 import jinja2
 
+from config.naming import is_env_name
+
 TEMPLATE_DIR: Final = Path(__file__).parent.parent / "user_data"
 
 ENVIRONMENTS: Final = ("dev", "staging", "production")
@@ -157,10 +159,10 @@ def _check_unit_value(name: str, value: str, *, allow_empty: bool = False) -> No
 
 def validate(settings: BootSettings) -> None:
     """Raise ValueError naming the field when a setting cannot be rendered safely."""
-    if settings.environment not in ENVIRONMENTS:
+    if not is_env_name(settings.environment):  # any validated name (config/naming.py)
         raise ValueError(
-            f"BootSettings.environment must be one of {', '.join(ENVIRONMENTS)}, "
-            f"got {settings.environment!r}"
+            f"BootSettings.environment must be an environment name such as "
+            f"{', '.join(ENVIRONMENTS)} or dev-alice, got {settings.environment!r}"
         )
     _check_unit_value("region", settings.region)
     if not _is_token(settings.parameter_path) and not (

@@ -18,6 +18,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config.monitoring import MonitoringConfig
+from config.naming import alarm_prefix
 
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _GIB = 1024**3
@@ -87,7 +88,7 @@ class ServiceMonitoring(Construct):
                 f"ServiceMonitoring: agent_namespace {agent_namespace!r} must be the CloudWatch "
                 "agent's custom namespace (e.g. 'humansa-ml/dev'), not empty or 'AWS/...'"
             )
-        self._prefix = f"Humansa-{environment.capitalize()}"
+        self._prefix = alarm_prefix(environment)
         t = config.thresholds
 
         # CloudWatch cannot publish to a topic encrypted with the AWS-managed key (aws/sns): its

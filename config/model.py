@@ -357,12 +357,16 @@ class EnvironmentConfig(_Section):
     @property
     def title(self) -> str:
         """``Production`` for ``production``: the environment part of stack names."""
-        return "".join(part.capitalize() for part in self.name.split("-"))
+        from config.naming import title
+
+        return title(self.name)
 
     @property
     def parameter_path(self) -> str:
         """SSM parameter path with trailing slash, e.g. ``/humansa/production/``."""
-        return f"/humansa/{self.name}/"
+        from config.naming import parameter_path
+
+        return parameter_path(self.name)
 
 
 # --- Account level (config/account.yaml): the Humansa-CI stack -------------------------------

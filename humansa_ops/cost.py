@@ -11,8 +11,8 @@ Usage:
     python -m humansa_ops.cost [CDK_OUT] [--env NAME] [--region REGION] [--json | --summary]
         [--prices FILE]
 
-Exit status: 0 on success, 2 when an input is wrong or a price is missing (the message names
-the resource, the price key and the region).
+Exit status: 0 on success, 2 when an input is wrong or the region has no price table. A valid
+resource whose price key the table lacks is listed as "unpriced" (left out of the total).
 """
 
 from __future__ import annotations
@@ -180,6 +180,7 @@ class Estimate:
     free: dict[str, int] = field(default_factory=dict)
     unsourced: set[str] = field(default_factory=set)
     assumptions: dict[str, Any] = field(default_factory=dict)
+    unpriced: list[str] = field(default_factory=list)
 
     @property
     def total_usd(self) -> float:
@@ -195,6 +196,7 @@ class Estimate:
             "not_priced": self.not_priced,
             "free": dict(sorted(self.free.items())),
             "unsourced_prices": sorted(self.unsourced),
+            "unpriced": self.unpriced,
             "assumptions": self.assumptions,
         }
 
@@ -388,7 +390,11 @@ class _Pricer:
         factor: float = 1.0,
         key_label: str | None = None,
     ) -> None:
-        found = self.price(key, rtype, lid)
+        try:
+            found = self.price(key, rtype, lid)
+        except PriceMissingError as exc:  # a valid type the table lacks: say so, never fail
+            self.est.unpriced.append(f"{exc.resource_type} {exc.resource} ({exc.key})")
+            return
         self.est.items.append(
             LineItem(self.stack, lid, rtype, what, qty, unit, found.usd * factor, key_label or key)
         )
@@ -1025,6 +1031,11 @@ def render_table(estimates: Mapping[str, Estimate], table: PriceTable) -> str:
             )
         if est.not_priced:
             lines.append("  NOT PRICED (unknown billable types): " + ", ".join(est.not_priced))
+        if est.unpriced:
+            lines.append(
+                "  unpriced (no row in humansa_ops/pricing/prices.yaml for the region; the total "
+                "leaves them out): " + ", ".join(est.unpriced)
+            )
         if est.unsourced:
             lines.append(
                 "  WARNING: unsourced prices used (see humansa_ops/pricing/prices.yaml notes): "
@@ -1042,6 +1053,8 @@ def render_summary(estimates: Mapping[str, Estimate]) -> str:
             extra.append(f"{len(est.unsourced)} unsourced prices")
         if est.not_priced:
             extra.append(f"{len(est.not_priced)} resources not priced")
+        if est.unpriced:
+            extra.append(f"{len(est.unpriced)} unpriced")
         tail = f"; {', '.join(extra)}" if extra else ""
         lines.append(
             f"cost estimate: {est.name} ~${est.total_usd:,.2f}/month ({est.region}{tail}) "

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from config import naming
 from humansa_ops import cost
 from humansa_ops.diff_comment import (
     DEFAULT_MARKER,
@@ -52,8 +52,6 @@ from humansa_ops.diff_comment import (
 )
 
 TOOLS_ROOT = Path(__file__).resolve().parent.parent
-
-_ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
 class MakeDiffError(Exception):
@@ -255,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     envs = [e for e in args.env if e]
     for name in envs:
-        if not _ENV_NAME.match(name):
+        if not naming.is_env_name(name):
             parser.error(f"--env / ENV: {name!r} is not an environment name (e.g. dev, production)")
 
     env = _tool_env()

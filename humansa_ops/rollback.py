@@ -2,13 +2,12 @@
 
 A release is the tag ``release-<version>``: its commit (app, config, server sources) and its
 image (``-c image_tag=<version>``). Rolling back checks that commit out in a temporary
-``git worktree`` and runs, there, the same command the release workflow ran:
-``make deploy ENV=<name> CDK_ARGS="-c image_tag=<version>"``. So the templates are the old
-release's, not today's templates with an old tag (which, with ``image.source: asset``, would only
-rewrite the ``ml_server_image_tag`` parameter and keep today's image). With the asset source the
-image asset of the old sources has the same content hash as when it was released, so the CDK
-finds it in the bootstrap ECR repository and does not rebuild it (it rebuilds only if that image
-was deleted); with ``ghcr`` the tag names the image the release pushed.
+``git worktree`` and runs, there, the same command the release workflow ran: ``make
+release-deploy ENV=<name> VERSION=<version>`` (the GHCR image of that release under its
+immutable version tag), or, for a release made before that target existed, ``make deploy
+ENV=<name> CDK_ARGS="-c image_tag=<version>"``. So the templates are the old release's, not
+today's templates with an old tag (which, with ``image.source: asset``, would only rewrite the
+``ml_server_image_tag`` parameter and keep today's image).
 
 ``--synth-only DIR`` writes the old release's cloud assembly to DIR instead of deploying.
 
@@ -26,16 +25,33 @@ import sys
 import tempfile
 from pathlib import Path
 
+from config import naming
 from humansa_ops.make_diff import TOOLS_ROOT, MakeDiffError, _cdk, _run, _tool_env
 
 VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 TAG_PREFIX = "release-"
 
 
-def release_context(environment: str, version: str) -> list[str]:
-    """The CDK context a release deploys with (release.yml passes the same)."""
-    return ["-c", f"env={environment}", "-c", f"image_tag={version}"]
+def has_release_deploy(checkout: Path) -> bool:
+    """True when the checkout's Makefile has ``release-deploy`` (what its release.yml ran)."""
+    makefile = checkout / "Makefile"
+    return makefile.is_file() and "\nrelease-deploy:" in makefile.read_text(encoding="utf-8")
+
+
+def release_context(checkout: Path, environment: str, version: str) -> list[str]:
+    """The CDK context the release in ``checkout`` deployed with: ``make release-deploy``
+    (GHCR image, version tag), or before that target existed ``-c image_tag=<version>``."""
+    context = ["-c", f"env={environment}"]
+    if has_release_deploy(checkout):
+        context += ["-c", "image_source=ghcr"]
+    return [*context, "-c", f"image_tag={version}"]
+
+
+def deploy_command(checkout: Path, environment: str, version: str) -> list[str]:
+    """The command the release in ``checkout`` ran to deploy ``environment``."""
+    if has_release_deploy(checkout):
+        return ["make", "release-deploy", f"ENV={environment}", f"VERSION={version}"]
+    return ["make", "deploy", f"ENV={environment}", f"CDK_ARGS=-c image_tag={version}"]
 
 
 def release_commit(repo: Path, version: str, env: dict[str, str]) -> str:
@@ -77,14 +93,13 @@ def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | N
                 out = synth_only.resolve()
                 cmd = [_cdk(), "synth", "-q", "--no-notices", "--output", str(out)]
                 result = subprocess.run(
-                    [*cmd, *release_context(environment, version)], cwd=checkout, env=env
+                    [*cmd, *release_context(checkout, environment, version)], cwd=checkout, env=env
                 )
                 if result.returncode != 0 and not (out / "manifest.json").exists():
                     return result.returncode
                 print(f"rollback: release {version}'s assembly for {environment} is in {out}")
                 return 0
-            context = " ".join(release_context(environment, version)[2:])
-            cmd = ["make", "deploy", f"ENV={environment}", f"CDK_ARGS={context}"]
+            cmd = deploy_command(checkout, environment, version)
             if os.environ.get("APPROVAL"):
                 cmd.append(f"APPROVAL={os.environ['APPROVAL']}")
             print(f"rollback: in release {version}'s sources: {' '.join(cmd)}", flush=True)
@@ -99,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", required=True, help="release version (tag release-<version>)")
     parser.add_argument("--synth-only", type=Path, metavar="DIR", help="write the assembly only")
     args = parser.parse_args(argv)
-    if not ENV_NAME.match(args.env):
+    if not naming.is_env_name(args.env):
         print(f"make rollback: ENV={args.env!r} is not an environment name", file=sys.stderr)
         return 2
     version = args.to.removeprefix(TAG_PREFIX)

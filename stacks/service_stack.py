@@ -30,7 +30,7 @@ REFRESH_ALARMS = ("Target5xxRate", "UnhealthyHosts")
 
 def alarm_name(config: EnvironmentConfig, alarm_id: str) -> str:
     """The name ``ServiceMonitoring`` gives an alarm: ``Humansa-<Env>-<AlarmId>``."""
-    return f"Humansa-{config.name.capitalize()}-{alarm_id}"
+    return f"{naming.alarm_prefix(config.name)}-{alarm_id}"
 
 
 class ServiceStack(Stack):

@@ -69,7 +69,7 @@ def test_rollback_synthesizes_exactly_the_old_release(tmp_path: Path) -> None:
     assert "rollback: dev -> release 1.0.0 (commit " in done.stdout
 
     # THEN its templates equal those the release deployed: the tag's own checkout, synthesized
-    # with the release's context (-c image_tag=1.0.0)
+    # with the release's context (make release-deploy: -c image_source=ghcr -c image_tag=1.0.0)
     old = tmp_path / "old"
     git(repo, "worktree", "add", "--detach", "--quiet", str(old), "release-1.0.0")
     for shared in (".venv", "node_modules"):
@@ -87,6 +87,8 @@ def test_rollback_synthesizes_exactly_the_old_release(tmp_path: Path) -> None:
             "env=dev",
             "-c",
             "image_tag=1.0.0",
+            "-c",
+            "image_source=ghcr",
         ],
         cwd=old,
         env=env,
@@ -102,6 +104,8 @@ def test_rollback_synthesizes_exactly_the_old_release(tmp_path: Path) -> None:
     assert _asg_max(expected) == "2"
     outputs = expected["Humansa-Dev-Service.template.json"]["Outputs"]
     assert outputs["ImageTag"]["Value"] == "1.0.0"
+    assert outputs["ImageSource"]["Value"] == "ghcr"  # the image the release built and tested
+    assert ":1.0.0" in json.dumps(outputs["ImageUri"]["Value"])
     # and the temporary worktree is gone (only the main one and the test's own remain)
     assert len(git(repo, "worktree", "list").strip().splitlines()) == 2
 
