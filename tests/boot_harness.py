@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,10 @@ def moto_server() -> Iterator[Moto]:
     server.start()
     moto = Moto(port=port, server=server)
     try:
+        # moto's backends are process-wide: start from an empty account every time.
+        urllib.request.urlopen(  # noqa: S310 - 127.0.0.1
+            urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST"), timeout=10
+        ).close()
         moto.seed()
         yield moto
     finally:
