@@ -147,9 +147,8 @@ def moto_server() -> Iterator[Moto]:
     moto = Moto(port=port, server=server)
     try:
         # moto's backends are process-wide: start from an empty account every time.
-        urllib.request.urlopen(  # noqa: S310 - 127.0.0.1
-            urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST"), timeout=10
-        ).close()
+        reset = urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - moto on 127.0.0.1
         moto.seed()
         yield moto
     finally:
