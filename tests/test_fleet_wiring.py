@@ -210,6 +210,19 @@ def test_launch_hook_holds_new_instances_until_their_boot_completes_it(
     budget = int(user_data.split("BOOT_BUDGET=")[1].split("\\n")[0])
     assert hook["HeartbeatTimeout"] > budget + 60
     assert f"GROUP='humansa-{env}-fleet'" in user_data and f"HOOK='{LAUNCH_HOOK_NAME}'" in user_data
+    # The UnhealthyHosts refresh alarm counts the targets of the group's own target group, into
+    # which the group registers an instance only after the hook: a booting (or scaling-out)
+    # instance is never one of them.
+    (tg_ref,) = props["TargetGroupARNs"]
+    alarms = [
+        a["Properties"]
+        for a in _resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "UnHealthyHostCount"
+    ]
+    assert alarms
+    for alarm in alarms:
+        (tg,) = [d["Value"] for d in alarm["Dimensions"] if d["Name"] == "TargetGroup"]
+        assert tg == {"Fn::GetAtt": [tg_ref["Ref"], "TargetGroupFullName"]}
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
