@@ -252,10 +252,13 @@ class Decision:
 
 def evaluate(statements: list[dict[str, Any]], call: Call) -> Decision:
     allow = None
+    undecided: list[dict[str, Any]] = []
     for stmt in statements:
         if not _matches(stmt, call):
             continue
         cond = _condition(stmt["Condition"], call.context) if "Condition" in stmt else True
+        if cond is None and stmt["Effect"] == "Allow":
+            undecided.append(stmt)
         if stmt["Effect"] == "Deny" and cond is not False:
             how = "" if cond else " (condition not evaluable here: treated as applying)"
             return Decision(False, f"explicit Deny{how}: {json.dumps(stmt)}")
@@ -263,6 +266,12 @@ def evaluate(statements: list[dict[str, Any]], call: Call) -> Decision:
             allow = stmt
     if allow is not None:
         return Decision(True, f"allowed by {json.dumps(allow)}")
+    if undecided:
+        return Decision(
+            False,
+            "implicit deny: this Allow's condition cannot be evaluated here (treated as "
+            f"failing): {json.dumps(undecided[0])}",
+        )
     return Decision(False, "implicit deny; nearest statement: " + nearest(statements, call))
 
 

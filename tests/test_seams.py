@@ -365,7 +365,8 @@ def test_the_policy_evaluator_follows_iam_rules() -> None:
     other = Call("cloudwatch:PutMetricData", "*", {"cloudwatch:namespace": "x"}, "t")
     assert not evaluate(cond, other).allowed
     unknown = Call("cloudwatch:PutMetricData", "*", {}, "t")  # key absent: cannot evaluate
-    assert not evaluate(cond, unknown).allowed
+    decision = evaluate(cond, unknown)
+    assert not decision.allowed and "cannot be evaluated" in decision.reason
 
 
 # --- boot -> server --------------------------------------------------------------------------
