@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from components.acks import acknowledge
+from components.ami import recorded_image
 from config.model import VpcConfig
 
 PUBLIC = "Public"
@@ -50,9 +51,7 @@ class Network(Construct):
             # data (iptables masquerade); no third-party AMI.
             nat_provider = ec2.NatProvider.instance_v2(
                 instance_type=ec2.InstanceType("t4g.nano"),
-                machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                    cpu_type=ec2.AmazonLinuxCpuType.ARM_64
-                ),
+                machine_image=recorded_image(Stack.of(self).region, "arm64"),
                 default_allowed_traffic=ec2.NatTrafficDirection.OUTBOUND_ONLY,
             )
             nat_gateways = 1
@@ -120,6 +119,13 @@ class Network(Construct):
                             ),
                         )
                     ]
+                    acknowledge(
+                        instance,
+                        "CloudFormation-Validate::W9010",
+                        "The AMI ID is recorded on purpose (config/amis.json, changed by `make "
+                        "ami`): a parameter resolved at each deploy would replace this instance "
+                        "whenever AWS publishes a new AMI.",
+                    )
                     acknowledge(
                         instance,
                         "AwsSolutions-EC28",

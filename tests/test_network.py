@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk import App, Environment
 from aws_cdk.assertions import Match, Template
 
+from components.ami import recorded_ami_id
 from config import load_environment
 from stacks.network_stack import NetworkStack
 from tests.conftest import Synth, cdk_context
@@ -46,7 +49,7 @@ def test_dev_uses_one_nat_instance_on_graviton(synth: Synth) -> None:
         {
             "InstanceType": "t4g.nano",
             "SourceDestCheck": False,
-            "ImageId": {"Ref": Match.string_like_regexp("al2023.*arm64")},
+            "ImageId": recorded_ami_id("ap-east-1", "arm64"),
             "BlockDeviceMappings": [
                 {"DeviceName": "/dev/xvda", "Ebs": Match.object_like({"Encrypted": True})}
             ],
@@ -147,3 +150,10 @@ def test_nat_none_puts_fleet_in_isolated_subnets_with_endpoints() -> None:
             },
         )
     template.resource_count_is("AWS::EC2::VPCEndpoint", len(services) + 1)
+
+
+def test_nat_instance_ami_is_recorded_and_not_resolved_at_deploy(synth: Synth) -> None:
+    template = synth.template_json("dev", "Network")
+    (nat,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::Instance"]
+    assert nat["Properties"]["ImageId"] == recorded_ami_id("ap-east-1", "arm64")
+    assert "ami-amazon-linux" not in json.dumps(template.get("Parameters", {}))
