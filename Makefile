@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
-.PHONY: preflight
+.PHONY: preflight ami
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ deploy: install ## Deploy one environment (ENV=dev|staging|production) or the ac
 preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker
 	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
 	$(PY) scripts/preflight.py --env $(ENV)
+
+ami: install ## Move the recorded AL2023 AMIs (config/amis.json) to the latest, with credentials; commit the result
+	$(PY) scripts/ami.py $(if $(REGION),--region $(REGION),)
 
 lint: install
 	$(BIN)/ruff check .
