@@ -24,6 +24,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: preflight
 .PHONY: image image-test instance-test
 .PHONY: release-deploy
+.PHONY: ami
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +63,9 @@ preflight: install ## Before the first deploy (ENV=name, with credentials): bloc
 release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image of that release
 	@test -n "$(ENV)" -a -n "$(VERSION)" || { echo "make release-deploy needs ENV=<name> VERSION=<version>" >&2; exit 2; }
 	$(MAKE) deploy ENV=$(ENV) "CDK_ARGS=-c image_source=ghcr -c image_tag=$(VERSION) $(CDK_ARGS)"
+
+ami: install ## Move the recorded AL2023 AMIs (config/amis.json) to the latest, with credentials; commit the result
+	$(PY) scripts/ami.py $(if $(REGION),--region $(REGION),)
 
 lint: install
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
@@ -12,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
+from components.ami import recorded_image
 from components.boot import BootSettings, lifecycle_heartbeat_seconds, render_user_data
 from config.model import FleetConfig, RolloutConfig, ScalingConfig
 
@@ -97,9 +98,7 @@ class Fleet(Construct):
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                cpu_type=_CPU[config.architecture]
-            ),
+            machine_image=recorded_image(Stack.of(self).region, config.architecture),
             instance_type=ec2.InstanceType(config.instance_type),
             role=self.role,
             security_group=self.security_group,

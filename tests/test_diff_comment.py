@@ -145,3 +145,17 @@ def test_comment_stays_under_the_github_limit(size: int) -> None:
     body = render(stacks)
     assert len(body) < 65_536
     assert "> [!CAUTION]" in body
+
+
+def test_ami_change_shows_as_a_fleet_refresh() -> None:
+    """GIVEN the real `cdk diff` of a `make ami` change (tests/fixtures/diff/ami_change) THEN the
+    comment says that the fleet is refreshed and the NAT instance replaced."""
+    comment = _comment("ami_change")
+    assert "New AMI (config/amis.json): the deploy replaces instances." in comment
+    assert (
+        "`Humansa-Dev-Service`: `Fleet/LaunchTemplate` ami-055dad2a73290e160 → "
+        "ami-0a113d1cc996f121d: fleet refresh" in comment
+    )
+    assert "`Humansa-Dev-Network`: `Network/Vpc/PublicSubnet1/NatInstance`" in comment
+    assert "NAT instance" in comment
+    assert "New AMI" not in _comment("asset_only")

@@ -15,6 +15,7 @@ from aws_cdk import App
 from aws_cdk.assertions import Match, Template
 
 from app import build_app
+from components.ami import recorded_ami_id
 from components.boot import (
     LAUNCH_HOOK_NAME,
     METRICS_NAMESPACE_PREFIX,
@@ -382,10 +383,7 @@ def test_arm64_launch_template(synth: Synth, env: str) -> None:
     (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
     data = launch_template["Properties"]["LaunchTemplateData"]
     assert is_graviton(data["InstanceType"])
-    ami_parameter = template["Parameters"][data["ImageId"]["Ref"]]
-    assert ami_parameter["Default"] == (
-        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64"
-    )
+    assert data["ImageId"] == recorded_ami_id("ap-east-1", "arm64")
     assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
 
 
@@ -437,7 +435,7 @@ def test_x86_64_fleet_builds_an_amd64_image(variants: dict[str, Any]) -> None:
     (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
     data = launch_template["Properties"]["LaunchTemplateData"]
     assert data["InstanceType"] == "t3.small"
-    assert template["Parameters"][data["ImageId"]["Ref"]]["Default"].endswith("-x86_64")
+    assert data["ImageId"] == recorded_ami_id("ap-east-1", "x86_64")
     overrides = _asg(template)["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert [o["InstanceType"] for o in overrides] == ["t3.small", "t3a.small", "m7i.large"]
 

@@ -3,6 +3,7 @@ conflicts of a half-cleaned account planted, and the production TLS guard before
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -304,3 +305,54 @@ def test_cli_bootstrap_version_matches_the_pinned_cli() -> None:
     block = text[text.index("  CdkBootstrapVersion:") :]
     value = block.split("Value:", 1)[1].split("\n", 1)[0].strip().strip("'\"")
     assert int(value) == preflight.CLI_BOOTSTRAP_VERSION
+
+
+def test_make_ami_moves_the_record_to_the_latest(moto_env: dict[str, str], tmp_path: Path) -> None:
+    """GIVEN a record older than the public parameter (moto serves AWS's copied values) THEN
+    `scripts/ami.py` rewrites exactly the changed IDs and says a fleet refresh follows."""
+    record = tmp_path / "amis.json"
+    latest = _client(moto_env, "ssm").get_parameter(
+        Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64"
+    )["Parameter"]["Value"]
+    x86 = _client(moto_env, "ssm").get_parameter(
+        Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64"
+    )["Parameter"]["Value"]
+    record.write_text(json.dumps({"ap-east-1": {"arm64": "ami-00000000000000001", "x86_64": x86}}))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ami.py"), "--file", str(record)],
+        cwd=ROOT,
+        env=moto_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"ap-east-1 arm64: ami-00000000000000001 -> {latest}" in result.stdout
+    assert "x86_64" not in result.stdout.split("Commit")[0]
+    assert "refreshes every fleet" in result.stdout
+    assert json.loads(record.read_text())["ap-east-1"] == {"arm64": latest, "x86_64": x86}
+
+
+def test_make_ami_offline_explains_and_keeps_the_record(tmp_path: Path) -> None:
+    record = tmp_path / "amis.json"
+    original = (ROOT / "config" / "amis.json").read_text()
+    record.write_text(original)
+    listener = _Listener()
+    env = {"PATH": os.environ["PATH"], "AWS_ENDPOINT_URL": listener.url, "HOME": str(tmp_path)}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "ami.py"), "--file", str(record)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        listener.close()
+    assert result.returncode == 2
+    assert "needs AWS credentials" in result.stderr and "unchanged" in result.stderr
+    assert record.read_text() == original

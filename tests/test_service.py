@@ -14,6 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match, Template
 
 from app import build_app
+from components.ami import recorded_ami_id
 from components.load_balancer import LoadBalancer
 from config import load_environment
 from humansa_ops import synth_summary
@@ -69,7 +70,7 @@ def test_launch_template_hardening(synth: Synth, env: str) -> None:
             "LaunchTemplateData": Match.object_like(
                 {
                     "InstanceType": fleet.instance_type,
-                    "ImageId": {"Ref": Match.string_like_regexp("al2023.*arm64")},
+                    "ImageId": recorded_ami_id("ap-east-1", "arm64"),
                     "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
                     "BlockDeviceMappings": [
                         {
@@ -417,3 +418,22 @@ def test_server_keep_alive_outlasts_alb_idle_timeout(
     server_main.cmd_serve(settings, local=False)
     assert captured["timeout_keep_alive"] == int(value)
     assert captured["timeout_keep_alive"] > idle
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_fleet_ami_is_the_recorded_one(synth: Synth, env: str) -> None:
+    """GIVEN config/amis.json THEN the launch template names that AMI literally: no SSM
+    parameter re-resolved at each deploy, so only `make ami` (a reviewed diff) refreshes the
+    fleet."""
+    config = synth.configs[env]
+    template = synth.template_json(env, "Service")
+    (launch_template,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
+    ]
+    image = launch_template["Properties"]["LaunchTemplateData"]["ImageId"]
+    assert image == recorded_ami_id(config.region, config.fleet.architecture)
+    for stack in ("Network", "Data", "Service"):
+        parameters = synth.template_json(env, stack).get("Parameters", {})
+        assert not [
+            name for name, p in parameters.items() if "ami-amazon-linux" in str(p.get("Default"))
+        ], (env, stack)
