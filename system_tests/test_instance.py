@@ -6,7 +6,8 @@ the instance role's credentials) is moto on 127.0.0.1 and 169.254.169.254 inside
 namespace, seeded as tests/boot_harness.py seeds it. Stand-ins (system_tests/standins/) replace
 only what cannot exist here: AL2023's dnf, the Docker engine (the built image's root filesystem
 runs as uid 10001 in a chroot), the CloudWatch agent, cloud-init. The units and timers are the
-rendered ones; drop-ins only shorten the timers' intervals (health check 60 s -> 6 s, refresh 15 min -> 20 s).
+rendered ones; drop-ins only shorten the timers' intervals (health check 60 s -> 6 s, refresh
+15 min -> 20 s).
 """
 
 from __future__ import annotations
