@@ -113,5 +113,8 @@ image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-i
 image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
 
+instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_instance.py
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache
