@@ -105,7 +105,16 @@ def _validate(body: dict[str, Any]) -> None:
 def _error_event(exc: ApiError) -> bytes:
     return (
         b"data: "
-        + orjson.dumps({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
+        + orjson.dumps(
+            {
+                "error": {
+                    "message": exc.message,
+                    "type": exc.type,
+                    "param": exc.param,
+                    "code": exc.code,
+                }
+            }
+        )
         + b"\n\n"
     )
 
@@ -166,7 +175,6 @@ async def _relay(
         except ApiError as exc:
             status = exc.status
             yield _error_event(exc)
-            yield DONE
             return
         events = upstream.events().__aiter__()
         try:
@@ -190,8 +198,10 @@ async def _relay(
         except StopAsyncIteration:
             pass
         except ApiError as exc:
+            # After content: an SSE error event and no [DONE] (the answer is not complete).
             status = exc.status
             yield _error_event(exc)
+            return
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
