@@ -34,7 +34,7 @@ from ml_server.state import AppState
 from ml_server.usage import UsageRecorder
 
 log = logging.getLogger("ml_server")
-# After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
+# After the drain: DRAIN_SECONDS (600) + this (4) stays inside Docker's stop grace (610 s).
 USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
 
 
