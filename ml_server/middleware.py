@@ -109,6 +109,8 @@ class RequestMiddleware:
                 raise
             await self._too_large(send_wrapper)
         finally:
+            if not status and scope["state"].get("client_gone"):
+                status = 499  # the client left before the answer (nginx's code)
             elapsed = time.perf_counter() - started
             route: str = route_label or getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]

@@ -219,7 +219,9 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         providers["azure"] = OpenAICompatProvider(
             "azure",
             settings.azure_inference_endpoint,
-            {"api-key": cred.get_secret_value()},
+            # OpenAI-only parameters (e.g. stream_options, parallel_tool_calls) are dropped by
+            # Azure AI Inference instead of failing the request ("extra-parameters" header).
+            {"api-key": cred.get_secret_value(), "extra-parameters": "drop"},
             timeout=read_timeout("azure"),
             connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
