@@ -182,7 +182,8 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        limit_concurrency=settings.max_concurrency,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
 

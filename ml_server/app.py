@@ -131,6 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ml = state
         await router.start()
         usage.start()
+        metrics_server = None
+        if settings.effective_metrics_port:
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(
+                settings.effective_metrics_port, settings.metrics_host, registry=metrics.registry
+            )
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
         log.info(
             "ml_server started",
@@ -155,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
+            if metrics_server is not None:
+                metrics_server.shutdown()
 
     app = GatewayApp(
         title="Humansa ML Server",
@@ -207,7 +216,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/json",
         )
 
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_read_timeout_seconds,
+    )
     fast_routes = {
         "/v1/chat/completions": endpoint_app(chat.chat_completions),
         "/v1/embeddings": endpoint_app(embeddings.embeddings),
@@ -218,6 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
+        body_timeout=settings.body_read_timeout_seconds,
     )
     for module in (health, metrics_route, models, chat, embeddings, usage_route):
         app.include_router(module.router)

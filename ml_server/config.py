@@ -111,6 +111,18 @@ class Settings(BaseSettings):
 
     # HTTP behaviour.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # A request body not complete within this many seconds is answered 408.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
+    max_concurrency: int = Field(default=2000, ge=1)
+    # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
+    # or CIDRs. On the instances: the VPC CIDR (the ALB's addresses), never "*".
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Prometheus metrics on their own port, never the public one: 0 = on the app port at
+    # /metrics (development and tests only). METRICS_HOST: the address it binds (in the
+    # container 0.0.0.0; publish it to the host's 127.0.0.1 only).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
     provider_timeout_seconds: float = Field(default=600.0, gt=0)
     provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     stream_keepalive_seconds: float = Field(default=5.0, gt=0)
@@ -154,6 +166,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     secrets_dir: str = DEFAULT_SECRETS_DIR
+
+    @property
+    def effective_metrics_port(self) -> int:
+        """METRICS_PORT, or its default: 0 (the app port) in development, else 9101."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 0 if self.is_development else 9101
 
     @property
     def is_development(self) -> bool:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ml_server.api.deps import json_body, require_key
 from ml_server.db.keys import KeyInfo
 from ml_server.errors import ApiError, error_body, error_response
-from ml_server.middleware import BodyTooLarge
+from ml_server.middleware import BodyTimeout, BodyTooLarge
 from ml_server.state import AppState
 
 log = logging.getLogger("ml_server")
@@ -72,8 +72,8 @@ def endpoint_app(endpoint: Endpoint) -> ASGIApp:
             return
         except ApiError as exc:
             response = error_response(exc)
-        except BodyTooLarge:
-            raise  # the request middleware answers 413
+        except (BodyTooLarge, BodyTimeout):
+            raise  # the request middleware answers 413 / 408
         except Exception as exc:  # as the app's 500 handler does
             rid = scope["state"].get("request_id", "")
             log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -153,3 +153,60 @@ async def test_junk_keys_cost_no_lookup_and_cannot_evict_valid_keys(
     looked_up = counting.opened
     assert await verifier.verify(key) is not None
     assert counting.opened == looked_up  # the valid key is still cached
+
+
+@pytest.fixture(scope="module")
+def strict_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProcess]:
+    """Production-like: metrics on their own port, trusted proxies = a VPC CIDR, short body
+    deadline."""
+    from ml_server.tests.conftest import TEST_SETTINGS
+    from ml_server.tests.pg import free_port
+    from ml_server.tests.server_proc import provider_env
+
+    env = {
+        **TEST_SETTINGS,
+        **pg.env(),
+        **provider_env(fake.url),
+        "METRICS_PORT": str(free_port()),
+        "METRICS_HOST": "127.0.0.1",
+        "FORWARDED_ALLOW_IPS": "10.0.0.0/16",
+        "BODY_READ_TIMEOUT_SECONDS": "0.5",
+    }
+    proc = ServerProcess(env)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+def test_metrics_are_not_on_the_public_port(strict_server: ServerProcess) -> None:
+    """Reproduction: /metrics on the public port, blocked only by an ALB rule /%6detrics passed."""
+    for path in ("/metrics", "/%6detrics"):
+        assert http.get(strict_server.url + path).status_code == 404
+    port = strict_server.env["METRICS_PORT"]
+    text = http.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "mlserver_usage_rows_written_total" in text
+
+
+def test_forwarded_for_is_trusted_only_from_the_vpc(
+    strict_server: ServerProcess, pg: TempPostgres
+) -> None:
+    """Reproduction: the logged client IP could be forged with X-Forwarded-For."""
+    http.get(strict_server.url + "/health", headers={"X-Forwarded-For": "203.0.113.66"})
+    time.sleep(0.3)
+    assert "203.0.113.66" not in strict_server.log()
+
+
+def test_slow_body_gets_408(strict_server: ServerProcess, pg: TempPostgres) -> None:
+    """Reproduction: a slow body kept the connection open indefinitely."""
+    key = strict_server.cli("keys", "create", "--name", "slow").stdout.strip()
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
+            + b'Content-Length: 1000\r\n\r\n{"model": '
+        )
+        started = time.monotonic()
+        reply = s.recv(4096)
+        assert time.monotonic() - started < 3
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
