@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,14 +30,15 @@ from ml_server.providers.base import (
 from ml_server.providers.fake import FAKE_MODELS, FakeProvider
 from ml_server.providers.openai_compat import OpenAICompatProvider
 from ml_server.resilience import (
+    BREAKER_KINDS,
     CLOSED,
     STATE_NAMES,
     CircuitBreaker,
     DeadlineWatch,
     ResilienceCollector,
     ResilienceCounters,
-    backoff_delay,
-    parse_retry_after,
+    breaker_verdict,
+    decide,
 )
 
 log = logging.getLogger(__name__)
@@ -44,14 +46,6 @@ log = logging.getLogger(__name__)
 # GET /v1/models lists, for each provider that has a key, the catalogue's listed models
 # (ml_server/catalog/models.yaml); any other model id of a configured provider still routes
 # (``provider/any-model``); EXTRA_MODELS adds entries to the list.
-
-
-# Failures worth another attempt (same target after a back-off, or the next target).
-RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
-# Failures that count against the provider's circuit breaker.
-BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx", "quota"})
-# Failures after which the next target is tried, but not the same one again.
-FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open", "quota"})
 
 
 # Opening events held back while waiting for the first content (then the stream is committed).
@@ -467,25 +461,30 @@ class Router:
                     return result
                 self._observe(name, started, error)
                 kind = error.kind
-                if kind in BREAKER_KINDS:
+                verdict = breaker_verdict(kind)
+                if verdict == "failure":
                     breaker.failure()
-                elif kind != "rate_limited":
-                    breaker.success()  # the provider answered: it is up
-                if kind not in RETRYABLE_KINDS and kind not in FALLBACK_ONLY_KINDS:
+                elif verdict == "success":
+                    breaker.success()
+                decision = decide(
+                    kind,
+                    retries=retries,
+                    max_retries=policy.max_retries,
+                    has_next=has_next,
+                    retry_after=error.retry_after,
+                    now=time.monotonic(),
+                    deadline=deadline,
+                    backoff_base=policy.backoff_base,
+                    backoff_max=policy.backoff_max,
+                    retry_after_max=policy.retry_after_max,
+                    jitter=random.random(),
+                )
+                if decision.action == "raise":
                     raise error  # the request itself is at fault: no retry, no fallback
                 last = error
-                if kind in FALLBACK_ONLY_KINDS or retries >= policy.max_retries:
+                if decision.action == "next":
                     break
-                if kind == "rate_limited" and has_next:
-                    break  # another provider can answer now; do not wait for this one
-                delay = backoff_delay(retries, policy.backoff_base, policy.backoff_max)
-                asked = parse_retry_after(error.retry_after)
-                if asked is not None:
-                    if asked > policy.retry_after_max:
-                        break
-                    delay = max(delay, asked)
-                if time.monotonic() + delay >= deadline:
-                    break
+                delay = decision.delay
                 retries += 1
                 self.counters.retry(name)
                 try:
