@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
 
 log = logging.getLogger("ml_server")
-# After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
+# After the drain: DRAIN_SECONDS (600) + this (4) stays inside Docker's stop grace (610 s).
 USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
 
 
@@ -157,6 +158,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await router.start()
         usage.start()
         governor.start()
+        metrics_server = None
+        # With several workers the supervisor serves the port for all (ml_server/__main__.py).
+        if settings.effective_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(
+                settings.effective_metrics_port, settings.metrics_host, registry=metrics.registry
+            )
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
         log.info(
             "ml_server started",
@@ -182,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
+            if metrics_server is not None:
+                metrics_server.shutdown()
 
     app = GatewayApp(
         title="Humansa ML Server",
@@ -234,7 +245,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/json",
         )
 
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_read_timeout_seconds,
+    )
     fast_routes = {
         "/v1/chat/completions": endpoint_app(chat.chat_completions),
         "/v1/embeddings": endpoint_app(embeddings.embeddings),
@@ -245,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
+        body_timeout=settings.body_read_timeout_seconds,
     )
     for module in (health, metrics_route, models, chat, embeddings, usage_route, messages_route):
         app.include_router(module.router)

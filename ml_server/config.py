@@ -131,6 +131,18 @@ class Settings(BaseSettings):
 
     # HTTP behaviour.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # A request body not complete within this many seconds is answered 408.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
+    max_concurrency: int = Field(default=2000, ge=1)
+    # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
+    # or CIDRs. On the instances: the VPC CIDR (the ALB's addresses), never "*".
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Prometheus metrics on their own port, never the public one: 0 = on the app port at
+    # /metrics (development and tests only). METRICS_HOST: the address it binds (in the
+    # container 0.0.0.0; publish it to the host's 127.0.0.1 only).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
     provider_timeout_seconds: float = Field(default=600.0, gt=0)
     provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     stream_keepalive_seconds: float = Field(default=5.0, gt=0)
@@ -157,8 +169,10 @@ class Settings(BaseSettings):
     # Processes serving the port (uvicorn workers); 0 = one per CPU (nproc).
     web_concurrency: int = Field(default=1, ge=0, le=64)
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
-    # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
-    drain_seconds: int = Field(default=25, ge=0, le=3600)
+    # 600 s: a rollout cuts no stream shorter than 10 minutes (long reasoning answers; the same
+    # as PROVIDER_TIMEOUT_SECONDS). Below the ALB deregistration delay (610 s) and Docker's stop
+    # grace (610 s); an instance with no open stream stops at once.
+    drain_seconds: int = Field(default=600, ge=0, le=3600)
     # HTTP keep-alive of idle connections; above the load balancer's idle timeout (the boot
     # passes the ALB's + 5 s), else the ALB reuses a connection the server closes: a 502.
     keep_alive_seconds: int = Field(default=65, ge=1, le=4100)
@@ -201,6 +215,13 @@ class Settings(BaseSettings):
         if isinstance(value, SecretStr) and not value.get_secret_value().strip():
             return None
         return value
+
+    @property
+    def effective_metrics_port(self) -> int:
+        """METRICS_PORT, or its default: 0 (the app port) in development, else 9101."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 0 if self.is_development else 9101
 
     @property
     def is_development(self) -> bool:

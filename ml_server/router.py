@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,18 +19,26 @@ from ml_server import catalog as model_catalog
 from ml_server.config import Settings
 from ml_server.metrics import Metrics
 from ml_server.providers.anthropic import AnthropicProvider
-from ml_server.providers.base import ChatResult, ChatStream, Provider, ProviderError, Usage
+from ml_server.providers.base import (
+    ChatResult,
+    ChatStream,
+    Provider,
+    ProviderError,
+    Usage,
+    has_content,
+)
 from ml_server.providers.fake import FAKE_MODELS, FakeProvider
 from ml_server.providers.openai_compat import OpenAICompatProvider
 from ml_server.resilience import (
+    BREAKER_KINDS,
     CLOSED,
     STATE_NAMES,
     CircuitBreaker,
     DeadlineWatch,
     ResilienceCollector,
     ResilienceCounters,
-    backoff_delay,
-    parse_retry_after,
+    breaker_verdict,
+    decide,
 )
 
 log = logging.getLogger(__name__)
@@ -39,12 +48,8 @@ log = logging.getLogger(__name__)
 # (``provider/any-model``); EXTRA_MODELS adds entries to the list.
 
 
-# Failures worth another attempt (same target after a back-off, or the next target).
-RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
-# Failures that count against the provider's circuit breaker.
-BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx"})
-# Failures after which the next target is tried, but not the same one again.
-FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open"})
+# Opening events held back while waiting for the first content (then the stream is committed).
+_MAX_HELD_EVENTS = 8
 
 
 class ModelNotFound(ProviderError):
@@ -139,12 +144,12 @@ class _PrimedStream(ChatStream):
         self,
         inner: ChatStream,
         events: AsyncIterator[bytes],
-        first: bytes | None,
+        held: list[bytes],
         breaker: CircuitBreaker,
     ) -> None:
         self._inner = inner
         self._events = events
-        self._first = first
+        self._held = held
         self._breaker = breaker
 
     @property
@@ -156,9 +161,10 @@ class _PrimedStream(ChatStream):
         self._inner.usage = value
 
     async def events(self) -> AsyncIterator[bytes]:
-        if self._first is None:
+        if not self._held:
             return
-        yield self._first
+        for event in self._held:
+            yield event
         try:
             async for event in self._events:
                 yield event
@@ -207,7 +213,9 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         providers["azure"] = OpenAICompatProvider(
             "azure",
             settings.azure_inference_endpoint,
-            {"api-key": cred.get_secret_value()},
+            # OpenAI-only parameters (e.g. stream_options, parallel_tool_calls) are dropped by
+            # Azure AI Inference instead of failing the request ("extra-parameters" header).
+            {"api-key": cred.get_secret_value(), "extra-parameters": "drop"},
             timeout=read_timeout("azure"),
             connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
@@ -379,17 +387,24 @@ class Router:
             return await provider.chat(target.model, body)
         if op == "embeddings":
             return await provider.embeddings(target.model, body)
-        # A stream is opened up to its first event: failures before it can still be retried.
+        # A stream is opened up to its first CONTENT (the role-only opening chunk is held back):
+        # failures before it, in-stream errors included, can still be retried or fall back.
         stream = await provider.chat_stream(target.model, body)
         events = stream.events().__aiter__()
+        held: list[bytes] = []
         try:
-            first: bytes | None = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
+            while True:
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                held.append(event)
+                if has_content(event) or len(held) >= _MAX_HELD_EVENTS:
+                    break
         except BaseException:
             await stream.aclose()
             raise
-        return _PrimedStream(stream, events, first, target.breaker)
+        return _PrimedStream(stream, events, held, target.breaker)
 
     async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
         deadline = time.monotonic() + self.policy.deadline
@@ -446,25 +461,30 @@ class Router:
                     return result
                 self._observe(name, started, error)
                 kind = error.kind
-                if kind in BREAKER_KINDS:
+                verdict = breaker_verdict(kind)
+                if verdict == "failure":
                     breaker.failure()
-                elif kind != "rate_limited":
-                    breaker.success()  # the provider answered: it is up
-                if kind not in RETRYABLE_KINDS and kind not in FALLBACK_ONLY_KINDS:
+                elif verdict == "success":
+                    breaker.success()
+                decision = decide(
+                    kind,
+                    retries=retries,
+                    max_retries=policy.max_retries,
+                    has_next=has_next,
+                    retry_after=error.retry_after,
+                    now=time.monotonic(),
+                    deadline=deadline,
+                    backoff_base=policy.backoff_base,
+                    backoff_max=policy.backoff_max,
+                    retry_after_max=policy.retry_after_max,
+                    jitter=random.random(),
+                )
+                if decision.action == "raise":
                     raise error  # the request itself is at fault: no retry, no fallback
                 last = error
-                if kind in FALLBACK_ONLY_KINDS or retries >= policy.max_retries:
+                if decision.action == "next":
                     break
-                if kind == "rate_limited" and has_next:
-                    break  # another provider can answer now; do not wait for this one
-                delay = backoff_delay(retries, policy.backoff_base, policy.backoff_max)
-                asked = parse_retry_after(error.retry_after)
-                if asked is not None:
-                    if asked > policy.retry_after_max:
-                        break
-                    delay = max(delay, asked)
-                if time.monotonic() + delay >= deadline:
-                    break
+                delay = decision.delay
                 retries += 1
                 self.counters.retry(name)
                 try:

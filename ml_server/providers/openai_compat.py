@@ -19,6 +19,7 @@ from ml_server.providers.base import (
     ChatStream,
     Provider,
     ProviderError,
+    StreamError,
     Usage,
     error_from_upstream,
     sse_lines,
@@ -158,6 +159,14 @@ class _OpenAIStream(ChatStream):
                     if payload == b"[DONE]":
                         done = True
                         break
+                    if payload.startswith(b'{"error"'):
+                        try:
+                            err = orjson.loads(payload).get("error")
+                        except (orjson.JSONDecodeError, AttributeError):
+                            err = None
+                        if out:
+                            yield b"".join(out)
+                        raise StreamError.from_event(self._provider, err)
                     if b'"usage"' in payload and not _NULL_USAGE.search(payload):
                         try:
                             data = orjson.loads(payload)
@@ -172,6 +181,8 @@ class _OpenAIStream(ChatStream):
                     yield b"".join(out)
                 if done:
                     return
+            # The body ended without "data: [DONE]": a cut stream, not a complete answer.
+            raise StreamError.incomplete(self._provider)
 
     async def aclose(self) -> None:
         if self._resp.content.at_eof():

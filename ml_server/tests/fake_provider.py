@@ -17,7 +17,12 @@ Behaviour is chosen per request through the model name (any provider prefix):
   ``cached-40`` ``prompt_tokens_details.cached_tokens``, ``reasoning-7``
   ``completion_tokens_details.reasoning_tokens``, ``thoughts-9`` adds 9 to ``total_tokens`` only
   (Gemini's thinking tokens), ``nousage`` reports none;
-- ``x-nodone``: a stream that ends (cleanly) without ``data: [DONE]``.
+- ``x-nodone``: a stream that ends (cleanly) without ``data: [DONE]``;
+- ``x-streamerror-2``: a stream (HTTP 200) that sends ``data: {"error": ...}`` (an
+  ``overloaded_error``) after 2 content chunks (0: before any content) and ends;
+- ``x-ctxlen``: 400 ``context_length_exceeded`` (with ``param`` and an ``x-request-id``);
+- ``x-geminilist``: 400 with Gemini's list-shaped error body;
+- ``x-keyleak``: 401 whose message echoes a (fake) key fragment, as OpenAI's does.
 
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
@@ -40,15 +45,16 @@ import orjson
 from aiohttp import web
 
 _NUM = re.compile(
-    r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter|ptok|cached|reasoning|thoughts)"
+    r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter|ptok|cached|reasoning|thoughts"
+    r"|streamerror)"
     r"-(\d+)"
 )
-_FAILURES = ("hang", "slow", "ratelimit", "status")
+_FAILURES = ("hang", "slow", "ratelimit", "status", "streamerror", "nodone")
 
 
 def _directives(model: str) -> dict[str, int]:
     found = {k: int(v) for k, v in _NUM.findall(model)}
-    for flag in ("hang", "tools", "nousage", "nodone"):
+    for flag in ("hang", "tools", "nousage", "nodone", "ctxlen", "geminilist", "keyleak"):
         if re.search(rf"(^|[-/_]){flag}($|[-/_])", model):
             found[flag] = 1
     return found
@@ -197,6 +203,29 @@ class FakeProvider:
             return self._error(anthropic, 429, "rate limited", {"Retry-After": str(d["ratelimit"])})
         if "status" in d:
             return self._error(anthropic, d["status"], f"simulated HTTP {d['status']}")
+        if "ctxlen" in d:
+            err = {
+                "message": "This model's maximum context length is 8192 tokens.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+            return _json({"error": err}, 400, {"x-request-id": "req_fake_ctx_123"})
+        if "geminilist" in d:
+            gem = {
+                "code": 400,
+                "message": "Invalid JSON payload: unknown field",
+                "status": "INVALID_ARGUMENT",
+            }
+            return _json([{"error": gem}], 400)
+        if "keyleak" in d:
+            leak = {
+                "message": "Incorrect API key provided: sk-proj-ab12****************wxyz. "
+                "You can find your API key at https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+            return _json({"error": leak}, 401)
         if request.method == "GET" and path.endswith("/models"):
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
@@ -307,6 +336,11 @@ class FakeProvider:
 
         await resp.write(chunk({"role": "assistant", "content": ""}))
         for i, word in enumerate(text.split(" ")):
+            if "streamerror" in d and i >= d["streamerror"]:
+                err = {"message": "Overloaded", "type": "overloaded_error"}
+                await resp.write(b"data: " + orjson.dumps({"error": err}) + b"\n\n")
+                await resp.write_eof()
+                return resp
             if "breakafter" in d and i >= d["breakafter"]:
                 if request.transport is not None:
                     request.transport.abort()  # the connection drops mid-stream
