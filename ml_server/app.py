@@ -21,6 +21,7 @@ from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
+from ml_server.api.routes import responses as responses_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
 from ml_server.db.keys import KeyVerifier
@@ -219,6 +220,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
     )
-    for module in (health, metrics_route, models, chat, embeddings, messages_route):
+    for module in (
+        health,
+        metrics_route,
+        models,
+        chat,
+        embeddings,
+        messages_route,
+        responses_route,
+    ):
         app.include_router(module.router)
     return app
