@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         sessions = make_sessionmaker(engine)
         router = Router(
-            build_providers(settings),
+            build_providers(settings, catalog),
             metrics,
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,

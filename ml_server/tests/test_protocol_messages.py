@@ -202,11 +202,14 @@ def test_keys_and_models_are_checked(server: ServerProcess, claude: anthropic.An
 
 
 def test_overloaded_inside_a_200_stream_is_a_503(claude: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.InternalServerError) as err, claude.messages.stream(
-        model="anthropic/claude-streamerror-0",
-        max_tokens=5,
-        messages=[{"role": "user", "content": "x"}],
-    ) as stream:
+    with (
+        pytest.raises(anthropic.InternalServerError) as err,
+        claude.messages.stream(
+            model="anthropic/claude-streamerror-0",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "x"}],
+        ) as stream,
+    ):
         stream.get_final_message()
     assert err.value.status_code == 503
 
