@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ml_server import __version__
 from ml_server import catalog as model_catalog
 from ml_server.api.fastpath import endpoint_app
+from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
@@ -230,4 +231,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses_route,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     return app

@@ -203,6 +203,8 @@ class FakeProvider:
             return self._error(anthropic, 400, "body must be a JSON object")
         if path.endswith("/responses") and isinstance(body, dict):
             return await _openai_responses(request, body)
+        if anthropic and not _well_formed_messages(body):
+            return self._error(True, 400, "messages: each must be {role, content}")
         if path.endswith("/messages/count_tokens"):
             return _json({"input_tokens": _rich_usage(body, [], set())["input_tokens"]})
         if anthropic and _wants_rich(model, body):
@@ -533,6 +535,18 @@ class FakeProvider:
 
 
 _RICH_WORDS = ("rich", "streamerror", "pause")
+
+
+def _well_formed_messages(body: dict[str, Any]) -> bool:
+    """Anthropic answers 400 to messages that are not {role, content} objects."""
+    messages = body.get("messages")
+    return isinstance(messages, list) and all(
+        isinstance(m, dict)
+        and isinstance(m.get("role"), str)
+        and isinstance(m.get("content"), str | list)
+        and all(isinstance(b, dict) for b in m["content"] if isinstance(m["content"], list))
+        for m in messages
+    )
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:

@@ -377,3 +377,15 @@ def test_adaptive_models_get_adaptive_thinking_with_an_effort(
     assert (reply.choices[0].message.model_extra or {})[
         "reasoning_content"
     ] == "Thinking about: think"
+
+
+def test_a_non_string_role_is_a_422_not_a_500(server: Any, api_key: str) -> None:
+    """Found by schemathesis: ``"role": {}`` raised TypeError (unhashable) in the check."""
+    import httpx
+
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"model": "openai/gpt-4o", "messages": [{"role": {}, "content": None}]},
+    )
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages[0].role"

@@ -92,7 +92,11 @@ def _validate(body: dict[str, Any]) -> None:
             "'messages' is required and must be a non-empty array", status=422, param="messages"
         )
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+        if (
+            not isinstance(msg, dict)
+            or not isinstance(msg.get("role"), str)
+            or msg["role"] not in ROLES
+        ):
             raise invalid_request(
                 f"messages[{i}] must be an object whose 'role' is one of {sorted(ROLES)}",
                 status=422,
