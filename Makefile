@@ -20,6 +20,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
+.PHONY: status logs shell rollback
+.PHONY: preflight
+.PHONY: image image-test instance-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,15 +40,20 @@ install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_mod
 
 synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
-	$(PY) scripts/synth_summary.py cdk.out
-	$(PY) scripts/cost.py cdk.out --summary
+	$(PY) -m humansa_ops.synth_summary cdk.out
+	$(PY) -m humansa_ops.cost cdk.out --summary
 
 diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
-	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
+	$(PY) -m humansa_ops.make_diff $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
 
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
+	@scripts/preflight --env $(ENV) --tls-only
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
+
+preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker
+	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
+	scripts/preflight --env $(ENV)
 
 lint: install
 	$(BIN)/ruff check .
@@ -61,7 +69,20 @@ test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
 	@test -f cdk.out/manifest.json || $(MAKE) synth
-	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
+	@$(PY) -m humansa_ops.operate status --env "$(ENV)"
+
+logs: $(VENV)/.installed ## Server logs of ENV=name, last 30 min [FOLLOW=1] [SINCE=minutes] [SETUP=1 boot log]
+	@$(PY) -m humansa_ops.operate logs --env "$(ENV)" $(if $(FOLLOW),--follow,) $(if $(SINCE),--since $(SINCE),) $(if $(SETUP),--setup,)
+
+shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=name [INSTANCE=i-...]
+	@$(PY) -m humansa_ops.operate shell --env "$(ENV)" $(if $(INSTANCE),--instance $(INSTANCE),)
+
+rollback: install ## Deploy exactly what release TO=<version> deployed (its commit and image) to ENV=name
+	@test -n "$(ENV)" -a -n "$(TO)" || { echo "make rollback needs ENV=<name> TO=<version> (tag release-<version>)" >&2; exit 2; }
+	@APPROVAL=$(APPROVAL) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
@@ -71,6 +92,12 @@ serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .hum
 
 bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--requests 5000"), ~1 min
 	$(PY) benchmarks/gateway_overhead.py $(BENCH_ARGS)
+
+image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-in base where the registry base cannot be pulled)
+	scripts/image.sh
+
+image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
 
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,7 @@ PROVIDER_SECRET_NAMES: Final[tuple[str, ...]] = (
     "WEBSHARE_PROXY_USERNAME",
     "WEBSHARE_PROXY_PASSWORD",
     "MEM0_API_KEY",
+    "ADMIN_API_KEY",  # the admin API's bearer key (ml_server/admin/routes.py)
 )
 """Provider secrets, each a Secrets Manager secret named ``/humansa/<env>/<NAME>``."""
 
@@ -102,6 +103,8 @@ class BootSettings:
             (drain_seconds + 30) exceeds it. Default 30.
         fetch_attempts: bounded attempts for every SSM / Secrets Manager / ECR call. Default 5.
         fetch_backoff_seconds: first back-off, doubled each retry. Default 2.
+        keep_alive_seconds: the server's HTTP keep-alive (``KEEP_ALIVE_SECONDS``), longer than
+            the ALB idle timeout. Default 305 (the ALB's 300 + 5).
     """
 
     environment: str
@@ -118,6 +121,7 @@ class BootSettings:
     drain_seconds: int = 30
     fetch_attempts: int = 5
     fetch_backoff_seconds: int = 2
+    keep_alive_seconds: int = 305
 
 
 def _is_token(value: str) -> bool:
@@ -181,6 +185,7 @@ def validate(settings: BootSettings) -> None:
     _check_int("drain_seconds", settings.drain_seconds, 0, 3600)
     _check_int("fetch_attempts", settings.fetch_attempts, 1, 20)
     _check_int("fetch_backoff_seconds", settings.fetch_backoff_seconds, 0, 300)
+    _check_int("keep_alive_seconds", settings.keep_alive_seconds, 1, 4100)
     for name, source in settings.secret_files.items():
         if not _SECRET_NAME.fullmatch(name):
             raise ValueError(

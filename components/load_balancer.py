@@ -14,6 +14,15 @@ from config.model import ServiceConfig
 # (DRAIN_SECONDS, 25 s) stays below it: the ALB cuts what is still open at 30 s anyway.
 DEREGISTRATION_DELAY_SECONDS = 30
 
+# The target must not close an idle connection the ALB may still reuse: its keep-alive outlasts
+# the ALB idle timeout ("Application Load Balancers: connection idle timeout").
+KEEP_ALIVE_MARGIN_SECONDS = 5
+
+
+def server_keep_alive_seconds(config: ServiceConfig) -> int:
+    """The server's HTTP keep-alive: ``service.idle_timeout_seconds`` plus a margin of 5 s."""
+    return config.idle_timeout_seconds + KEEP_ALIVE_MARGIN_SECONDS
+
 
 class LoadBalancer(Construct):
     """The ALB, its listener(s) and the target group.

@@ -1,6 +1,7 @@
 """Command line:
 ``python -m ml_server serve | migrate | keys create --name N [--rpm N] | keys list |
-keys set-rpm ID N|default | keys revoke ID``.
+keys set-rpm ID N|default | keys revoke ID | usage [--since D] [--until D] [--key ID]
+[--model M] [--json]``.
 
 Run ``python -m ml_server --help`` for details.
 """
@@ -9,15 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import date
+from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ml_server.config import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+log = logging.getLogger("ml_server")
 
 
 async def _with_sessions(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
@@ -102,6 +108,44 @@ def cmd_keys_revoke(settings: Settings, key_id: int) -> int:
     return 0
 
 
+def cmd_usage(settings: Settings, args: argparse.Namespace) -> None:
+    import json
+
+    from ml_server.usage_report import usage_report
+
+    _migrate(settings)
+    rows = asyncio.run(
+        _with_sessions(
+            settings,
+            lambda s: usage_report(
+                s, since=args.since, until=args.until, key_id=args.key, model=args.model
+            ),
+        )
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(
+        f"{'DAY':<10} {'KEY':>4} {'MODEL':<36} {'REQS':>6} {'INPUT':>10} {'CACHED':>9} "
+        f"{'CWRITE':>8} {'OUTPUT':>9} {'REASON':>8} {'COST_USD':>12} UNPRICED"
+    )
+    for r in rows:
+        key = "-" if r["api_key_id"] is None else str(r["api_key_id"])
+        print(
+            f"{r['day']:<10} {key:>4} {r['model'][:36]:<36} {r['requests']:>6} "
+            f"{r['input_tokens']:>10} {r['cached_input_tokens']:>9} {r['cache_write_tokens']:>8} "
+            f"{r['output_tokens']:>9} {r['reasoning_tokens']:>8} {r['cost_usd']:>12} "
+            f"{r['unpriced_requests']}"
+        )
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a day is YYYY-MM-DD, not {value!r}") from None
+
+
 def cmd_serve(settings: Settings, *, local: bool) -> None:
     import uvicorn
 
@@ -113,6 +157,7 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         host = "127.0.0.1"
         _migrate(settings)
         key = cmd_keys_create(settings, "make-serve")
+        settings = _local_admin_key(settings)
         model = "fake/echo" if settings.fake_provider_enabled else "openai/gpt-4o-mini"
         base = f"http://{host}:{settings.ml_server_port}"
         print(
@@ -123,7 +168,11 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
             f"  -H 'Content-Type: application/json' \\\n"
             f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", '
             f'"content": "Hello"}}]}}\'\n\n'
-            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n',
+            f'OpenAI SDK: OpenAI(base_url="{base}/v1", api_key="{key}")\n\n'
+            f"Admin API key (this machine only; `make keys` reads it from "
+            f"{Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE}): "
+            f"{settings.admin_api_key.get_secret_value() if settings.admin_api_key else ''}\n"
+            f"curl -s {base}/admin/keys -H 'Authorization: Bearer <admin key>'\n",
             flush=True,
         )
     configure_logging(settings.log_level)
@@ -133,18 +182,71 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     # SIGTERM kills the process (exit 143); this handler exits 0 instead, and also ends a start
     # that is interrupted before uvicorn has installed its own.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=settings.ml_server_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-        timeout_graceful_shutdown=settings.drain_seconds,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": settings.ml_server_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*",
+        "timeout_graceful_shutdown": settings.drain_seconds,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+    }
+    workers = worker_count(settings)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes share the port (uvicorn's supervisor binds it, each worker accepts);
+    # each builds its own app from the same environment, so settings made here go through it.
+    if settings.admin_api_key is not None:
+        os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
+    _prometheus_multiprocess_dir()
+    log.info("starting workers", extra={"fields": {"workers": workers}})
+    uvicorn.run("ml_server.app:create_app", factory=True, workers=workers, **options)
+
+
+def worker_count(settings: Settings) -> int:
+    """WEB_CONCURRENCY, or one per CPU this process may run on when it is 0."""
+    if settings.web_concurrency:
+        return settings.web_concurrency
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _prometheus_multiprocess_dir() -> None:
+    """Counters of every worker in one /metrics (prometheus_client's multiprocess mode): a fresh
+    folder in PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) before any worker starts."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="ml-server-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+LOCAL_ADMIN_KEY_FILE = "admin_api_key"
+
+
+def _local_admin_key(settings: Settings) -> Settings:
+    """``make serve``: ADMIN_API_KEY if set, else one kept in LOCAL_DATA_DIR (made once, 0600)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    if settings.admin_api_key is not None and settings.admin_api_key.get_secret_value().strip():
+        return settings
+    path = Path(settings.local_data_dir) / LOCAL_ADMIN_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("hsa-" + secrets.token_urlsafe(32) + "\n")
+    return settings.model_copy(update={"admin_api_key": SecretStr(path.read_text().strip())})
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -178,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     set_rpm.add_argument("rpm", type=_rpm, help="N >= 0 (0 = no limit) or 'default'")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=int)
+    usage = sub.add_parser("usage", help="tokens and spend by day, key and model")
+    usage.add_argument("--since", type=_day, help="first day (UTC), default: 6 days ago")
+    usage.add_argument("--until", type=_day, help="last day (UTC), default: today")
+    usage.add_argument("--key", type=int, help="only this key id")
+    usage.add_argument("--model", help="only this model (provider/model)")
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table")
     args = parser.parse_args(argv)
 
     try:
@@ -191,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         _migrate(settings)
         print("migrations applied")
+    elif args.command == "usage":
+        cmd_usage(settings, args)
     elif args.keys_command == "create":
         cmd_keys_create(settings, args.name, args.rpm)
     elif args.keys_command == "list":

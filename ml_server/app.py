@@ -17,23 +17,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
 from ml_server import catalog as model_catalog
+from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import responses as responses_route
+from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
 from ml_server.db.keys import KeyVerifier
 from ml_server.db.migrate import upgrade_to_head_async
 from ml_server.errors import ApiError, error_body, error_response
+from ml_server.limits import GovernedUsageRecorder, Governor, GovernorCollector
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
 from ml_server.resilience import RateLimiter
 from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
-from ml_server.usage import UsageRecorder
 
 log = logging.getLogger("ml_server")
 # After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
@@ -77,9 +79,22 @@ class GatewayApp(FastAPI):
             and scope["path"] in self.fast_paths
         ):
             scope["app"] = self
-            await self.fast_entry(scope, receive, send)
+            try:
+                await self.fast_entry(scope, receive, send)
+            finally:
+                _release_governed(scope)
             return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _release_governed(scope)
+
+
+def _release_governed(scope: Scope) -> None:
+    """Give back the concurrency slot ``Governor.admit`` took (the response is done)."""
+    state = scope.get("state")
+    if state and "governed" in state:
+        scope["app"].state.ml.governor.release(state)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -107,7 +122,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         limiter = RateLimiter(settings.rate_limit_rpm)
         router.collector.set_limiter(limiter)
-        usage = UsageRecorder(
+        governor = Governor(
+            engine,
+            default_rpm=settings.rate_limit_rpm,
+            sync_seconds=settings.limits_sync_seconds,
+            counts=limiter,
+            resolve=lambda model: router.resolve(model).label,
+        )
+        usage = GovernedUsageRecorder(
             sessions,
             metrics,
             queue_size=settings.usage_queue_size,
@@ -129,10 +151,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             usage=usage,
             keys=KeyVerifier(sessions, settings.key_cache_seconds),
             limiter=limiter,
+            governor=governor,
         )
+        usage.governor = governor
+        metrics.registry.register(GovernorCollector(governor))
         app.state.ml = state
         await router.start()
         usage.start()
+        governor.start()
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
         log.info(
             "ml_server started",
@@ -154,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Requests cancelled at the end of the drain record their rows in their `finally`:
             # let them run before the queue is flushed.
             await asyncio.sleep(0.05)
+            await governor.stop()
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
@@ -227,9 +254,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         chat,
         embeddings,
+        usage_route,
         messages_route,
         responses_route,
     ):
         app.include_router(module.router)
+    app.include_router(admin_routes.router)
     install_openapi(app)
     return app

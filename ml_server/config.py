@@ -7,8 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = "/run/secrets/humansa"
 
@@ -28,8 +28,23 @@ SECRET_FIELDS = (
     "azure_inference_credential",
     "webshare_proxy_password",
     "mem0_api_key",
+    "admin_api_key",
 )
 
+# Optional provider settings: an empty value (the boot writes an empty file for a provider secret
+# still at its CDK placeholder) means "not configured", never a placeholder to refuse.
+OPTIONAL_PROVIDER_FIELDS = (
+    "openai_api_key",
+    "anthropic_api_key",
+    "deepseek_api_key",
+    "google_api_key",
+    "xai_api_key",
+    "azure_inference_endpoint",
+    "azure_inference_credential",
+    "webshare_proxy_username",
+    "webshare_proxy_password",
+    "mem0_api_key",
+)
 
 PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "gemini", "xai", "azure", "fake")
 
@@ -56,8 +71,11 @@ class Settings(BaseSettings):
     """Server settings.
 
     Every field reads the upper-case environment variable of the same name (the seed's names), or a
-    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). Unknown variables are
-    ignored (the instance env file carries ALB_DNS_NAME and friends).
+    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). A file wins over the
+    variable: the instances keep the files current (the DB password rotates), so a stale
+    ``DB_PASSWORD`` in an environment cannot shadow the rotated one. An empty optional provider
+    value means "not configured". Unknown variables are ignored (the instance env file carries
+    ALB_DNS_NAME and friends).
     """
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
@@ -92,6 +110,8 @@ class Settings(BaseSettings):
     webshare_proxy_username: str | None = None
     webshare_proxy_password: SecretStr | None = None
     mem0_api_key: SecretStr | None = None
+    # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
+    admin_api_key: SecretStr | None = None
 
     # Provider base URLs (tests and proxies point these elsewhere).
     openai_base_url: str = "https://api.openai.com/v1"
@@ -131,9 +151,17 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
+    # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are
+    # reconciled this often per process; the overshoot bound grows with it (docs/ml-server.md).
+    limits_sync_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Processes serving the port (uvicorn workers); 0 = one per CPU (nproc).
+    web_concurrency: int = Field(default=1, ge=0, le=64)
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
     # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
     drain_seconds: int = Field(default=25, ge=0, le=3600)
+    # HTTP keep-alive of idle connections; above the load balancer's idle timeout (the boot
+    # passes the ALB's + 5 s), else the ALB reuses a connection the server closes: a 502.
+    keep_alive_seconds: int = Field(default=65, ge=1, le=4100)
 
     # Usage accounting.
     usage_queue_size: int = Field(default=10_000, ge=1)
@@ -153,9 +181,38 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     secrets_dir: str = DEFAULT_SECRETS_DIR
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Secret files before the environment (pydantic-settings' default is the reverse).
+        return init_settings, file_secret_settings, env_settings, dotenv_settings
+
+    @field_validator(*OPTIONAL_PROVIDER_FIELDS, mode="before")
+    @classmethod
+    def _empty_means_not_configured(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
     @property
     def is_development(self) -> bool:
         return self.environment.lower() in {"development", "dev-local", "local", "test"}
+
+    @field_validator("admin_api_key", mode="before")
+    @classmethod
+    def _empty_admin_key_means_off(cls, value: object) -> object:
+        # The boot writes an empty file while the secret is at its CDK placeholder: admin API off.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_routing(self) -> Settings:

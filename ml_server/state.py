@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ml_server.config import Settings
 from ml_server.db.keys import KeyVerifier
+from ml_server.limits import Governor
 from ml_server.metrics import Metrics
 from ml_server.resilience import RateLimiter
 from ml_server.router import Router
@@ -24,5 +25,8 @@ class AppState:
     usage: UsageRecorder
     keys: KeyVerifier
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    governor: Governor = field(
+        default_factory=lambda: Governor(None, default_rpm=0, sync_seconds=1)
+    )
     migrated: bool = False
     migration_error: str | None = field(default=None)

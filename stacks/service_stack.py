@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -14,12 +14,13 @@ from components.boot import METRICS_NAMESPACE_PREFIX, BootSettings, SecretFile
 from components.database import DB_PORT
 from components.fleet import Fleet
 from components.image import ServerImage
-from components.load_balancer import LoadBalancer
+from components.load_balancer import LoadBalancer, server_keep_alive_seconds
 from components.logs import ServiceLogs
 from components.monitoring import ServiceMonitoring
 from components.network import Network
 from components.parameters import Parameters
 from components.secrets import ProviderSecrets
+from config import naming
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
 
@@ -104,6 +105,7 @@ class ServiceStack(Stack):
             setup_log_group=self.logs.setup.log_group_name,
             container_port=config.service.container_port,
             health_path=config.service.health_path,
+            keep_alive_seconds=server_keep_alive_seconds(config.service),
         )
         self.fleet = Fleet(
             self,
@@ -213,3 +215,32 @@ class ServiceStack(Stack):
             "condition) and the Session Manager channel actions (ssm:UpdateInstanceInformation, "
             "ssmmessages:*Channel); AWS requires '*'.",
         )
+        self._add_outputs(config, tag)
+
+    def _add_outputs(self, config: EnvironmentConfig, tag: str) -> None:
+        """What an operator looks for after a deploy (``make status`` reads these)."""
+        alb = self.load_balancer.alb
+        scheme = "https" if config.service.certificate_arn else "http"
+        host = config.service.domain_name or alb.load_balancer_dns_name
+        outputs = {
+            naming.OUTPUT_SERVICE_URL: (f"{scheme}://{host}", "The service's base URL"),
+            naming.OUTPUT_DASHBOARD_URL: (
+                naming.dashboard_url(config.region, self.monitoring.dashboard.dashboard_name),
+                "CloudWatch dashboard",
+            ),
+            naming.OUTPUT_APP_LOG_GROUP: (self.logs.app.log_group_name, "Server log group"),
+            naming.OUTPUT_SETUP_LOG_GROUP: (self.logs.setup.log_group_name, "Boot log group"),
+            naming.OUTPUT_ASG_NAME: (
+                self.fleet.auto_scaling_group.auto_scaling_group_name,
+                "Auto Scaling group",
+            ),
+            naming.OUTPUT_TARGET_GROUP_ARN: (
+                self.load_balancer.target_group.target_group_arn,
+                "ALB target group",
+            ),
+            naming.OUTPUT_IMAGE_URI: (self.image.image_uri, "Image the instances run"),
+            naming.OUTPUT_IMAGE_TAG: (tag, "Release tag recorded in ml_server_image_tag"),
+            naming.OUTPUT_IMAGE_SOURCE: (self.image.source, "image.source (asset or ghcr)"),
+        }
+        for key, (value, description) in outputs.items():
+            CfnOutput(self, key, value=value, description=description)

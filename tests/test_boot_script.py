@@ -141,7 +141,8 @@ def test_unit_and_agent_config() -> None:
         "awslogs-group=/aws/ec2/humansa-ml/staging",
     ):
         assert part in start
-    assert " -e " not in start
+    # No secret on the command line: the only -e is the keep-alive (the ALB's idle timeout + 5).
+    assert re.findall(r" -e (\S+)", start) == ["KEEP_ALIVE_SECONDS=305"]
     timer = render_file("humansa-health.timer.j2", settings)
     assert "OnUnitActiveSec=60" in timer
     agent = json.loads(render_file("cloudwatch-agent.json.j2", settings))

@@ -1,8 +1,8 @@
-"""The cost estimator (scripts/cost.py) against hand-computed fixtures.
+"""The cost estimator (humansa_ops/cost.py) against hand-computed fixtures.
 
 Each fixture under tests/fixtures/cost/<env>/ is a minimal cloud assembly shaped like CDK's
 (manifest.json + <Stack>.template.json). The expected totals below are written as the
-arithmetic from the committed price table (pricing/prices.yaml) and its assumptions, so a
+arithmetic from the committed price table (humansa_ops/pricing/) and its assumptions, so a
 price change in the table shows up here as a failing sum to re-check by hand.
 """
 
@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scripts import cost
+from humansa_ops import cost
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cost"
-SCRIPT = ROOT / "scripts" / "cost.py"
+SCRIPT = ROOT / "scripts" / "cost"
 
 H = 730  # hours per month in the table
 
@@ -216,7 +215,7 @@ def test_cli_exits_2_on_missing_price(tmp_path: Path) -> None:
         "VpcPublicSubnet1NatInstance2B1AB6B8",
         InstanceType="x9z.huge",
     )
-    run = subprocess.run([sys.executable, str(SCRIPT), str(out)], capture_output=True, text=True)
+    run = subprocess.run([str(SCRIPT), str(out)], capture_output=True, text=True)
     assert run.returncode == 2
     assert "ec2.instance.x9z.huge.hour" in run.stderr
     assert "AWS::EC2::Instance" in run.stderr
@@ -343,7 +342,6 @@ def test_bad_price_row_is_rejected(tmp_path: Path) -> None:
 def test_json_and_summary_modes() -> None:
     run = subprocess.run(
         [
-            sys.executable,
             str(SCRIPT),
             str(FIXTURES / "production"),
             "--json",
@@ -374,7 +372,7 @@ def test_json_and_summary_modes() -> None:
         "price_key",
     } == set(prod["items"][0])
     summary = subprocess.run(
-        [sys.executable, str(SCRIPT), str(FIXTURES / "dev"), "--summary", "--env", "dev"],
+        [str(SCRIPT), str(FIXTURES / "dev"), "--summary", "--env", "dev"],
         capture_output=True,
         text=True,
         check=True,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from scripts.diff_comment import (
+from humansa_ops.diff_comment import (
     DEFAULT_MARKER,
     STATEFUL_TYPES,
     StackDiff,
@@ -19,7 +18,7 @@ from scripts.diff_comment import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diff"
-SCRIPT = Path(__file__).parent.parent / "scripts" / "diff_comment.py"
+SCRIPT = Path(__file__).parent.parent / "scripts" / "diff-comment"
 
 
 def _stacks(scenario: str) -> list[StackDiff]:
@@ -32,7 +31,7 @@ def _stacks(scenario: str) -> list[StackDiff]:
 def _comment(scenario: str, *extra: str) -> str:
     files = sorted(str(p) for p in (FIXTURES / scenario).glob("*.diff"))
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), *extra, *files], capture_output=True, text=True, check=True
+        [str(SCRIPT), *extra, *files], capture_output=True, text=True, check=True
     )
     return result.stdout
 
@@ -124,7 +123,7 @@ def test_bad_cost_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"dev": "cheap"}))
     files = [str(p) for p in (FIXTURES / "mixed").glob("*.diff")]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cost-after", str(bad), *files],
+        [str(SCRIPT), "--cost-after", str(bad), *files],
         capture_output=True,
         text=True,
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from scripts.synth_summary import ACK_TYPE, acknowledgments
-from scripts.synth_summary import main as summary_main
+from humansa_ops.synth_summary import ACK_TYPE, acknowledgments
+from humansa_ops.synth_summary import main as summary_main
 from tests.conftest import Synth
 
 SERVICE = {

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.diff_comment import DEFAULT_MARKER
+from humansa_ops.diff_comment import DEFAULT_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -49,8 +49,8 @@ def _zizmor(*paths: Path) -> list[dict[str, Any]]:
     return findings
 
 
-def test_the_three_workflows_exist() -> None:
-    assert [p.name for p in FILES] == ["ci.yml", "diff.yml", "release.yml"]
+def test_the_workflows_exist() -> None:
+    assert [p.name for p in FILES] == ["ci.yml", "diff.yml", "release.yml", "rollback.yml"]
 
 
 def test_zizmor_reports_nothing_at_medium_or_above() -> None:
@@ -173,3 +173,16 @@ def test_release_builds_two_platforms_then_deploys_production_through_oidc() -> 
     # only the image job may write packages
     others = [j for n, j in workflow["jobs"].items() if n != "image"]
     assert all("packages" not in j["permissions"] for j in others)
+
+
+def test_rollback_is_dispatched_and_runs_make_rollback() -> None:
+    workflow = _load(WORKFLOWS / "rollback.yml")
+    assert set(workflow["on"]) == {"workflow_dispatch"}
+    assert set(workflow["on"]["workflow_dispatch"]["inputs"]) == {"environment", "version"}
+    (job,) = workflow["jobs"].values()
+    assert job["environment"] == "${{ inputs.environment }}"  # its reviewers apply
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    checkout = next(s for s in job["steps"] if "actions/checkout" in s.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] == 0  # the release tags
+    assert job["steps"][-1]["run"] == 'make rollback "ENV=$TARGET_ENV" "TO=$VERSION"'
+    assert job["env"]["VERSION"] == "${{ inputs.version }}"

@@ -59,7 +59,7 @@ async def require_key(request: Request, state: StateDep) -> KeyInfo:
             code="invalid_api_key",
         )
     request.scope["state"]["api_key_id"] = info.id
-    state.limiter.check(info)  # per-key requests per minute: 429 + Retry-After
+    await state.governor.admit(request, info)  # expiry, models, budgets, RPM/TPM, concurrency
     return info
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ml_server.db.models import ApiKey
+from ml_server.limits import KeyPolicy
 
 KEY_PREFIX = "hsk-"
 
@@ -29,6 +30,7 @@ class KeyInfo:
     id: int
     name: str
     rpm: int | None = None  # None: the server's RATE_LIMIT_RPM; 0: no limit
+    policy: KeyPolicy | None = None  # models, TPM, concurrency, budgets, expiry (limits.py)
 
 
 async def create_key(
@@ -91,7 +93,11 @@ class KeyVerifier:
             if cached is not None and cached[1] is not None:
                 return cached[1]
             raise
-        info = KeyInfo(row.id, row.name, row.rate_limit_rpm) if row is not None else None
+        info = (
+            KeyInfo(row.id, row.name, row.rate_limit_rpm, KeyPolicy.from_row(row))
+            if row is not None
+            else None
+        )
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now, info)

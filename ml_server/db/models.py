@@ -24,6 +24,14 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Requests per minute for this key; NULL = the server's RATE_LIMIT_RPM, 0 = no limit.
     rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Governance (migration 0004, ml_server/limits.py): NULL = no such limit.
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    allowed_models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of globs
+    tpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_daily_usd: Mapped[Decimal | None] = mapped_column(Numeric(20, 6), nullable=True)
+    budget_monthly_usd: Mapped[Decimal | None] = mapped_column(Numeric(20, 6), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class UsageRecord(Base):

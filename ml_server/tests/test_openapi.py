@@ -56,7 +56,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
     result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, check=False,
+        cmd, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
     )  # fmt: skip
     print(result.stdout[-6000:])

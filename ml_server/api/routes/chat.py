@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ml_server.api.accounting import account, accounted_call
+from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import ApiError, invalid_request
 from ml_server.providers.base import ChatStream, ProviderError, Usage
@@ -145,7 +145,7 @@ async def chat_completions(
                 started=started,
             )
         raise failure
-    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started))
+    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started, body))
 
 
 async def _relay(
@@ -155,9 +155,11 @@ async def _relay(
     opening: asyncio.Future[ChatStream],
     keepalive: float,
     started: float,
+    body: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     status = 200
     upstream: ChatStream | None = None
+    events_out = 0  # SSE events relayed: the estimate of the output when no usage comes
     try:
         while not opening.done():
             done, _ = await asyncio.wait({opening}, timeout=keepalive)
@@ -180,11 +182,14 @@ async def _relay(
                     if ready:
                         break
                     yield KEEPALIVE
-                yield first.result()
+                chunk = first.result()
+                events_out += chunk.count(b"data: ")
+                yield chunk
             finally:
                 if not first.done():
                     first.cancel()
             async for event in events:
+                events_out += event.count(b"data: ")
                 yield event
         except StopAsyncIteration:
             pass
@@ -198,8 +203,14 @@ async def _relay(
     finally:
         if not opening.done():
             opening.cancel()
+        usage = Usage()
         if upstream is not None:
             await upstream.aclose()
+            usage = upstream.usage
+            if not (usage.prompt_tokens or usage.completion_tokens):
+                # Opened, so billed, but no usage came (client left, stream cut, provider
+                # reports none): record an estimate, flagged as such.
+                usage = estimate_usage(body, events_out)
         account(
             state,
             request,
@@ -207,6 +218,6 @@ async def _relay(
             endpoint="chat",
             stream=True,
             status=status,
-            usage=upstream.usage if upstream is not None else Usage(),
+            usage=usage,
             started=started,
         )

@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ml_server.api.accounting import account, accounted_call
+from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import json_body, require_key
 from ml_server.api.routes.chat import EventStreamResponse
 from ml_server.errors import ApiError, invalid_request
@@ -110,7 +110,7 @@ async def messages(request: Request) -> Response:
         return anthropic_error(exc)
     return EventStreamResponse(
         relay(state, request, route, opening, started, endpoint="messages",
-              keepalive_event=PING, error_event=_messages_error_event)
+              keepalive_event=PING, error_event=_messages_error_event, body=body)
     )  # fmt: skip
 
 
@@ -124,12 +124,14 @@ async def relay(
     endpoint: str,
     keepalive_event: bytes,
     error_event: Callable[[ApiError], bytes],
+    body: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """Send a stream opened by the router: keep-alive events until it opens, its events, an
     error event if it fails; the usage row is written at the end (499 if the client left)."""
     keepalive = state.settings.stream_keepalive_seconds
     status = 200
     upstream: ChatStream | None = None
+    events_out = 0  # for the estimate when no usage comes
     try:
         while not opening.done():
             done, _ = await asyncio.wait({opening}, timeout=keepalive)
@@ -138,6 +140,7 @@ async def relay(
         try:
             upstream = opening.result()
             async for event in upstream.events():
+                events_out += event.count(b"data: ")
                 yield event
         except ApiError as exc:
             status = exc.status
@@ -148,11 +151,14 @@ async def relay(
     finally:
         if not opening.done():
             opening.cancel()
+        usage = Usage()
         if upstream is not None:
             await upstream.aclose()
+            usage = upstream.usage
+            if not (usage.prompt_tokens or usage.completion_tokens):
+                usage = estimate_usage(body, events_out)  # opened, so billed: flagged estimate
         account(state, request, route, endpoint=endpoint, stream=True, status=status,
-                usage=upstream.usage if upstream is not None else Usage(),
-                started=started)  # fmt: skip
+                usage=usage, started=started)  # fmt: skip
 
 
 async def open_stream(

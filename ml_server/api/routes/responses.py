@@ -70,5 +70,5 @@ async def create_response(
     opening = await open_stream(state, request, route, body, endpoint="responses", started=started)
     return EventStreamResponse(
         relay(state, request, route, opening, started, endpoint="responses",
-              keepalive_event=KEEPALIVE, error_event=_error_event)
+              keepalive_event=KEEPALIVE, error_event=_error_event, body=body)
     )  # fmt: skip

@@ -3,12 +3,12 @@
 
 Reads ``cdk.out/manifest.json`` and every stack template it lists, groups the stacks by
 environment (``Humansa-<Env>-<Layer>`` -> ``<Env>``), prices each billable resource from the
-committed table ``pricing/prices.yaml`` for the stack's region, and prints a table per
+committed table ``humansa_ops/pricing/prices.yaml`` for the stack's region, and prints a table per
 environment (or JSON, or a one-line summary). Everything it prints is an ESTIMATE: traffic
 driven prices use the assumptions stated in the price table and are listed under each table.
 
 Usage:
-    python scripts/cost.py [CDK_OUT] [--env NAME] [--region REGION] [--json | --summary]
+    python -m humansa_ops.cost [CDK_OUT] [--env NAME] [--region REGION] [--json | --summary]
         [--prices FILE]
 
 Exit status: 0 on success, 2 when an input is wrong or a price is missing (the message names
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PRICES = ROOT / "pricing" / "prices.yaml"
+DEFAULT_PRICES = Path(__file__).resolve().parent / "pricing" / "prices.yaml"
 DEFAULT_REGION = "ap-east-1"
 UNSOURCED = "unsourced"
 
@@ -117,7 +117,7 @@ class PriceMissingError(CostError):
         self.region = region
         super().__init__(
             f"no price for {resource_type} {resource} in {region}: price key {key!r} is not in "
-            f"pricing/prices.yaml regions.{region}; add it with its public source and date"
+            f"humansa_ops/pricing/prices.yaml regions.{region}; add it with its source and date"
         )
 
 
@@ -1027,7 +1027,7 @@ def render_table(estimates: Mapping[str, Estimate], table: PriceTable) -> str:
             lines.append("  NOT PRICED (unknown billable types): " + ", ".join(est.not_priced))
         if est.unsourced:
             lines.append(
-                "  WARNING: unsourced prices used (see pricing/prices.yaml notes): "
+                "  WARNING: unsourced prices used (see humansa_ops/pricing/prices.yaml notes): "
                 + ", ".join(sorted(est.unsourced))
             )
         lines.append("")

@@ -20,7 +20,7 @@ environment name to either a number of US dollars per month, ``{"dev": 61.3}``, 
 ``total_usd`` number, as ``scripts/cost.py --json`` prints: ``{"dev": {"total_usd": 61.3, ...}}``.
 
 Usage:
-    python scripts/diff_comment.py [--title TEXT] [--source TEXT] [--marker TEXT]
+    python -m humansa_ops.diff_comment [--title TEXT] [--source TEXT] [--marker TEXT]
         [--cost-before FILE] [--cost-after FILE] DIFF_FILE [DIFF_FILE ...]
 """
 

@@ -1,0 +1,1 @@
+"""The admin API (``/admin/``: keys, usage, audit) and its command line (``make keys``)."""

@@ -1,0 +1,293 @@
+"""``/admin/``: create, list, show, update and revoke API keys; usage; the audit log.
+
+Authenticated by ``Authorization: Bearer <ADMIN_API_KEY>`` (a Secrets Manager secret delivered as
+a file, like the provider keys). ``X-Admin-Actor`` names the person or role calling (the
+``make keys`` command sends the caller's AWS identity); each call, refused ones included, is
+written to ``admin_audit`` and to the log as one line (who, what, when, status), never with a key.
+Changes reach every server within ``KEY_CACHE_SECONDS`` (the key cache), limits within that plus
+``LIMITS_SYNC_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ml_server.admin import store
+from ml_server.api.deps import StateDep
+from ml_server.errors import ApiError
+from ml_server.state import AppState
+
+audit_log = logging.getLogger("ml_server.audit")
+ACTOR_HEADER = "x-admin-actor"
+
+
+def _actor(request: Request) -> str:
+    raw = request.headers.get(ACTOR_HEADER, "").strip()
+    cleaned = "".join(c for c in raw if c.isprintable())[:200]
+    return cleaned or "admin"
+
+
+class AuditedRoute(APIRoute):
+    """Writes one audit entry per call, whatever its outcome (401 and 422 included)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+        action = f"{','.join(sorted(self.methods or ()))} {self.path_format}"
+
+        async def handler(request: Request) -> Response:
+            status = 500
+            try:
+                response = await original(request)
+                status = response.status_code
+                return response
+            except ApiError as exc:
+                status = exc.status
+                raise
+            except HTTPException as exc:
+                status = exc.status_code
+                raise
+            except RequestValidationError:
+                status = 422
+                raise
+            finally:
+                await _audit(request, action, status)
+
+        return handler
+
+
+async def _audit(request: Request, action: str, status: int) -> None:
+    scope_state = request.scope.setdefault("state", {})
+    authed = scope_state.get("admin_authenticated", False)
+    target = scope_state.get("admin_target") or request.path_params.get("key_id")
+    entry = {
+        "at": datetime.now(UTC),
+        "actor": _actor(request) if authed else "unauthenticated",
+        "action": action,
+        "target": None if target is None else f"key:{target}",
+        "status": status,
+        "detail": json.dumps(scope_state["admin_detail"])
+        if scope_state.get("admin_detail")
+        else None,
+        "client": (request.client.host if request.client else "")[:64],
+    }
+    audit_log.info(
+        "admin call",
+        extra={"fields": {**{k: v for k, v in entry.items() if k != "at"}, "audit": True}},
+    )
+    state: AppState = request.app.state.ml
+    try:
+        async with state.sessions() as session:
+            await store.write_audit(session, entry)
+    except Exception as exc:  # the log line above still records the call
+        audit_log.warning(
+            "admin audit row not written", extra={"fields": {"error": type(exc).__name__}}
+        )
+
+
+async def require_admin(request: Request, state: StateDep) -> str:
+    configured = state.settings.admin_api_key
+    expected = configured.get_secret_value().strip() if configured is not None else ""
+    if not expected:
+        raise ApiError(
+            503,
+            "The admin API is disabled: ADMIN_API_KEY is not set on this server",
+            type="api_error",
+            code="admin_api_disabled",
+        )
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise ApiError(
+            401,
+            "Missing or incorrect admin key: send 'Authorization: Bearer <ADMIN_API_KEY>'",
+            type="invalid_request_error",
+            code="invalid_admin_key",
+        )
+    request.scope["state"]["admin_authenticated"] = True
+    return _actor(request)
+
+
+AdminDep = Annotated[str, Depends(require_admin)]
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuditedRoute)
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str | None = Field(default=None, max_length=200)
+    allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, description="globs such as 'openai/*'; empty or null = every model"
+    )
+    rpm: int | None = Field(default=None, ge=0, description="null = RATE_LIMIT_RPM; 0 = none")
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+    budget_daily_usd: float | None = Field(default=None, ge=0)
+    budget_monthly_usd: float | None = Field(default=None, ge=0)
+    expires_at: AwareDatetime | None = None
+
+
+class KeyCreate(_KeyFields):
+    name: str = Field(min_length=1, max_length=200)
+    expires_in_days: float | None = Field(default=None, gt=0, description="or expires_at")
+
+
+class KeyUpdate(_KeyFields):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_null(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError("name cannot be null")
+        return value
+
+
+def _state(request: Request) -> dict[str, Any]:
+    state: dict[str, Any] = request.scope["state"]
+    return state
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreate, request: Request, state: StateDep, _: AdminDep) -> Any:
+    fields = body.model_dump(exclude={"expires_in_days"}, exclude_none=True)
+    if body.expires_in_days is not None:
+        if body.expires_at is not None:
+            raise ApiError(
+                422,
+                "Give expires_at or expires_in_days, not both",
+                type="invalid_request_error",
+                code="invalid_request",
+                param="expires_in_days",
+            )
+        fields["expires_at"] = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+    async with state.sessions() as session:
+        row, secret = await store.create_key(session, fields)
+    view = store.key_view(row)
+    _state(request)["admin_target"] = row.id
+    _state(request)["admin_detail"] = {"fields": sorted(fields)}
+    return {**view, "key": secret, "note": "The key is shown only once: store it now."}
+
+
+@router.get("/keys")
+async def list_keys(state: StateDep, _: AdminDep, include_revoked: bool = False) -> dict[str, Any]:
+    async with state.sessions() as session:
+        rows = await store.list_keys(session, include_revoked=include_revoked)
+    return {"object": "list", "data": [store.key_view(r) for r in rows]}
+
+
+def _not_found(key_id: int) -> ApiError:
+    return ApiError(
+        404,
+        f"No API key with id {key_id}",
+        type="invalid_request_error",
+        code="key_not_found",
+        param="key_id",
+    )
+
+
+@router.get("/keys/{key_id}")
+async def show_key(key_id: int, state: StateDep, _: AdminDep) -> dict[str, Any]:
+    async with state.sessions() as session:
+        row = await store.get_key(session, key_id)
+        if row is None:
+            raise _not_found(key_id)
+        return store.key_view(row)
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(
+    key_id: int, body: KeyUpdate, request: Request, state: StateDep, _: AdminDep
+) -> dict[str, Any]:
+    fields = body.model_dump(exclude_unset=True)
+    if not fields:
+        raise ApiError(
+            422,
+            f"Nothing to update: give one or more of {', '.join(store.KEY_FIELDS)}",
+            type="invalid_request_error",
+            code="invalid_request",
+        )
+    _state(request)["admin_detail"] = {"fields": sorted(fields)}
+    async with state.sessions() as session:
+        row = await store.get_key(session, key_id)
+        if row is None:
+            raise _not_found(key_id)
+        if row.revoked_at is not None:
+            raise ApiError(
+                409,
+                f"API key {key_id} is revoked; create a new key instead",
+                type="invalid_request_error",
+                code="key_revoked",
+            )
+        row = await store.update_key(session, row, fields)
+        return store.key_view(row)
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: int, state: StateDep, _: AdminDep) -> dict[str, Any]:
+    async with state.sessions() as session:
+        row = await store.get_key(session, key_id)
+        if row is None:
+            raise _not_found(key_id)
+        row = await store.revoke_key(session, row)
+        return store.key_view(row)
+
+
+@router.get("/usage")
+async def usage(
+    state: StateDep,
+    _: AdminDep,
+    start: Annotated[date | None, Query(description="first UTC day (default: 30 days ago)")] = None,
+    end: Annotated[date | None, Query(description="last UTC day (default: today)")] = None,
+    key_id: int | None = None,
+) -> dict[str, Any]:
+    today = datetime.now(UTC).date()
+    last = end or today
+    first = start or (last - timedelta(days=29))
+    if first > last:
+        raise ApiError(
+            422,
+            f"start ({first}) is after end ({last})",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="start",
+        )
+    started = time.perf_counter()
+    async with state.sessions() as session:
+        rows = await store.usage_report(
+            session, start=first, end=last + timedelta(days=1), key_id=key_id
+        )
+    totals: dict[str, float] = {}
+    for r in rows:
+        if r["cost_usd"] is not None and r["key_id"] is not None:
+            k = str(r["key_id"])
+            totals[k] = totals.get(k, 0.0) + r["cost_usd"]
+    return {
+        "object": "usage_report",
+        "start": first.isoformat(),
+        "end": last.isoformat(),
+        "data": rows,
+        "cost_usd_by_key": totals,
+        "query_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+@router.get("/audit")
+async def audit(
+    state: StateDep, _: AdminDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    async with state.sessions() as session:
+        return {"object": "list", "data": await store.read_audit(session, limit)}
