@@ -20,9 +20,11 @@ from ml_server import __version__
 from ml_server import catalog as model_catalog
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
+from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
+from ml_server.api.routes import responses as responses_route
 from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         sessions = make_sessionmaker(engine)
         router = Router(
-            build_providers(settings),
+            build_providers(settings, catalog),
             metrics,
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,
@@ -263,7 +265,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fast_routes=fast_routes,
         body_timeout=settings.body_read_timeout_seconds,
     )
-    for module in (health, metrics_route, models, chat, embeddings, usage_route, messages_route):
+    for module in (
+        health,
+        metrics_route,
+        models,
+        chat,
+        embeddings,
+        usage_route,
+        messages_route,
+        responses_route,
+    ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)
+    install_openapi(app)
     return app

@@ -177,9 +177,12 @@ class _PrimedStream(ChatStream):
         await self._inner.aclose()
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(
+    settings: Settings, catalog: model_catalog.Catalog | None = None
+) -> dict[str, Provider]:
     """One provider object per configured credential (plus ``fake`` when enabled)."""
     providers: dict[str, Provider] = {}
+    models = catalog or model_catalog.default()
 
     def read_timeout(name: str) -> float:
         """``PROVIDER_TIMEOUTS[name].read`` or PROVIDER_TIMEOUT_SECONDS."""
@@ -230,6 +233,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
             default_max_tokens=settings.anthropic_default_max_tokens,
             timeout=read_timeout("anthropic"),
             connect_timeout=connect_timeout("anthropic"),
+            max_output=lambda m: getattr(models.find("anthropic", m), "max_output_tokens", None),
+            adaptive=lambda m: getattr(models.find("anthropic", m), "thinking", None) == "adaptive",
         )
     if settings.fake_provider_enabled:
         providers["fake"] = FakeProvider()

@@ -230,6 +230,10 @@ class FakeProvider:
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
             return self._error(anthropic, 400, "body must be a JSON object")
+        if path.endswith("/responses") and isinstance(body, dict):
+            return await _openai_responses(request, body)
+        if anthropic and not _well_formed_messages(body):
+            return self._error(True, 400, "messages: each must be {role, content}")
         if path.endswith("/messages/count_tokens"):
             return _json({"input_tokens": _rich_usage(body, [], set())["input_tokens"]})
         if anthropic and _wants_rich(model, body):
@@ -567,6 +571,18 @@ class FakeProvider:
 _RICH_WORDS = ("rich", "streamerror", "pause")
 
 
+def _well_formed_messages(body: dict[str, Any]) -> bool:
+    """Anthropic answers 400 to messages that are not {role, content} objects."""
+    messages = body.get("messages")
+    return isinstance(messages, list) and all(
+        isinstance(m, dict)
+        and isinstance(m.get("role"), str)
+        and isinstance(m.get("content"), str | list)
+        and all(isinstance(b, dict) for b in m["content"] if isinstance(m["content"], list))
+        for m in messages
+    )
+
+
 def _blocks(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
@@ -758,6 +774,55 @@ def _rich_usage(
 def _split(text: str) -> list[str]:
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """OpenAI's Responses API: a message echoing the last user input, plain or streamed."""
+    items = body.get("input")
+    if isinstance(items, str):
+        said = items
+    else:
+        users = [i for i in items or [] if isinstance(i, dict) and i.get("role") == "user"]
+        content = users[-1].get("content") if users else ""
+        said = (
+            content
+            if isinstance(content, str)
+            else " ".join(str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
+        )
+    text = f"echo: {said}"
+    prompt, completion = _words(said), _words(text)
+    usage = {
+        "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }  # fmt: skip
+    message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+    response: dict[str, Any] = {
+        "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": body.get("model"), "output": [message],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
+    }  # fmt: skip
+    if not body.get("stream"):
+        return _json(response)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    seq = 0
+
+    async def event(data: dict[str, Any]) -> None:
+        nonlocal seq
+        seq += 1
+        payload = orjson.dumps({**data, "sequence_number": seq})
+        await resp.write(b"event: " + str(data["type"]).encode() + b"\ndata: " + payload + b"\n\n")
+
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    await event({"type": "response.created", "response": started})
+    for piece in _split(text):
+        await event({"type": "response.output_text.delta", "item_id": "msg_fake",
+                     "output_index": 0, "content_index": 0, "delta": piece})  # fmt: skip
+    await event({"type": "response.completed", "response": response})
+    await resp.write_eof()
+    return resp
 
 
 def main() -> None:

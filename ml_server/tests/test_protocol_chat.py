@@ -349,3 +349,43 @@ async def test_router_retries_a_stream_that_fails_before_content(fake: FakeProvi
         assert router.counters.retries.get("anthropic") == 1
     finally:
         await router.close()
+
+
+def test_missing_max_tokens_is_the_models_max_output(
+    client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    """OpenAI's "no max_tokens" means up to the model's limit: the catalogue's max output."""
+    client.chat.completions.create(
+        model="anthropic/claude-sonnet-4-5-20250929",  # a dated snapshot of a catalogue entry
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert fake.last("/messages")["body"]["max_tokens"] == 64000
+
+
+def test_adaptive_models_get_adaptive_thinking_with_an_effort(
+    client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    reply = client.chat.completions.create(
+        model="anthropic/claude-opus-5-5",
+        messages=[{"role": "user", "content": "think"}],
+        reasoning_effort="medium",
+    )
+    body = fake.last("/messages")["body"]
+    assert body["thinking"] == {"type": "adaptive"}
+    assert body["output_config"] == {"effort": "medium"}
+    assert body["max_tokens"] == 128000
+    assert (reply.choices[0].message.model_extra or {})[
+        "reasoning_content"
+    ] == "Thinking about: think"
+
+
+def test_a_non_string_role_is_a_422_not_a_500(server: Any, api_key: str) -> None:
+    """Found by schemathesis: ``"role": {}`` raised TypeError (unhashable) in the check."""
+    import httpx
+
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"model": "openai/gpt-4o", "messages": [{"role": {}, "content": None}]},
+    )
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages[0].role"

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ml_server.api.accounting import account, accounted_call
+from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import json_body, require_key
 from ml_server.api.routes.chat import EventStreamResponse
 from ml_server.errors import ApiError, invalid_request
@@ -103,52 +103,88 @@ async def messages(request: Request) -> Response:
                 state, request, route, call, endpoint="messages", started=started
             )
             return Response(result.body, media_type="application/json")
-        opening = asyncio.ensure_future(state.router.chat_stream(route, body))
-        await asyncio.wait({opening}, timeout=state.settings.stream_keepalive_seconds)
-        failure = opening.exception() if opening.done() else None
-        if failure is not None:
-            if isinstance(failure, ProviderError):
-                account(state, request, route, endpoint="messages", stream=True,
-                        status=failure.status, usage=Usage(), started=started)  # fmt: skip
-            raise failure
+        opening = await open_stream(
+            state, request, route, body, endpoint="messages", started=started
+        )
     except ApiError as exc:
         return anthropic_error(exc)
-    return EventStreamResponse(_relay(state, request, route, opening, started))
+    return EventStreamResponse(
+        relay(state, request, route, opening, started, endpoint="messages",
+              keepalive_event=PING, error_event=_messages_error_event, body=body)
+    )  # fmt: skip
 
 
-async def _relay(
+async def relay(
     state: AppState,
     request: Request,
     route: Route,
     opening: asyncio.Future[ChatStream],
     started: float,
+    *,
+    endpoint: str,
+    keepalive_event: bytes,
+    error_event: Callable[[ApiError], bytes],
+    body: dict[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
+    """Send a stream opened by the router: keep-alive events until it opens, its events, an
+    error event if it fails; the usage row is written at the end (499 if the client left)."""
     keepalive = state.settings.stream_keepalive_seconds
     status = 200
     upstream: ChatStream | None = None
+    events_out = 0  # for the estimate when no usage comes
     try:
         while not opening.done():
             done, _ = await asyncio.wait({opening}, timeout=keepalive)
             if not done:
-                yield PING
+                yield keepalive_event
         try:
             upstream = opening.result()
             async for event in upstream.events():
+                events_out += event.count(b"data: ")
                 yield event
         except ApiError as exc:
             status = exc.status
-            yield b"event: error\ndata: " + _error_data(exc) + b"\n\n"
+            yield error_event(exc)
     except (asyncio.CancelledError, GeneratorExit):
         status = 499
         raise
     finally:
         if not opening.done():
             opening.cancel()
+        usage = Usage()
         if upstream is not None:
             await upstream.aclose()
-        account(state, request, route, endpoint="messages", stream=True, status=status,
-                usage=upstream.usage if upstream is not None else Usage(),
-                started=started)  # fmt: skip
+            usage = upstream.usage
+            if not (usage.prompt_tokens or usage.completion_tokens):
+                usage = estimate_usage(body, events_out)  # opened, so billed: flagged estimate
+        account(state, request, route, endpoint=endpoint, stream=True, status=status,
+                usage=usage, started=started)  # fmt: skip
+
+
+async def open_stream(
+    state: AppState,
+    request: Request,
+    route: Route,
+    body: dict[str, Any],
+    *,
+    endpoint: str,
+    started: float,
+) -> asyncio.Future[ChatStream]:
+    """Start opening the stream; wait up to the keep-alive interval so that an early refusal
+    keeps its HTTP status (raised, with its usage row)."""
+    opening = asyncio.ensure_future(state.router.chat_stream(route, body))
+    await asyncio.wait({opening}, timeout=state.settings.stream_keepalive_seconds)
+    failure = opening.exception() if opening.done() else None
+    if failure is not None:
+        if isinstance(failure, ProviderError):
+            account(state, request, route, endpoint=endpoint, stream=True,
+                    status=failure.status, usage=Usage(), started=started)  # fmt: skip
+        raise failure
+    return opening
+
+
+def _messages_error_event(exc: ApiError) -> bytes:
+    return b"event: error\ndata: " + _error_data(exc) + b"\n\n"
 
 
 @router.post("/messages/count_tokens")
