@@ -72,5 +72,13 @@ serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .hum
 bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--requests 5000"), ~1 min
 	$(PY) benchmarks/gateway_overhead.py $(BENCH_ARGS)
 
+keys: $(VENV)/.installed ## API keys via the admin API: make keys [ENV=staging] ARGS="list|create --name N ...|update ID ...|revoke ID" (no ENV: make serve)
+	$(PY) -m ml_server.admin.cli $(if $(ENV),--env $(ENV),) keys $(ARGS)
+
+usage: $(VENV)/.installed ## Spend by key, model and day: make usage [ENV=production] [ARGS="--start 2026-12-01 --key 7"]
+	$(PY) -m ml_server.admin.cli $(if $(ENV),--env $(ENV),) usage $(ARGS)
+
+.PHONY: keys usage
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

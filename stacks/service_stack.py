@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
@@ -147,6 +147,11 @@ class ServiceStack(Stack):
         database_sg.add_ingress_rule(
             self.fleet.security_group, ec2.Port.tcp(DB_PORT), "Fleet to PostgreSQL"
         )
+
+        # Read by `make keys` / `make usage` (ml_server/admin/cli.py) to reach the admin API.
+        scheme = "https" if config.service.certificate_arn else "http"
+        host = config.service.domain_name or self.load_balancer.alb.load_balancer_dns_name
+        CfnOutput(self, "ServiceUrl", value=f"{scheme}://{host}", description="Server base URL")
 
         self.parameters = Parameters(
             self,
