@@ -99,8 +99,8 @@ class BootSettings:
         health_path: local readiness and health-check path. Default ``/health``.
         container_uid: uid of the image's non-root user; owns the secret files. Default 10001.
         drain_seconds: ``docker stop -t``: seconds from SIGTERM to SIGKILL. Covers the server's
-            DRAIN_SECONDS (25) plus its usage flush (at most 4 s); the unit's stop timeout
-            (drain_seconds + 30) exceeds it. Default 30.
+            DRAIN_SECONDS (600) plus its usage flush (at most 4 s); the unit's stop timeout
+            (drain_seconds + 30) exceeds it. Default 610.
         fetch_attempts: bounded attempts for every SSM / Secrets Manager / ECR call. Default 5.
         fetch_backoff_seconds: first back-off, doubled each retry. Default 2.
     """
@@ -116,7 +116,7 @@ class BootSettings:
     container_port: int = 5001
     health_path: str = "/health"
     container_uid: int = 10001
-    drain_seconds: int = 30
+    drain_seconds: int = 610
     fetch_attempts: int = 5
     fetch_backoff_seconds: int = 2
 

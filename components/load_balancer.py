@@ -11,8 +11,9 @@ from components.acks import acknowledge
 from config.model import ServiceConfig
 
 # In-flight requests on a deregistered target get this long. The server's own drain on SIGTERM
-# (DRAIN_SECONDS, 25 s) stays below it: the ALB cuts what is still open at 30 s anyway.
-DEREGISTRATION_DELAY_SECONDS = 30
+# (DRAIN_SECONDS, 600 s: no stream under 10 minutes is cut) stays below it: the ALB cuts what is
+# still open at 610 s anyway. Deregistration ends early once no request is in flight.
+DEREGISTRATION_DELAY_SECONDS = 610
 
 
 class LoadBalancer(Construct):

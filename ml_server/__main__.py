@@ -1,6 +1,7 @@
 """Command line:
 ``python -m ml_server serve | migrate | keys create --name N [--rpm N] | keys list |
-keys set-rpm ID N|default | keys revoke ID``.
+keys set-rpm ID N|default | keys revoke ID | usage [--since D] [--until D] [--key ID]
+[--model M] [--json]``.
 
 Run ``python -m ml_server --help`` for details.
 """
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -104,6 +106,44 @@ def cmd_keys_revoke(settings: Settings, key_id: int) -> int:
         return 1
     print(f"Revoked key {key_id} (servers stop accepting it within KEY_CACHE_SECONDS)")
     return 0
+
+
+def cmd_usage(settings: Settings, args: argparse.Namespace) -> None:
+    import json
+
+    from ml_server.usage_report import usage_report
+
+    _migrate(settings)
+    rows = asyncio.run(
+        _with_sessions(
+            settings,
+            lambda s: usage_report(
+                s, since=args.since, until=args.until, key_id=args.key, model=args.model
+            ),
+        )
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(
+        f"{'DAY':<10} {'KEY':>4} {'MODEL':<36} {'REQS':>6} {'INPUT':>10} {'CACHED':>9} "
+        f"{'CWRITE':>8} {'OUTPUT':>9} {'REASON':>8} {'COST_USD':>12} UNPRICED"
+    )
+    for r in rows:
+        key = "-" if r["api_key_id"] is None else str(r["api_key_id"])
+        print(
+            f"{r['day']:<10} {key:>4} {r['model'][:36]:<36} {r['requests']:>6} "
+            f"{r['input_tokens']:>10} {r['cached_input_tokens']:>9} {r['cache_write_tokens']:>8} "
+            f"{r['output_tokens']:>9} {r['reasoning_tokens']:>8} {r['cost_usd']:>12} "
+            f"{r['unpriced_requests']}"
+        )
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a day is YYYY-MM-DD, not {value!r}") from None
 
 
 def cmd_serve(settings: Settings, *, local: bool) -> None:
@@ -239,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     set_rpm.add_argument("rpm", type=_rpm, help="N >= 0 (0 = no limit) or 'default'")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=int)
+    usage = sub.add_parser("usage", help="tokens and spend by day, key and model")
+    usage.add_argument("--since", type=_day, help="first day (UTC), default: 6 days ago")
+    usage.add_argument("--until", type=_day, help="last day (UTC), default: today")
+    usage.add_argument("--key", type=int, help="only this key id")
+    usage.add_argument("--model", help="only this model (provider/model)")
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table")
     args = parser.parse_args(argv)
 
     try:
@@ -252,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         _migrate(settings)
         print("migrations applied")
+    elif args.command == "usage":
+        cmd_usage(settings, args)
     elif args.keys_command == "create":
         cmd_keys_create(settings, args.name, args.rpm)
     elif args.keys_command == "list":

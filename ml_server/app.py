@@ -21,6 +21,7 @@ from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import metrics as metrics_route
+from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
 from ml_server.db.keys import KeyVerifier
@@ -34,7 +35,7 @@ from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
 
 log = logging.getLogger("ml_server")
-# After the drain: DRAIN_SECONDS (25) + this (4) stays inside Docker's stop grace (30 s).
+# After the drain: DRAIN_SECONDS (600) + this (4) stays inside Docker's stop grace (610 s).
 USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
 
 
@@ -132,6 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_size=settings.usage_batch_size,
             flush_seconds=settings.usage_flush_seconds,
             retry_max_seconds=settings.usage_retry_max_seconds,
+            spool_dir=Path(
+                settings.usage_spool_dir or Path(settings.local_data_dir) / "usage-spool"
+            ),
+            spool_max_bytes=settings.usage_spool_max_bytes,
+            stuck_seconds=settings.usage_stuck_seconds,
         )
         state = AppState(
             settings=settings,
@@ -239,7 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
     )
-    for module in (health, metrics_route, models, chat, embeddings):
+    for module in (health, metrics_route, models, chat, embeddings, usage_route):
         app.include_router(module.router)
     app.include_router(admin_routes.router)
     return app

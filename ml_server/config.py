@@ -140,8 +140,10 @@ class Settings(BaseSettings):
     # Processes serving the port (uvicorn workers); 0 = one per CPU (nproc).
     web_concurrency: int = Field(default=1, ge=0, le=64)
     # SIGTERM: stop accepting, let requests and streams finish for this long, flush usage, exit 0.
-    # Below the ALB deregistration delay (30 s) and Docker's stop grace (30 s).
-    drain_seconds: int = Field(default=25, ge=0, le=3600)
+    # 600 s: a rollout cuts no stream shorter than 10 minutes (long reasoning answers; the same
+    # as PROVIDER_TIMEOUT_SECONDS). Below the ALB deregistration delay (610 s) and Docker's stop
+    # grace (610 s); an instance with no open stream stops at once.
+    drain_seconds: int = Field(default=600, ge=0, le=3600)
 
     # Usage accounting.
     usage_queue_size: int = Field(default=10_000, ge=1)

@@ -37,6 +37,8 @@ class ApiError(Exception):
         self.kind = kind
         self.retry_after = retry_after
         self.param = param
+        # The provider's request id for this failure, sent as X-Upstream-Request-Id.
+        self.upstream_request_id: str | None = None
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -47,6 +49,8 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 def error_response(exc: ApiError) -> Response:
     headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
+    if exc.upstream_request_id:
+        headers = {**(headers or {}), "X-Upstream-Request-Id": exc.upstream_request_id}
     return Response(
         error_body(exc.message, exc.type, exc.code, exc.param),
         status_code=exc.status,

@@ -59,6 +59,35 @@ class Metrics:
         self.usage_write_errors = Counter(
             "mlserver_usage_write_errors_total", "Failed batch writes (retried)", registry=r
         )
+        self.usage_rows_quarantined = Counter(
+            "mlserver_usage_rows_quarantined_total",
+            "Usage rows the database refused (value out of range, ...): kept in usage_quarantine",
+            registry=r,
+        )
+        self.usage_rows_spooled = Counter(
+            "mlserver_usage_rows_spooled_total",
+            "Usage rows kept in the local spool (database unreachable, shutdown)",
+            registry=r,
+        )
+        self.usage_rows_replayed = Counter(
+            "mlserver_usage_rows_replayed_total",
+            "Usage rows written from the local spool",
+            registry=r,
+        )
+        self.usage_spool_bytes = Gauge(
+            "mlserver_usage_spool_bytes", "Size of the local usage spool", registry=r
+        )
+        self.usage_writer_stuck = Gauge(
+            "mlserver_usage_writer_stuck",
+            "1 when rows wait and nothing was written for USAGE_STUCK_SECONDS",
+            registry=r,
+        )
+        self.usage_unpriced_rows = Counter(
+            "mlserver_usage_unpriced_rows_total",
+            "Usage rows with tokens whose model has no price in the catalogue (cost NULL)",
+            ["provider"],
+            registry=r,
+        )
         # Label children bound once: ``.labels()`` costs a lock and a tuple build per call.
         self._children: dict[tuple[Any, ...], Any] = {}
 

@@ -18,7 +18,14 @@ from ml_server import catalog as model_catalog
 from ml_server.config import Settings
 from ml_server.metrics import Metrics
 from ml_server.providers.anthropic import AnthropicProvider
-from ml_server.providers.base import ChatResult, ChatStream, Provider, ProviderError, Usage
+from ml_server.providers.base import (
+    ChatResult,
+    ChatStream,
+    Provider,
+    ProviderError,
+    Usage,
+    has_content,
+)
 from ml_server.providers.fake import FAKE_MODELS, FakeProvider
 from ml_server.providers.openai_compat import OpenAICompatProvider
 from ml_server.resilience import (
@@ -42,9 +49,13 @@ log = logging.getLogger(__name__)
 # Failures worth another attempt (same target after a back-off, or the next target).
 RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
 # Failures that count against the provider's circuit breaker.
-BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx"})
+BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx", "quota"})
 # Failures after which the next target is tried, but not the same one again.
-FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open"})
+FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open", "quota"})
+
+
+# Opening events held back while waiting for the first content (then the stream is committed).
+_MAX_HELD_EVENTS = 8
 
 
 class ModelNotFound(ProviderError):
@@ -139,12 +150,12 @@ class _PrimedStream(ChatStream):
         self,
         inner: ChatStream,
         events: AsyncIterator[bytes],
-        first: bytes | None,
+        held: list[bytes],
         breaker: CircuitBreaker,
     ) -> None:
         self._inner = inner
         self._events = events
-        self._first = first
+        self._held = held
         self._breaker = breaker
 
     @property
@@ -156,9 +167,10 @@ class _PrimedStream(ChatStream):
         self._inner.usage = value
 
     async def events(self) -> AsyncIterator[bytes]:
-        if self._first is None:
+        if not self._held:
             return
-        yield self._first
+        for event in self._held:
+            yield event
         try:
             async for event in self._events:
                 yield event
@@ -379,17 +391,24 @@ class Router:
             return await provider.chat(target.model, body)
         if op == "embeddings":
             return await provider.embeddings(target.model, body)
-        # A stream is opened up to its first event: failures before it can still be retried.
+        # A stream is opened up to its first CONTENT (the role-only opening chunk is held back):
+        # failures before it, in-stream errors included, can still be retried or fall back.
         stream = await provider.chat_stream(target.model, body)
         events = stream.events().__aiter__()
+        held: list[bytes] = []
         try:
-            first: bytes | None = await events.__anext__()
-        except StopAsyncIteration:
-            first = None
+            while True:
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                held.append(event)
+                if has_content(event) or len(held) >= _MAX_HELD_EVENTS:
+                    break
         except BaseException:
             await stream.aclose()
             raise
-        return _PrimedStream(stream, events, first, target.breaker)
+        return _PrimedStream(stream, events, held, target.breaker)
 
     async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
         deadline = time.monotonic() + self.policy.deadline

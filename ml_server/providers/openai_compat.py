@@ -19,9 +19,11 @@ from ml_server.providers.base import (
     ChatStream,
     Provider,
     ProviderError,
+    StreamError,
     Usage,
     error_from_upstream,
     sse_lines,
+    usage_from_openai,
 )
 from ml_server.providers.http import make_session, transport_errors
 
@@ -31,9 +33,7 @@ _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
 def _usage(data: Any) -> Usage:
     if isinstance(data, dict):
-        u = data.get("usage")
-        if isinstance(u, dict):
-            return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        return usage_from_openai(data.get("usage"))
     return Usage()
 
 
@@ -159,6 +159,14 @@ class _OpenAIStream(ChatStream):
                     if payload == b"[DONE]":
                         done = True
                         break
+                    if payload.startswith(b'{"error"'):
+                        try:
+                            err = orjson.loads(payload).get("error")
+                        except (orjson.JSONDecodeError, AttributeError):
+                            err = None
+                        if out:
+                            yield b"".join(out)
+                        raise StreamError.from_event(self._provider, err)
                     if b'"usage"' in payload and not _NULL_USAGE.search(payload):
                         try:
                             data = orjson.loads(payload)
@@ -173,6 +181,8 @@ class _OpenAIStream(ChatStream):
                     yield b"".join(out)
                 if done:
                     return
+            # The body ended without "data: [DONE]": a cut stream, not a complete answer.
+            raise StreamError.incomplete(self._provider)
 
     async def aclose(self) -> None:
         if self._resp.content.at_eof():

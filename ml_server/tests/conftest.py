@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import openai
@@ -27,6 +28,8 @@ TEST_SETTINGS = {
     # test_resilience.py runs its own servers with retries, fallbacks and breakers on.
     "PROVIDER_MAX_RETRIES": "0",
     "BREAKER_FAILURE_THRESHOLD": "1000",
+    # Made-up prices for the fake provider's models (cost arithmetic end to end).
+    "MODEL_CATALOG_FILE": str(Path(__file__).resolve().parent / "catalog_fixture.yaml"),
 }
 
 

@@ -13,6 +13,16 @@ Behaviour is chosen per request through the model name (any provider prefix):
   attempt that times out, then a fast one);
 - ``x-chunkdelay-100``: stream chunks 100 ms apart;
 - ``x-breakafter-2``: a stream that drops the connection after 2 content chunks.
+- usage the provider reports (OpenAI format): ``ptok-3000000000`` sets ``prompt_tokens``,
+  ``cached-40`` ``prompt_tokens_details.cached_tokens``, ``reasoning-7``
+  ``completion_tokens_details.reasoning_tokens``, ``thoughts-9`` adds 9 to ``total_tokens`` only
+  (Gemini's thinking tokens), ``nousage`` reports none;
+- ``x-nodone``: a stream that ends (cleanly) without ``data: [DONE]``;
+- ``x-streamerror-2``: a stream (HTTP 200) that sends ``data: {"error": ...}`` (an
+  ``overloaded_error``) after 2 content chunks (0: before any content) and ends;
+- ``x-ctxlen``: 400 ``context_length_exceeded`` (with ``param`` and an ``x-request-id``);
+- ``x-geminilist``: 400 with Gemini's list-shaped error body;
+- ``x-keyleak``: 401 whose message echoes a (fake) key fragment, as OpenAI's does.
 
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
@@ -34,13 +44,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-_NUM = re.compile(r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter)-(\d+)")
-_FAILURES = ("hang", "slow", "ratelimit", "status")
+_NUM = re.compile(
+    r"(slow|status|ratelimit|firstdelay|flaky|chunkdelay|breakafter|ptok|cached|reasoning|thoughts"
+    r"|streamerror)"
+    r"-(\d+)"
+)
+_FAILURES = ("hang", "slow", "ratelimit", "status", "streamerror", "nodone")
 
 
 def _directives(model: str) -> dict[str, int]:
     found = {k: int(v) for k, v in _NUM.findall(model)}
-    for flag in ("hang", "tools"):
+    for flag in ("hang", "tools", "nousage", "nodone", "ctxlen", "geminilist", "keyleak"):
         if re.search(rf"(^|[-/_]){flag}($|[-/_])", model):
             found[flag] = 1
     return found
@@ -188,6 +202,29 @@ class FakeProvider:
             return self._error(anthropic, 429, "rate limited", {"Retry-After": str(d["ratelimit"])})
         if "status" in d:
             return self._error(anthropic, d["status"], f"simulated HTTP {d['status']}")
+        if "ctxlen" in d:
+            err = {
+                "message": "This model's maximum context length is 8192 tokens.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+            return _json({"error": err}, 400, {"x-request-id": "req_fake_ctx_123"})
+        if "geminilist" in d:
+            gem = {
+                "code": 400,
+                "message": "Invalid JSON payload: unknown field",
+                "status": "INVALID_ARGUMENT",
+            }
+            return _json([{"error": gem}], 400)
+        if "keyleak" in d:
+            leak = {
+                "message": "Incorrect API key provided: sk-proj-ab12****************wxyz. "
+                "You can find your API key at https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+            return _json({"error": leak}, 401)
         if request.method == "GET" and path.endswith("/models"):
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
@@ -234,11 +271,19 @@ class FakeProvider:
         model = body.get("model", "")
         text = "echo: " + _last_user_text(body.get("messages") or [])
         prompt = sum(_words(_text(m.get("content"))) for m in body.get("messages") or [])
-        usage = {
+        prompt = d.get("ptok", prompt)
+        usage: dict[str, Any] | None = {
             "prompt_tokens": prompt,
             "completion_tokens": _words(text),
-            "total_tokens": prompt + _words(text),
+            "total_tokens": prompt + _words(text) + d.get("thoughts", 0),
         }
+        assert usage is not None
+        if "cached" in d:
+            usage["prompt_tokens_details"] = {"cached_tokens": d["cached"]}
+        if "reasoning" in d:
+            usage["completion_tokens_details"] = {"reasoning_tokens": d["reasoning"]}
+        if "nousage" in d:
+            usage = None
         created = int(time.time())
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -286,6 +331,11 @@ class FakeProvider:
 
         await resp.write(chunk({"role": "assistant", "content": ""}))
         for i, word in enumerate(text.split(" ")):
+            if "streamerror" in d and i >= d["streamerror"]:
+                err = {"message": "Overloaded", "type": "overloaded_error"}
+                await resp.write(b"data: " + orjson.dumps({"error": err}) + b"\n\n")
+                await resp.write_eof()
+                return resp
             if "breakafter" in d and i >= d["breakafter"]:
                 if request.transport is not None:
                     request.transport.abort()  # the connection drops mid-stream
@@ -294,7 +344,7 @@ class FakeProvider:
                 await asyncio.sleep(d["chunkdelay"] / 1000)
             await resp.write(chunk({"content": word if i == 0 else " " + word}))
         await resp.write(chunk({}, "stop"))
-        if include_usage:
+        if include_usage and usage is not None:
             final = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -304,7 +354,8 @@ class FakeProvider:
                 "usage": usage,
             }
             await resp.write(b"data: " + orjson.dumps(final) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+        if "nodone" not in d:
+            await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 

@@ -302,7 +302,7 @@ def test_body_over_limit_is_413_and_server_keeps_serving(
     [
         ("openai/gpt-status-503", 502, "provider_error"),
         ("openai/gpt-status-500", 502, "provider_error"),
-        ("openai/gpt-status-400", 400, "provider_bad_request"),
+        ("openai/gpt-status-400", 400, "400"),  # the upstream code passes through
         ("anthropic/claude-status-500", 502, "provider_error"),
         ("anthropic/claude-status-529", 503, "provider_error"),
         ("openai/gpt-hang", 504, "provider_timeout"),

@@ -257,7 +257,7 @@ def test_breaker_opens_fails_fast_and_recovers(
 # --- streaming failures ----------------------------------------------------------------------
 
 
-async def test_mid_stream_failure_ends_with_error_event_and_done(
+async def test_mid_stream_failure_ends_with_error_event_and_no_done(
     rserver: ServerProcess, rkey: str, fake: FakeProvider, db: asyncpg.Connection
 ) -> None:
     fake.clear()
@@ -273,13 +273,13 @@ async def test_mid_stream_failure_ends_with_error_event_and_done(
     )
     assert reply.status_code == 200
     events = [e for e in reply.text.split("\n\n") if e.startswith("data: ")]
-    tokens = [json.loads(e[6:]) for e in events[:-2]]
+    tokens = [json.loads(e[6:]) for e in events[:-1]]
     assert "".join(t["choices"][0]["delta"].get("content", "") for t in tokens) == "echo: one"
-    error = json.loads(events[-2][6:])["error"]
+    error = json.loads(events[-1][6:])["error"]
     assert set(error) >= {"message", "type", "code"}
     assert error["code"] == "provider_unreachable"
-    assert events[-1] == "data: [DONE]"
-    assert reply.text.endswith("data: [DONE]\n\n")
+    # No [DONE] after an error: a client that ignores error events must not see a success.
+    assert "[DONE]" not in reply.text
     assert len(_calls(fake, "openai")) == 1  # tokens were sent: never retried
     row = await _usage_row(db, rid)
     assert (row["stream"], row["status_code"]) == (True, 502)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ml_server.api.accounting import account, accounted_call
+from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import ApiError, invalid_request
 from ml_server.providers.base import ChatStream, ProviderError, Usage
@@ -105,7 +105,16 @@ def _validate(body: dict[str, Any]) -> None:
 def _error_event(exc: ApiError) -> bytes:
     return (
         b"data: "
-        + orjson.dumps({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
+        + orjson.dumps(
+            {
+                "error": {
+                    "message": exc.message,
+                    "type": exc.type,
+                    "param": exc.param,
+                    "code": exc.code,
+                }
+            }
+        )
         + b"\n\n"
     )
 
@@ -141,7 +150,7 @@ async def chat_completions(
                 started=started,
             )
         raise failure
-    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started))
+    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started, body))
 
 
 async def _relay(
@@ -151,9 +160,11 @@ async def _relay(
     opening: asyncio.Future[ChatStream],
     keepalive: float,
     started: float,
+    body: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     status = 200
     upstream: ChatStream | None = None
+    events_out = 0  # SSE events relayed: the estimate of the output when no usage comes
     try:
         while not opening.done():
             done, _ = await asyncio.wait({opening}, timeout=keepalive)
@@ -164,7 +175,6 @@ async def _relay(
         except ApiError as exc:
             status = exc.status
             yield _error_event(exc)
-            yield DONE
             return
         events = upstream.events().__aiter__()
         try:
@@ -176,17 +186,22 @@ async def _relay(
                     if ready:
                         break
                     yield KEEPALIVE
-                yield first.result()
+                chunk = first.result()
+                events_out += chunk.count(b"data: ")
+                yield chunk
             finally:
                 if not first.done():
                     first.cancel()
             async for event in events:
+                events_out += event.count(b"data: ")
                 yield event
         except StopAsyncIteration:
             pass
         except ApiError as exc:
+            # After content: an SSE error event and no [DONE] (the answer is not complete).
             status = exc.status
             yield _error_event(exc)
+            return
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # the client went away
@@ -194,8 +209,14 @@ async def _relay(
     finally:
         if not opening.done():
             opening.cancel()
+        usage = Usage()
         if upstream is not None:
             await upstream.aclose()
+            usage = upstream.usage
+            if not (usage.prompt_tokens or usage.completion_tokens):
+                # Opened, so billed, but no usage came (client left, stream cut, provider
+                # reports none): record an estimate, flagged as such.
+                usage = estimate_usage(body, events_out)
         account(
             state,
             request,
@@ -203,6 +224,6 @@ async def _relay(
             endpoint="chat",
             stream=True,
             status=status,
-            usage=upstream.usage if upstream is not None else Usage(),
+            usage=usage,
             started=started,
         )

@@ -34,12 +34,17 @@ async def ready(state: StateDep) -> JSONResponse:
     fallbacks or a cool-down handle better).
     """
     circuits = state.router.circuit_states()
+    # The usage writer's state is information too (a stuck writer keeps its rows in the spool;
+    # pulling the instance would not help): ``usage.state`` is "stuck" when rows wait and
+    # nothing was written for USAGE_STUCK_SECONDS (alarm on mlserver_usage_writer_stuck).
+    usage = state.usage.status()
     if not state.migrated:
         reason = "database migrations not applied yet"
         if state.migration_error:
             reason += f" (last error: {state.migration_error})"
         return JSONResponse(
-            {"status": "unavailable", "reason": reason, "circuits": circuits}, status_code=503
+            {"status": "unavailable", "reason": reason, "circuits": circuits, "usage": usage},
+            status_code=503,
         )
     try:
         async with asyncio.timeout(3):
@@ -51,7 +56,8 @@ async def ready(state: StateDep) -> JSONResponse:
                 "status": "unavailable",
                 "reason": f"database unreachable: {type(exc).__name__}",
                 "circuits": circuits,
+                "usage": usage,
             },
             status_code=503,
         )
-    return JSONResponse({"status": "ready", "database": "ok", "circuits": circuits})
+    return JSONResponse({"status": "ready", "database": "ok", "circuits": circuits, "usage": usage})
