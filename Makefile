@@ -116,5 +116,13 @@ image-test: install image ## Run the built image as the rendered unit does (root
 instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_instance.py
 
+keys: $(VENV)/.installed ## API keys via the admin API: make keys [ENV=staging] ARGS="list|create --name N ...|update ID ...|revoke ID" (no ENV: make serve)
+	$(PY) -m ml_server.admin.cli $(if $(ENV),--env $(ENV),) keys $(ARGS)
+
+usage: $(VENV)/.installed ## Spend by key, model and day: make usage [ENV=production] [ARGS="--start 2026-12-01 --key 7"]
+	$(PY) -m ml_server.admin.cli $(if $(ENV),--env $(ENV),) usage $(ARGS)
+
+.PHONY: keys usage
+
 clean: ## Remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .mypy_cache .ruff_cache .pytest_cache

@@ -154,11 +154,14 @@ async def closed_loop(
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time a process has run so far, all its threads (the scheduler's exact count)."""
+    """CPU time a process and its children (uvicorn workers) have run so far, all threads
+    (the scheduler's exact count)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a thread that just ended
             total += int((task / "schedstat").read_text().split()[0])
+            children = (task / "children").read_text().split()
+            total += int(sum(cpu_seconds(int(c)) for c in children) * 1e9)
     return total / 1e9
 
 
@@ -269,6 +272,15 @@ async def run_phases(targets: list[Target], args: argparse.Namespace) -> dict[st
         print(f"    {n:<7} p50 {pct(ttfc[n], 0.5):6.3f} ms  added {pct(ttfc[n], 0.5) - d:6.3f} ms")
     r["ttfc_added_ms"] = pct(ttfc["ours"], 0.5) - d
     r["floor_ttfc_added_ms"] = pct(ttfc["floor"], 0.5) - d
+    if "workers" in names:
+        r["c64_rps_workers"] = statistics.median(rps["workers"])
+        r["workers_ratio"] = r["c64_rps_workers"] / r["c64_rps_ours"]
+        r["workers_added_p50_ms"] = pct(lat["workers"], 0.5) - d50
+        print(
+            f"(b') {args.workers} workers vs 1 process, concurrency {args.concurrency}: "
+            f"{r['c64_rps_workers']:.0f} vs {r['c64_rps_ours']:.0f} req/s "
+            f"= {r['workers_ratio']:.2f}x"
+        )
     if "base" in names:
         r["base_added_p50_ms"] = pct(lat["base"], 0.5) - d50
         r["base_added_p99_ms"] = pct(lat["base"], 0.99) - d99
@@ -296,6 +308,13 @@ def main() -> None:
         metavar="DIR",
         help="also run the gateway from another source tree (e.g. an older commit unpacked with\n"
         "`git archive`) as path 'base', interleaved with the others: A/B on a noisy machine",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="also run the gateway with this many workers (WEB_CONCURRENCY) as path 'workers',\n"
+        "interleaved with the one-process 'ours' (default: one per CPU; 1 = skip)",
     )
     parser.add_argument("--keep-log", action="store_true", help="print the gateway's log tail")
     args = parser.parse_args()
@@ -332,6 +351,11 @@ def main() -> None:
             if not key:
                 raise RuntimeError("could not create an API key")
             base = TimedServer(server_env, Path(args.baseline).resolve()) if args.baseline else None
+            multi = (
+                TimedServer({**server_env, "WEB_CONCURRENCY": str(args.workers)})
+                if args.workers > 1
+                else None
+            )
             try:
                 start_s = server.start_timed()
                 server.wait("/ready")
@@ -343,6 +367,12 @@ def main() -> None:
                     base.wait("/ready")
                     assert base.proc is not None
                     bpid = base.proc.pid
+                mpid = 0
+                if multi is not None:
+                    multi.start_timed()
+                    multi.wait("/ready")
+                    assert multi.proc is not None
+                    mpid = multi.proc.pid
                 for port in (fake_port, floor_port):
                     _wait_port(port)
                 targets = [
@@ -366,6 +396,10 @@ def main() -> None:
                     targets.append(
                         Target("base", f"{base.url}/v1/chat/completions", key, "openai/", bpid)
                     )
+                if multi is not None:
+                    targets.append(
+                        Target("workers", f"{multi.url}/v1/chat/completions", key, "openai/", mpid)
+                    )
                 results = uvloop.run(run_phases(targets, args))
                 assert server.proc is not None
                 results["rss_mib"] = rss_mib(server.proc.pid)
@@ -380,6 +414,8 @@ def main() -> None:
                 server.stop()
                 if base is not None:
                     base.stop()
+                if multi is not None:
+                    multi.stop()
     finally:
         for p in procs:
             p.terminate()
@@ -403,7 +439,7 @@ def main() -> None:
         "c64_cpu_us_ours",
         "c64_cpu_us_floor",
     ]
-    keys += [k for k in results if "base" in k]
+    keys += [k for k in results if "base" in k or "workers" in k]
     figures = (f"{k}={results[k]:.{0 if 'rps' in k or 'cpu' in k else 2}f}" for k in keys)
     print("RESULT " + " ".join(figures))
 

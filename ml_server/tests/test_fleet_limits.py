@@ -15,7 +15,10 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -31,6 +34,8 @@ SYNC_SECONDS = 0.2
 ADMIN_KEY = "hsa-test-fleet-admin-key-not-real-42"
 # "count these words" costs 3 prompt + 4 completion tokens at the fake provider.
 TOKENS_PER_REQUEST = 7
+# catalog_budget_fixture.yaml: $100,000 per million tokens, so $0.70 a request.
+USD_PER_REQUEST = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,7 @@ def fleet(pg: TempPostgres, fake: FakeProvider) -> Iterator[list[ServerProcess]]
         "LIMITS_SYNC_SECONDS": str(SYNC_SECONDS),
         "KEY_CACHE_SECONDS": "30",  # as in production: no key lookup per request
         "PROVIDER_TIMEOUT_SECONDS": "10",
+        "MODEL_CATALOG_FILE": str(Path(__file__).resolve().parent / "catalog_budget_fixture.yaml"),
     }
     procs = [ServerProcess(env) for _ in range(N)]
     try:
@@ -81,6 +87,7 @@ async def _offer(
     waiting for answers (an open loop: the offered rate does not depend on the fleet)."""
     body = {"model": model, "messages": [{"role": "user", "content": "count these words"}]}
     out: list[Outcome] = []
+    errors: list[dict[str, object]] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(
         headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits
@@ -92,6 +99,8 @@ async def _offer(
             r = await client.post(server.url + "/v1/chat/completions", json=body)
             out.append(Outcome(r.status_code, started, time.monotonic(), i % len(fleet)))
             assert r.status_code in (200, 429), r.text
+            if r.status_code == 429:
+                errors.append(r.json()["error"])
 
         # Warm one connection per server (and each server's key cache) with a models call.
         for s in fleet:
@@ -105,7 +114,11 @@ async def _offer(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
+    LAST_ERRORS[:] = errors
     return out
+
+
+LAST_ERRORS: list[dict[str, object]] = []
 
 
 def _sync_round_trip_max(fleet: list[ServerProcess]) -> float:
@@ -183,3 +196,49 @@ async def test_concurrency_holds_across_processes(fleet: list[ServerProcess]) ->
     # The slots come back: once those requests are done, the key is admitted again.
     again = await _offer(fleet, key, rate=10, seconds=0.3, model="openai/gpt-4o")
     assert all(o.status == 200 for o in again)
+
+
+async def test_daily_budget_holds_across_processes(
+    fleet: list[ServerProcess], pg: TempPostgres
+) -> None:
+    budget, rate, seconds = 7.0, 5.0, 4.0  # $7 = 10 requests
+    key = _create_key(fleet[0], budget_daily_usd=budget)
+    outcomes = await _offer(fleet, key, rate=rate, seconds=seconds, model="openai/gpt-test-budget")
+    ok = [o for o in outcomes if o.status == 200]
+    spent = len(ok) * USD_PER_REQUEST
+    d = _sync_round_trip_max(fleet)
+    # Spend is charged when a request ends: those in flight at the crossing add theirs.
+    in_flight = rate * max(o.ended - o.started for o in ok) + N
+    usd_rate = rate * USD_PER_REQUEST
+    bound = min((N - 1) * budget, 2 * usd_rate * (SYNC_SECONDS + d)) + in_flight * USD_PER_REQUEST
+    _report("budget_daily_usd", budget, spent, budget, bound)
+    assert spent >= budget
+    assert spent <= budget + bound
+    assert spent < N * budget
+    err = next(e for e in LAST_ERRORS if e["code"] == "budget_exceeded")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    assert err["type"] == "insufficient_quota" and err["param"] == "budget_daily_usd"
+    assert "daily budget of $7.00" in str(err["message"])
+    assert f"resets at {tomorrow}T00:00:00Z" in str(err["message"])
+
+    # The shared counter is the sum of the costs written with the usage rows.
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE prefix = $1", key[:10])
+        deadline = time.monotonic() + 20
+        rows_cost = None
+        while time.monotonic() < deadline:
+            rows_cost = await conn.fetchval(
+                "SELECT sum(cost_usd) FROM usage WHERE api_key_id = $1", key_id
+            )
+            if rows_cost is not None and float(rows_cost) >= spent - 1e-9:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3 * SYNC_SECONDS)
+        counter = await conn.fetchval(
+            "SELECT usd FROM spend_counters WHERE key_id = $1 AND period = 'day'", key_id
+        )
+    finally:
+        await conn.close()
+    assert rows_cost is not None and abs(float(rows_cost) - spent) < 1e-6
+    assert counter is not None and abs(float(counter) - float(rows_cost)) < 1e-6
