@@ -20,6 +20,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
+.PHONY: checkov checkov-venv bootstrap
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +35,18 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
+
+# checkov has its own venv: its pins conflict with requirements-dev.txt (boto3).
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+checkov-venv: $(CHECKOV_VENV)/.installed ## Create .venv-checkov (checkov, pinned; make test uses it)
+pytest: $(CHECKOV_VENV)/.installed
+checkov: $(CHECKOV_VENV)/.installed ## checkov on cdk.out (acknowledgments: checkov-acks.yaml)
+	@test -f cdk.out/manifest.json || $(MAKE) synth
+	$(CHECKOV_VENV)/bin/checkov -d cdk.out --framework cloudformation --compact --quiet --skip-download
 
 synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)

@@ -249,6 +249,10 @@ class ServiceConfig(_Section):
         certificate_arn: ACM certificate ARN; when set the ALB serves HTTPS on 443 and redirects
             HTTP to it. Default none (plain HTTP on 80).
         domain_name: public host name the certificate covers. Default none.
+        deletion_protection: the ALB refuses deletion (production sets it). Default false.
+        access_log_days: days the ALB access logs are kept in their S3 bucket. Default 90.
+        waf: attach an AWS WAF web ACL with AWS managed rule groups (docs/security.md; priced
+            by ``make cost``). Default false.
     """
 
     container_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
@@ -256,6 +260,9 @@ class ServiceConfig(_Section):
     idle_timeout_seconds: Annotated[int, Field(ge=120, le=4000)] = 300
     certificate_arn: str | None = None
     domain_name: str | None = None
+    deletion_protection: bool = False
+    access_log_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    waf: bool = False
 
     @field_validator("health_path")
     @classmethod
