@@ -7,8 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = "/run/secrets/humansa"
 
@@ -30,6 +30,20 @@ SECRET_FIELDS = (
     "mem0_api_key",
 )
 
+# Optional provider settings: an empty value (the boot writes an empty file for a provider secret
+# still at its CDK placeholder) means "not configured", never a placeholder to refuse.
+OPTIONAL_PROVIDER_FIELDS = (
+    "openai_api_key",
+    "anthropic_api_key",
+    "deepseek_api_key",
+    "google_api_key",
+    "xai_api_key",
+    "azure_inference_endpoint",
+    "azure_inference_credential",
+    "webshare_proxy_username",
+    "webshare_proxy_password",
+    "mem0_api_key",
+)
 
 PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "gemini", "xai", "azure", "fake")
 
@@ -56,8 +70,11 @@ class Settings(BaseSettings):
     """Server settings.
 
     Every field reads the upper-case environment variable of the same name (the seed's names), or a
-    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). Unknown variables are
-    ignored (the instance env file carries ALB_DNS_NAME and friends).
+    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). A file wins over the
+    variable: the instances keep the files current (the DB password rotates), so a stale
+    ``DB_PASSWORD`` in an environment cannot shadow the rotated one. An empty optional provider
+    value means "not configured". Unknown variables are ignored (the instance env file carries
+    ALB_DNS_NAME and friends).
     """
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
@@ -143,6 +160,27 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     secrets_dir: str = DEFAULT_SECRETS_DIR
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Secret files before the environment (pydantic-settings' default is the reverse).
+        return init_settings, file_secret_settings, env_settings, dotenv_settings
+
+    @field_validator(*OPTIONAL_PROVIDER_FIELDS, mode="before")
+    @classmethod
+    def _empty_means_not_configured(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
 
     @property
     def is_development(self) -> bool:

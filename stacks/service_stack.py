@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.boot import METRICS_NAMESPACE_PREFIX, BootSettings, SecretFile
+from components.boot import (
+    LAUNCH_HOOK_NAME,
+    METRICS_NAMESPACE_PREFIX,
+    RUNBOOK_PARAMETER_NAMES,
+    BootSettings,
+    SecretFile,
+)
 from components.database import DB_PORT
 from components.fleet import Fleet
 from components.image import ServerImage
@@ -30,6 +36,12 @@ REFRESH_ALARMS = ("Target5xxRate", "UnhealthyHosts")
 def alarm_name(config: EnvironmentConfig, alarm_id: str) -> str:
     """The name ``ServiceMonitoring`` gives an alarm: ``Humansa-<Env>-<AlarmId>``."""
     return f"Humansa-{config.name.capitalize()}-{alarm_id}"
+
+
+def group_name(config: EnvironmentConfig) -> str:
+    """The Auto Scaling group's fixed name, ``humansa-<env>-fleet`` (the boot completes its
+    launch hook by name, and the instance role's grant names it)."""
+    return f"humansa-{config.name}-fleet"
 
 
 class ServiceStack(Stack):
@@ -104,6 +116,8 @@ class ServiceStack(Stack):
             setup_log_group=self.logs.setup.log_group_name,
             container_port=config.service.container_port,
             health_path=config.service.health_path,
+            auto_scaling_group_name=group_name(config),
+            lifecycle_hook_name=LAUNCH_HOOK_NAME,
         )
         self.fleet = Fleet(
             self,
@@ -167,20 +181,46 @@ class ServiceStack(Stack):
         role = self.fleet.role
         database.secret.grant_read(role)
         self.provider_secrets.grant_read(role)
-        # The boot script reads the whole path with GetParametersByPath, which covers this
-        # stack's parameters too. A per-parameter grant on asg_name would make the role policy
-        # depend on the ASG, which already waits for that policy: a cycle.
+        # The boot reads the runbook's parameters by name (GetParameters, no decryption); IAM
+        # authorizes each name as arn:...:parameter/<name without its leading slash>. ARNs from
+        # names, not the parameter objects: a grant on asg_name would make the role policy
+        # depend on the group, which already waits for that policy (a cycle).
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["ssm:GetParametersByPath"],
+                sid="RunbookParameters",
+                actions=["ssm:GetParameters"],
                 resources=[
                     self.format_arn(
                         service="ssm",
                         resource="parameter",
-                        resource_name=config.parameter_path.strip("/"),
+                        resource_name=f"{config.parameter_path.strip('/')}/{name}",
                     )
+                    for name in RUNBOOK_PARAMETER_NAMES
                 ],
             )
+        )
+        # The launch hook, on this group only. Its ARN holds a UUID assigned at creation
+        # (autoScalingGroup:<uuid>:autoScalingGroupName/<name>), hence the one wildcard.
+        group_arn = self.format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{group_name(config)}",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="CompleteLaunchHook",
+                actions=["autoscaling:CompleteLifecycleAction"],
+                resources=[group_arn],
+            )
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:autoscaling:"
+            f"{config.region}:{config.account}:autoScalingGroup:*:autoScalingGroupName/"
+            f"{group_name(config)}]",
+            "A group's ARN carries a UUID assigned when it is created; the name pins the grant "
+            "to this environment's group.",
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(

@@ -18,6 +18,7 @@ from components.boot import (
     ENVIRONMENTS,
     PLACEHOLDER_SECRET_VALUE,
     PROVIDER_SECRET_NAMES,
+    RUNBOOK_PARAMETER_NAMES,
     USER_DATA_LIMIT_BYTES,
     BootSettings,
     SecretFile,
@@ -211,8 +212,10 @@ def test_boot_writes_config_and_secrets_starts_the_unit_and_is_idempotent(
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert (env_file.stat().st_uid, env_file.stat().st_gid) == (0, 0)
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-    for name, value in h.PARAMETERS.items():  # every parameter, nested ones too (recursive)
-        assert env[name.rsplit("/", 1)[-1].upper()] == value
+    for name in RUNBOOK_PARAMETER_NAMES:  # the runbook's names, read by name
+        assert env[name.upper()] == h.PARAMETERS[name]
+    # Nothing else under the path: not the extra Strings, not the planted SecureString.
+    assert "LOG_LEVEL" not in env and "RATE_LIMIT" not in env and "GITHUB_PAT" not in env
     assert env["ENVIRONMENT"] == "production" and env["AWS_REGION"] == "ap-east-1"
     assert env["INSTANCE_ID"] == "i-0123456789abcdef0" and env["ML_SERVER_PORT"] == "5001"
     assert env["DB_ACTIVE_DATABASE"] == h.PARAMETERS["db_name"]

@@ -16,9 +16,11 @@ from aws_cdk.assertions import Match, Template
 
 from app import build_app
 from components.boot import (
+    LAUNCH_HOOK_NAME,
     METRICS_NAMESPACE_PREFIX,
     PLACEHOLDER_SECRET_VALUE,
     PROVIDER_SECRET_NAMES,
+    RUNBOOK_PARAMETER_NAMES,
     USER_DATA_LIMIT_BYTES,
     secret_name,
 )
@@ -108,7 +110,8 @@ def test_role_scope(synth: Synth, env: str) -> None:
     assert set(by_action) == {
         "secretsmanager:GetSecretValue",
         "secretsmanager:DescribeSecret",
-        "ssm:GetParametersByPath",
+        "ssm:GetParameters",
+        "autoscaling:CompleteLifecycleAction",
         "cloudwatch:PutMetricData",
         "ec2:DescribeTags",
         "logs:CreateLogStream",
@@ -124,8 +127,13 @@ def test_role_scope(synth: Synth, env: str) -> None:
         "ssmmessages:OpenControlChannel",
         "ssmmessages:OpenDataChannel",
     }
-    (path,) = by_action["ssm:GetParametersByPath"]
-    assert json.dumps(path["Resource"]).endswith(f':parameter/humansa/{env}"]]}}')
+    (params,) = by_action["ssm:GetParameters"]
+    names = [json.dumps(r).split(":parameter/")[1].split('"')[0] for r in params["Resource"]]
+    assert names == [f"humansa/{env}/{n}" for n in RUNBOOK_PARAMETER_NAMES]
+    (hook,) = by_action["autoscaling:CompleteLifecycleAction"]
+    assert json.dumps(hook["Resource"]).endswith(
+        f':autoScalingGroup:*:autoScalingGroupName/humansa-{env}-fleet"]]}}'
+    )
     (metrics,) = by_action["cloudwatch:PutMetricData"]
     assert metrics["Condition"] == {
         "StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE_PREFIX + env}
@@ -179,6 +187,29 @@ def test_user_data_with_real_arns_fits(synth: Synth, env: str) -> None:
 
 
 # --- rollout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_launch_hook_holds_new_instances_until_their_boot_completes_it(
+    synth: Synth, env: str
+) -> None:
+    # GIVEN the synthesized group WHEN an instance launches THEN it waits in Pending:Wait for
+    # the boot (CONTINUE after /health, ABANDON on FATAL), ABANDON if the heartbeat expires.
+    template = synth.template_json(env, "Service")
+    (group,) = _resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+    props = group["Properties"]
+    assert props["AutoScalingGroupName"] == f"humansa-{env}-fleet"
+    (hook,) = props["LifecycleHookSpecificationList"]
+    assert hook["LifecycleHookName"] == LAUNCH_HOOK_NAME
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert hook["DefaultResult"] == "ABANDON"
+    assert "NotificationTargetARN" not in hook  # the boot completes it, no notification
+    # The heartbeat covers the boot's own budget (the script fails itself at that point) plus
+    # the launch and the completion call; the boot script carries the same budget.
+    user_data = json.dumps(_resources(template, "AWS::EC2::LaunchTemplate"))
+    budget = int(user_data.split("BOOT_BUDGET=")[1].split("\\n")[0])
+    assert hook["HeartbeatTimeout"] > budget + 60
+    assert f"GROUP='humansa-{env}-fleet'" in user_data and f"HOOK='{LAUNCH_HOOK_NAME}'" in user_data
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

@@ -137,7 +137,7 @@ def test_instance_role_has_session_manager_and_no_admin(synth: Synth) -> None:
     policy = json.dumps(synth.template_json("production", "Service"))
     for action in (
         "secretsmanager:GetSecretValue",
-        "ssm:GetParametersByPath",
+        "ssm:GetParameters",
         "ecr:BatchGetImage",
         "logs:PutLogEvents",
     ):
