@@ -76,6 +76,9 @@ cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-eas
 	@test -f cdk.out/manifest.json || $(MAKE) synth
 	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
 
+bootstrap: install ## cdk bootstrap ENV=name|ci with the scoped execution policy + role boundary (bootstrap/)
+	PY=$(PY) scripts/bootstrap.sh "$(ENV)"
+
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
 
