@@ -25,6 +25,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: image image-test instance-test
 .PHONY: release-deploy
 .PHONY: ami
+.PHONY: checkov checkov-venv bootstrap
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +41,18 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
+
+# checkov has its own venv: its pins conflict with requirements-dev.txt (boto3).
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+checkov-venv: $(CHECKOV_VENV)/.installed ## Create .venv-checkov (checkov, pinned; make test uses it)
+pytest: $(CHECKOV_VENV)/.installed
+checkov: $(CHECKOV_VENV)/.installed ## checkov on cdk.out (acknowledgments: checkov-acks.yaml)
+	@test -f cdk.out/manifest.json || $(MAKE) synth
+	$(CHECKOV_VENV)/bin/checkov -d cdk.out --framework cloudformation --compact --quiet --skip-download
 
 synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
@@ -97,6 +110,9 @@ shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=
 rollback: install ## Deploy exactly what release TO=<version> deployed (its commit and image) to ENV=name
 	@test -n "$(ENV)" -a -n "$(TO)" || { echo "make rollback needs ENV=<name> TO=<version> (tag release-<version>)" >&2; exit 2; }
 	@APPROVAL=$(APPROVAL) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
+
+bootstrap: install ## cdk bootstrap ENV=name|ci with the scoped execution policy + role boundary (bootstrap/)
+	PY=$(PY) scripts/bootstrap.sh "$(ENV)"
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"

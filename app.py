@@ -128,9 +128,10 @@ def build(app: App) -> BuiltApp:
     Raises:
         ConfigError: a bad or unknown environment (already one line for the user).
     """
-    from aws_cdk import Validations
+    from aws_cdk import Aspects, Validations
     from cdk_nag import AwsSolutionsChecks
 
+    from components.checkov import CheckovAcknowledgments
     from stacks.environment import add_environment
 
     selection = select(app)
@@ -147,6 +148,7 @@ def build(app: App) -> BuiltApp:
     ]
     ci = add_ci_stack(app, selection.account) if selection.account else None
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    Aspects.of(app).add(CheckovAcknowledgments())  # checkov-acks.yaml into resource Metadata
     return BuiltApp(environments=environments, ci=ci)
 
 

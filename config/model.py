@@ -253,6 +253,10 @@ class ServiceConfig(_Section):
             ``production`` environment without ``certificate_arn``, i.e. serving bearer keys and
             prompts over plain HTTP. Without it ``make deploy`` / ``make preflight`` refuse a
             production without a certificate. Default none.
+        deletion_protection: the ALB refuses deletion (production sets it). Default false.
+        access_log_days: days the ALB access logs are kept in their S3 bucket. Default 90.
+        waf: attach an AWS WAF web ACL with AWS managed rule groups (docs/security.md; priced
+            by ``make cost``). Default false.
     """
 
     container_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
@@ -261,6 +265,9 @@ class ServiceConfig(_Section):
     certificate_arn: str | None = None
     domain_name: str | None = None
     allow_plain_http: str | None = None
+    deletion_protection: bool = False
+    access_log_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    waf: bool = False
 
     @field_validator("allow_plain_http")
     @classmethod

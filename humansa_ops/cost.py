@@ -100,6 +100,8 @@ FREE_TYPES: dict[str, str] = {
     "AWS::ECR::RegistryPolicy": "no charge",
     "AWS::ApplicationAutoScaling::ScalingPolicy": "no charge",
     "AWS::ApplicationAutoScaling::ScalableTarget": "no charge",
+    "AWS::WAFv2::WebACLAssociation": "priced on the web ACL",
+    "AWS::WAFv2::LoggingConfiguration": "log ingestion priced on the aws-waf-logs- group",
 }
 
 
@@ -934,6 +936,16 @@ def _price_parameter(p: _Pricer, rtype: str, lid: str, props: dict[str, Any], *_
         p.est.free[rtype] = p.est.free.get(rtype, 0) + 1
 
 
+def _price_web_acl(p: _Pricer, rtype: str, lid: str, props: dict[str, Any], *_: Any) -> None:
+    p.add(rtype, lid, f"WAF web ACL {lid}", 1, "web-ACL-month", "waf.web_acl_month")
+    rules = props.get("Rules") or []
+    if rules:
+        p.add(rtype, lid, f"WAF rules of {lid}", len(rules), "rule-month", "waf.rule_month")
+    p.est.not_priced.append(
+        f"WAF requests inspected by {p._name(lid)} ($0.60/million, volume unknown)"
+    )
+
+
 _HANDLERS: dict[str, Any] = {
     "AWS::ElasticLoadBalancingV2::LoadBalancer": _price_alb,
     "AWS::AutoScaling::AutoScalingGroup": _price_asg,
@@ -951,6 +963,7 @@ _HANDLERS: dict[str, Any] = {
     "AWS::SecretsManager::Secret": _price_secret,
     "AWS::KMS::Key": _price_key,
     "AWS::SSM::Parameter": _price_parameter,
+    "AWS::WAFv2::WebACL": _price_web_acl,
 }
 
 PRICED_TYPES = frozenset(_HANDLERS)

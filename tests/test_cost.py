@@ -158,9 +158,13 @@ def test_production_and_ci_totals_at_us_east_1(table: cost.PriceTable) -> None:
         + 0.5 * (365 / 30.4) * 0.03  # server logs, 1 year
         + 0.5 * 0.50
         + 0.5 * 12 * 0.03  # boot logs never expire: 12 months assumed
+        + 5.00  # WAF web ACL (no rules in the fixture)
     )
     assert prod.total_usd == pytest.approx(expected)
-    assert prod.not_priced == ["AWS::WAFv2::WebACL (Humansa-Production-Service/WebAcl3C4D5E6F)"]
+    assert prod.not_priced == [
+        "WAF requests inspected by Humansa-Production-Service/WebAcl3C4D5E6F "
+        "($0.60/million, volume unknown)"
+    ]
     ci = result["CI"]
     assert ci.total_usd == pytest.approx(1.00 + 2 * 0.023 + 0.5 * 0.50 + 0.5 * (90 / 30.4) * 0.03)
 
@@ -315,11 +319,29 @@ def test_interface_endpoints_are_billed_per_az(table: cost.PriceTable, tmp_path:
     assert len([i for i in est.items if i.price_key == "vpce.interface.gb"]) == 1
 
 
-def test_unknown_types_are_listed_not_zeroed(table: cost.PriceTable) -> None:
-    est = cost.estimate(FIXTURES / "production", table, region="us-east-1")["Production"]
+def test_unknown_types_are_listed_not_zeroed(table: cost.PriceTable, tmp_path: Path) -> None:
+    folder = _copy("production", tmp_path)
+    path = folder / "Humansa-Production-Service.template.json"
+    template = json.loads(path.read_text())
+    template["Resources"]["WebAcl3C4D5E6F"]["Type"] = "AWS::Shield::Protection"
+    path.write_text(json.dumps(template))
+    est = cost.estimate(folder, table, region="us-east-1")["Production"]
     text = cost.render_table({"Production": est}, table)
-    assert "NOT PRICED (unknown billable types): AWS::WAFv2::WebACL" in text
-    assert all(i.resource_type != "AWS::WAFv2::WebACL" for i in est.items)
+    assert "NOT PRICED (unknown billable types): AWS::Shield::Protection" in text
+    assert all(i.resource_type != "AWS::Shield::Protection" for i in est.items)
+
+
+def test_waf_web_acl_and_rules_are_priced(table: cost.PriceTable, tmp_path: Path) -> None:
+    folder = _copy("production", tmp_path)
+    path = folder / "Humansa-Production-Service.template.json"
+    _edit(path, "WebAcl3C4D5E6F", Rules=[{"Name": "A"}, {"Name": "B"}, {"Name": "C"}])
+    est = cost.estimate(folder, table, region="us-east-1")["Production"]
+    items = {i.price_key: i for i in _items(est, "WebAcl3C4D5E6F")}
+    assert (items["waf.web_acl_month"].quantity, items["waf.web_acl_month"].monthly_usd) == (
+        1,
+        5.00,
+    )
+    assert (items["waf.rule_month"].quantity, items["waf.rule_month"].monthly_usd) == (3, 3.00)
 
 
 def test_price_table_rows_all_have_a_source_and_date() -> None:

@@ -12,8 +12,8 @@ from tests.conftest import Synth
 SERVICE = {
     "AwsSolutions-AS3",
     "AwsSolutions-EC23",
-    "AwsSolutions-ELB2",
     "AwsSolutions-IAM5",
+    "AwsSolutions-S1",  # the ALB access-log bucket (a log bucket)
     "AwsSolutions-SMG4",  # provider API key placeholders (rotated at the provider)
 }
 # cdk-nag's EC26 cannot follow the launch template inside a MixedInstancesPolicy (spot fleets).
