@@ -20,6 +20,7 @@ from ml_server import catalog as model_catalog
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import links as links_route
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import usage as usage_route
@@ -246,7 +247,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
     )
-    for module in (health, metrics_route, models, chat, embeddings, usage_route, messages_route):
+    for module in (
+        health,
+        metrics_route,
+        models,
+        chat,
+        embeddings,
+        usage_route,
+        messages_route,
+        links_route,
+    ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)
     return app
