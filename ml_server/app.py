@@ -22,6 +22,7 @@ from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import links as links_route
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import responses as responses_route
@@ -274,6 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         usage_route,
         messages_route,
         responses_route,
+        links_route,
     ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)

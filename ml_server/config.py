@@ -110,6 +110,21 @@ class Settings(BaseSettings):
     webshare_proxy_username: str | None = None
     webshare_proxy_password: SecretStr | None = None
     mem0_api_key: SecretStr | None = None
+    # Link analysis (ml_server/links.py): every fetch goes through the Webshare proxy when its
+    # credentials are set; without them only LINKS_ALLOW_DIRECT=true fetches directly.
+    links_proxy_url: str = "http://p.webshare.io:80"
+    links_allow_direct: bool = False
+    # Extra ranges never fetched (the VPC CIDR, peered networks), e.g. ["10.0.0.0/16"].
+    links_blocked_cidrs: list[str] = Field(default_factory=list)
+    # Exceptions to the SSRF rule. For tests on 127.0.0.1 only; refused in production.
+    links_allowed_cidrs: list[str] = Field(default_factory=list)
+    # Ports a fetched URL may name.
+    links_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    links_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    links_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    links_max_redirects: int = Field(default=5, ge=0, le=20)
+    # Longest extracted text returned and handed to a model.
+    links_max_chars: int = Field(default=20_000, ge=100, le=1_000_000)
     # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
     admin_api_key: SecretStr | None = None
 
@@ -260,6 +275,15 @@ class Settings(BaseSettings):
                         f"PROVIDER_TIMEOUTS[{name!r}]: {key!r}={seconds!r}; allowed keys are "
                         "'connect' and 'read', each a number of seconds > 0"
                     )
+        from ml_server.links import parse_networks  # checks each CIDR, naming the setting
+
+        parse_networks(self.links_blocked_cidrs, "LINKS_BLOCKED_CIDRS")
+        parse_networks(self.links_allowed_cidrs, "LINKS_ALLOWED_CIDRS")
+        if self.links_allowed_cidrs and self.environment == "production":
+            raise SettingsError(
+                "LINKS_ALLOWED_CIDRS lifts the link fetcher's SSRF rule and is for tests only; "
+                "leave it empty in production"
+            )
         return self
 
     @model_validator(mode="after")
