@@ -164,10 +164,6 @@ class ServiceStack(Stack):
             self.fleet.security_group, ec2.Port.tcp(DB_PORT), "Fleet to PostgreSQL"
         )
 
-        # Read by `make keys` / `make usage` (ml_server/admin/cli.py) to reach the admin API.
-        scheme = "https" if config.service.certificate_arn else "http"
-        host = config.service.domain_name or self.load_balancer.alb.load_balancer_dns_name
-        CfnOutput(self, "ServiceUrl", value=f"{scheme}://{host}", description="Server base URL")
 
         self.parameters = Parameters(
             self,
