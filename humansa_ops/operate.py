@@ -335,7 +335,7 @@ def missing_plugin_message() -> str | None:
     if shutil.which("session-manager-plugin"):
         return None
     return (
-        "make shell needs the AWS Session Manager plugin (session-manager-plugin is not on "
+        "needs the AWS Session Manager plugin (session-manager-plugin is not on "
         f"PATH); install it as in {SSM_PLUGIN_DOC} "
         "(Debian/Ubuntu: download session-manager-plugin.deb from that page, then "
         "`sudo dpkg -i session-manager-plugin.deb`; macOS: `brew install --cask "

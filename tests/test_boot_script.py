@@ -162,7 +162,7 @@ def test_unit_and_agent_config() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("environment", "prod", "BootSettings.environment must be one of dev, staging, production"),
+        ("environment", "Prod", "BootSettings.environment must be an environment name"),
         (
             "parameter_path",
             "/humansa/dev",

@@ -214,6 +214,7 @@ def test_status_of_an_environment_not_deployed(
 def test_logs_and_follow(deployed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert operate.main(["logs", "--env", ENV]) == 0
     lines = capsys.readouterr().out.splitlines()
+    print("\n".join(lines))  # shown with -s: what `make logs ENV=dev` prints
     assert [line.split(" ", 3)[3] for line in lines] == ["server started", "GET /health 200"]
     assert all(f" {deployed['instance']} " in line for line in lines)
     # follow: a line written after the first poll is printed by a later one, once
@@ -243,6 +244,8 @@ def test_shell_without_the_plugin_says_how_to_install_it(
     assert "session-manager-working-with-install-plugin.html" in err
     # the session it would open: a healthy instance of the group
     assert operate.main(["shell", "--env", ENV, "--print-command"]) == 0
-    command = capsys.readouterr().out.split()
+    printed = capsys.readouterr().out
+    print(err + printed)  # shown with -s: what `make shell ENV=dev` prints
+    command = printed.split()
     assert command[:5] == ["aws", "ssm", "start-session", "--target", command[4]]
     assert command[4].startswith("i-") and command[-1] == REGION
