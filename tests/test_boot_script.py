@@ -246,7 +246,9 @@ def test_boot_writes_config_and_secrets_starts_the_unit_and_is_idempotent(
     assert run[run.index("-p") + 1] == "5001:5001"
     assert run[run.index("--env-file") + 1] == "/etc/humansa/humansa-ml.env"
     assert "awslogs-stream=i-0123456789abcdef0/humansa-ml" in run
-    assert "-e" not in run and run[-1] == h.IMAGE
+    # The only -e is the keep-alive (no secret on the command line).
+    assert run.count("-e") == 1 and run[run.index("-e") + 1] == "KEEP_ALIVE_SECONDS=305"
+    assert run[-1] == h.IMAGE
     dnf = [c["argv"] for c in sandbox.calls("dnf")]
     assert dnf == [["install", "-y", "amazon-cloudwatch-agent"]]  # docker present, no update
     login = [c["argv"] for c in sandbox.calls("docker") if c["argv"][0] == "login"]

@@ -76,7 +76,7 @@ CASES = [
         "input should be greater than or equal to 2",
     ),
     (
-        {"vpc__max_azs": 4},
+        {"vpc__max_azs": 4, "vpc__nat": "single-gateway"},
         "config/production.yaml: vpc.max_azs=4 is above the 3 availability zones of "
         "ap-east-1 recorded in cdk.context.json",
     ),
