@@ -29,7 +29,7 @@ from typing import Any
 import openai
 import pytest
 
-from components.boot import render_user_data
+from components.boot import RUNBOOK_PARAMETER_NAMES, render_user_data
 from ml_server.tests.fake_provider import FakeProvider
 from ml_server.tests.pg import TempPostgres, free_port
 from system_tests import images
@@ -37,6 +37,9 @@ from system_tests.unit import DockerRun, parse_docker_run
 from tests import boot_harness as h
 
 pytestmark = pytest.mark.slow
+
+# The runbook's parameters plus one the tests add: the fake provider as the OpenAI base URL.
+PARAMETER_NAMES = (*RUNBOOK_PARAMETER_NAMES, "openai_base_url")
 
 
 def get(url: str, timeout: float = 3) -> int:
@@ -154,7 +157,13 @@ def running() -> Iterator[Running]:
         box = h.Sandbox(Path(tmp))
         box.setup()
         script = render_user_data(
-            h.settings(moto.secret_arns, image_uri=images.IMAGE, registry="", container_port=port)
+            h.settings(
+                moto.secret_arns,
+                image_uri=images.IMAGE,
+                registry="",
+                container_port=port,
+                parameter_names=PARAMETER_NAMES,
+            )
         )
         t0 = time.monotonic()
         boot = box.run(script, moto.endpoint)

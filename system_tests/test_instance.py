@@ -37,6 +37,7 @@ from moto.server import ThreadedMotoServer
 from components.boot import (
     CONTAINER_NAME,
     PROVIDER_SECRET_NAMES,
+    RUNBOOK_PARAMETER_NAMES,
     SECRETS_DIR,
     BootSettings,
     render_file,
@@ -49,6 +50,9 @@ from system_tests.machine import Machine, enter_private_network, machine_rootfs,
 from tests import boot_harness as h
 
 pytestmark = pytest.mark.slow
+
+# The runbook's parameters plus one the tests add: the fake provider as the OpenAI base URL.
+PARAMETER_NAMES = (*RUNBOOK_PARAMETER_NAMES, "openai_base_url")
 
 MOTO_PORT = 80  # also answers the instance metadata service on 169.254.169.254:80
 HEALTH = "http://127.0.0.1:5001/health"
@@ -172,6 +176,7 @@ def settings_for(world: World, env: str) -> BootSettings:
         parameter_path=f"/humansa/{env}/",
         app_log_group=f"/aws/ec2/humansa-ml/{env}",
         setup_log_group=f"/aws/ec2/humansa-ml/{env}/setup",
+        parameter_names=PARAMETER_NAMES,
     )
 
 
