@@ -103,6 +103,13 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
+    def count_unpriced(self, provider: str) -> None:
+        key = ("unpriced", provider)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.usage_unpriced_rows.labels(provider)
+        child.inc()
+
     def count_tokens(self, provider: str, kind: str, n: int) -> None:
         key = ("tokens", provider, kind)
         child = self._children.get(key)

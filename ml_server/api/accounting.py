@@ -74,7 +74,7 @@ def account(
             output=cats.completion,
         )
     if cost is None and (prompt or completion):
-        metrics.usage_unpriced_rows.labels(name).inc()
+        metrics.count_unpriced(name)
     state.usage.record(
         UsageRow(
             created_at=datetime.now(UTC),

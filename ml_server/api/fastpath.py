@@ -28,6 +28,10 @@ from ml_server.state import AppState
 
 log = logging.getLogger("ml_server")
 
+# A client leaving a call shorter than this is noticed when the answer is sent (and accounted
+# normally); a longer call is cancelled when the client leaves.
+LISTEN_AFTER_SECONDS = 0.2
+
 Endpoint = Callable[[Request, AppState, KeyInfo, dict[str, Any]], Awaitable[Response]]
 
 
@@ -53,13 +57,21 @@ def endpoint_app(endpoint: Endpoint) -> ASGIApp:
             key = await require_key(request, state)
             body = await json_body(request)
             # The body is read: a message now can only be the client leaving. Then the endpoint
-            # (and its upstream call) is cancelled, and its usage row says 499.
-            listener = asyncio.ensure_future(receive())
-            listener.add_done_callback(on_message)
+            # (and its upstream call) is cancelled, and its usage row says 499. The listener is
+            # armed only for calls that last (a timer costs far less than a task per request).
+            listener: asyncio.Future[Message] | None = None
+
+            def arm() -> None:
+                nonlocal listener
+                listener = asyncio.ensure_future(receive())
+                listener.add_done_callback(on_message)
+
+            timer = asyncio.get_running_loop().call_later(LISTEN_AFTER_SECONDS, arm)
             try:
                 response = await endpoint(request, state, key, body)
             finally:
-                if not listener.done():
+                timer.cancel()
+                if listener is not None and not listener.done():
                     listener.cancel()
         except ClientDisconnect:  # left while sending the body: nothing to answer, no traceback
             scope["state"]["client_gone"] = True

@@ -54,6 +54,8 @@ class ServerProcess:
             "ML_SERVER_HOST": "127.0.0.1",
             "SECRETS_DIR": "/nonexistent-secrets-dir",
             "PYTHONPATH": str(REPO_ROOT),
+            # Each server its own usage spool (a restart of the same server replays it).
+            "USAGE_SPOOL_DIR": tempfile.mkdtemp(prefix="ml-server-spool-"),
             **env,
         }
         fd, name = tempfile.mkstemp(prefix="ml-server-", suffix=".log")
