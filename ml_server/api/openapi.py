@@ -134,6 +134,7 @@ _ERRORS = {
     "400": "Invalid request: malformed JSON, or a parameter the model's provider cannot honour "
     "(param names it)",
     "401": "Missing or wrong API key",
+    "403": "This key may not use the model (or the admin API)",
     "404": "Unknown model, or its provider is not configured",
     "405": "Method not allowed",
     "409": "The provider refused the request (conflict)",

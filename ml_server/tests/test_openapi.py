@@ -24,6 +24,7 @@ from ml_server.tests.server_proc import ServerProcess, provider_env
 
 pytestmark = pytest.mark.slow
 MAX_EXAMPLES = 30
+ADMIN_KEY = "test-admin-key-not-real-0123456789"
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
     "response_schema_conformance,response_headers_conformance"
@@ -32,7 +33,10 @@ CHECKS = (
 
 @pytest.fixture(scope="module")
 def dev_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProcess]:
-    env = {**TEST_SETTINGS, **pg.env(), **provider_env(fake.url), "ENVIRONMENT": "development"}
+    env = {
+        **TEST_SETTINGS, **pg.env(), **provider_env(fake.url),
+        "ENVIRONMENT": "development", "ADMIN_API_KEY": ADMIN_KEY,
+    }  # fmt: skip
     proc = ServerProcess(env)
     try:
         yield proc.start()
@@ -40,24 +44,40 @@ def dev_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProcess]:
         proc.stop()
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    dev_server: ServerProcess, tmp_path: Path
-) -> None:
-    key = dev_server.cli("keys", "create", "--name", "schemathesis").stdout.strip()
+def _run(url: str, key: str, paths: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     st = Path(sys.executable).with_name("schemathesis")
     cmd = [
-        str(st), "run", f"{dev_server.url}/openapi.json",
+        str(st), "run", f"{url}/openapi.json", *paths,
         "--checks", CHECKS,
         "--phases", "examples,coverage,fuzzing",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", "1",
         "--request-timeout", "10",
         "--header", f"Authorization: Bearer {key}",
-        "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
-    result = subprocess.run(
+    return subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+        env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
-    print(result.stdout[-6000:])
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    dev_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Every operation but the admin API's, with a client key."""
+    key = dev_server.cli("keys", "create", "--name", "schemathesis").stdout.strip()
+    result = _run(dev_server.url, key, ["--exclude-path-regex", "^/admin"], tmp_path)
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="admin API (governance branch): 500 for a key id beyond 64 bits, for budgets near "
+    "1e308 and for lone surrogates in names (found by this run, 2026-12-01); remove the mark "
+    "when fixed",
+)
+def test_schemathesis_on_the_admin_api(dev_server: ServerProcess, tmp_path: Path) -> None:
+    result = _run(dev_server.url, ADMIN_KEY, ["--include-path-regex", "^/admin"], tmp_path)
+    print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
