@@ -73,6 +73,6 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
     assert set(rows) == set(EXPECTED)
     assert rows["Humansa-Production-Data"][1:] == ["1", "0"]
     assert rows["Humansa-CI"][1:] == ["1", "0"]
-    # 4 foundation + 10 provider secrets (SMG4) + EC26 of the spot group
-    assert rows["Humansa-Dev-Service"][1:] == ["15", "0"]
+    # 4 foundation + 11 provider secrets incl. ADMIN_API_KEY (SMG4) + EC26 of the spot group
+    assert rows["Humansa-Dev-Service"][1:] == ["16", "0"]
     assert all(int(resources) > 5 for resources, _, _ in rows.values())
