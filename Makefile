@@ -20,13 +20,20 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
+.PHONY: status logs shell rollback
+.PHONY: preflight
+.PHONY: image image-test instance-test
+.PHONY: release-deploy
+.PHONY: ami
+.PHONY: checkov checkov-venv bootstrap
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt ml_server/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@echo "install: pip install -r requirements-dev.txt into $(VENV) (first time ~1-4 min, ~760 MB)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -r requirements-dev.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -35,23 +42,50 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
 
+# checkov has its own venv: its pins conflict with requirements-dev.txt (boto3).
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+checkov-venv: $(CHECKOV_VENV)/.installed ## Create .venv-checkov (checkov, pinned; make test uses it)
+pytest: $(CHECKOV_VENV)/.installed
+checkov: $(CHECKOV_VENV)/.installed ## checkov on cdk.out (acknowledgments: checkov-acks.yaml)
+	@test -f cdk.out/manifest.json || $(MAKE) synth
+	$(CHECKOV_VENV)/bin/checkov -d cdk.out --framework cloudformation --compact --quiet --skip-download
+
 synth: install ## Synthesize every environment and Humansa-CI (or ENV=name|ci) into cdk.out, offline
 	$(CDK) synth -q --no-notices $(CDK_ENV_ARG)
-	$(PY) scripts/synth_summary.py cdk.out
-	$(PY) scripts/cost.py cdk.out --summary
+	$(PY) -m humansa_ops.synth_summary cdk.out
+	$(PY) -m humansa_ops.cost cdk.out --summary
 
 diff: install ## What a deploy would change (ENV=name): against AWS if credentials work, else main
-	$(PY) scripts/make_diff.py $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
+	$(PY) -m humansa_ops.make_diff $(if $(ENV),--env $(ENV),) $(DIFF_ARGS)
 
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
+	@scripts/preflight --env $(ENV) --tls-only
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
+
+preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker
+	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
+	scripts/preflight --env $(ENV)
+
+# What a release deploys (release.yml, and `make rollback` in the release's own checkout): the
+# GHCR image the release built and tested, under its immutable version tag.
+release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image of that release
+	@test -n "$(ENV)" -a -n "$(VERSION)" || { echo "make release-deploy needs ENV=<name> VERSION=<version>" >&2; exit 2; }
+	$(MAKE) deploy ENV=$(ENV) "CDK_ARGS=-c image_source=ghcr -c image_tag=$(VERSION) $(CDK_ARGS)"
+
+ami: install ## Move the recorded AL2023 AMIs (config/amis.json) to the latest, with credentials; commit the result
+	$(PY) scripts/ami.py $(if $(REGION),--region $(REGION),)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: install
+	@test -d .mypy_cache || echo "typecheck: mypy --strict, first run ~2 min (later runs reuse .mypy_cache)"
 	$(BIN)/mypy .
 
 pytest: install
@@ -60,8 +94,25 @@ pytest: install
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 
 cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-east-1 to compare)
-	@test -f cdk.out/manifest.json || $(MAKE) synth
-	$(PY) scripts/cost.py cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+	@if [ ! -f cdk.out/manifest.json ] || [ -n "$$(find app.py cdk.json config components stacks user_data ml_server -newer cdk.out/manifest.json -print -quit 2>/dev/null)" ]; then \
+	  echo "cost: cdk.out is missing or older than the sources: synthesizing first"; $(MAKE) synth; fi
+	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
+	@$(PY) -m humansa_ops.operate status --env "$(ENV)"
+
+logs: $(VENV)/.installed ## Server logs of ENV=name, last 30 min [FOLLOW=1] [SINCE=minutes] [SETUP=1 boot log]
+	@$(PY) -m humansa_ops.operate logs --env "$(ENV)" $(if $(FOLLOW),--follow,) $(if $(SINCE),--since $(SINCE),) $(if $(SETUP),--setup,)
+
+shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=name [INSTANCE=i-...]
+	@$(PY) -m humansa_ops.operate shell --env "$(ENV)" $(if $(INSTANCE),--instance $(INSTANCE),)
+
+rollback: install ## Deploy exactly what release TO=<version> deployed (its commit and image) to ENV=name
+	@test -n "$(ENV)" -a -n "$(TO)" || { echo "make rollback needs ENV=<name> TO=<version> (tag release-<version>)" >&2; exit 2; }
+	@APPROVAL=$(APPROVAL) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
+
+bootstrap: install ## cdk bootstrap ENV=name|ci with the scoped execution policy + role boundary (bootstrap/)
+	PY=$(PY) scripts/bootstrap.sh "$(ENV)"
 
 secrets: ## Put one secret from stdin: make secrets ENV=production NAME=OPENAI_API_KEY
 	@scripts/put_secret.sh "$(ENV)" "$(NAME)"
@@ -71,6 +122,15 @@ serve: $(VENV)/.installed ## Run the ML server on 127.0.0.1:5001 (SQLite in .hum
 
 bench: $(VENV)/.installed ## Gateway overhead vs a minimal proxy (BENCH_ARGS="--requests 5000"), ~1 min
 	$(PY) benchmarks/gateway_overhead.py $(BENCH_ARGS)
+
+image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-in base where the registry base cannot be pulled)
+	scripts/image.sh
+
+image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
+
+instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)
+	$(BIN)/pytest -p no:cacheprovider system_tests/test_instance.py
 
 keys: $(VENV)/.installed ## API keys via the admin API: make keys [ENV=staging] ARGS="list|create --name N ...|update ID ...|revoke ID" (no ENV: make serve)
 	$(PY) -m ml_server.admin.cli $(if $(ENV),--env $(ENV),) keys $(ARGS)

@@ -104,27 +104,51 @@ def add_ci_stack(app: App, config: AccountConfig) -> CiStack:
     return stack
 
 
+IMAGE_SOURCES = ("asset", "ghcr")
+
+
+def with_image_source(config: EnvironmentConfig, source: object) -> EnvironmentConfig:
+    """``config`` with ``image.source`` overridden by ``-c image_source=`` (the release deploys
+    the GHCR image it built and tested: ``make release-deploy``).
+
+    Raises:
+        ConfigError: a value other than asset or ghcr.
+    """
+    if source is None or source == "":
+        return config
+    if source not in IMAGE_SOURCES:
+        raise ConfigError(f"-c image_source={source} is not allowed (allowed: asset, ghcr)")
+    image = config.image.model_copy(update={"source": source})
+    return config.model_copy(update={"image": image})
+
+
 def build(app: App) -> BuiltApp:
     """Add the selected stacks and the cdk-nag AwsSolutions checks to ``app``.
 
     Raises:
         ConfigError: a bad or unknown environment (already one line for the user).
     """
-    from aws_cdk import Validations
+    from aws_cdk import Aspects, Validations
     from cdk_nag import AwsSolutionsChecks
 
+    from components.checkov import CheckovAcknowledgments
     from stacks.environment import add_environment
 
     selection = select(app)
     if not selection.environments and selection.account is None:
         raise ConfigError("no environments found (add config/<name>.yaml)")
     image_tag = app.node.try_get_context("image_tag")
+    configs = [
+        with_image_source(c, app.node.try_get_context("image_source"))
+        for c in selection.environments
+    ]
     environments = [
         add_environment(app, config, image_tag=str(image_tag) if image_tag else None)
-        for config in selection.environments
+        for config in configs
     ]
     ci = add_ci_stack(app, selection.account) if selection.account else None
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    Aspects.of(app).add(CheckovAcknowledgments())  # checkov-acks.yaml into resource Metadata
     return BuiltApp(environments=environments, ci=ci)
 
 

@@ -1,7 +1,9 @@
 """Prints figures for the boot script: rendered size per environment, wall time under stubs
-against moto, and how many commands run before the container starts.
+against moto, and how many commands run before the container starts. With ``--machine`` (root,
+after ``make image``), also boot to /health under real systemd in systemd-nspawn, first boot and
+reboot (system_tests/test_instance.py's machine; the server runs from the built image).
 
-Run: .venv/bin/python benchmarks/boot_script.py
+Run: .venv/bin/python benchmarks/boot_script.py [--machine]
 """
 
 from __future__ import annotations
@@ -18,7 +20,24 @@ from components.boot import ENVIRONMENTS, render_user_data
 from tests import boot_harness as h
 
 
+def machine_figures() -> None:
+    """Boot-to-/health of the production user data in a systemd-nspawn Debian machine."""
+    from system_tests.test_instance import boot_to_healthy, make_world, prepare
+
+    with make_world() as world:
+        machine, _ = prepare(world, "production")
+        try:
+            boot_to_healthy(machine, "systemd-nspawn machine, first boot (user data runs)")
+            machine.poweroff()
+            boot_to_healthy(machine, "systemd-nspawn machine, reboot (unit fetches the secrets)")
+            machine.poweroff()
+        finally:
+            machine.destroy()
+
+
 def main() -> None:
+    if "--machine" in sys.argv[1:]:
+        machine_figures()
     with h.moto_server() as moto:
         for env in ENVIRONMENTS:
             size = len(render_user_data(h.settings(moto.secret_arns, environment=env)).encode())

@@ -17,6 +17,8 @@ from typing import Final
 
 import jinja2
 
+from config.naming import is_env_name
+
 TEMPLATE_DIR: Final = Path(__file__).parent.parent / "user_data"
 
 ENVIRONMENTS: Final = ("dev", "staging", "production")
@@ -43,6 +45,32 @@ PLACEHOLDER_SECRET_VALUE: Final = "UNSET"  # noqa: S105 - a public marker
 """Value the CDK gives a provider secret before the operator fills it (Secrets Manager refuses
 an empty SecretString). The boot writes an empty file for it: "provider not configured"."""
 
+RUNBOOK_PARAMETER_NAMES: Final[tuple[str, ...]] = (
+    "alb_dns_name",
+    "asg_name",
+    "ml_tg_arn",
+    "vpc_id",
+    "db_host",
+    "db_port",
+    "db_username",
+    "db_name",
+    "ml_server_image_tag",
+)
+"""The runbook's SSM String parameters under ``/humansa/<env>/``, the only ones the boot reads."""
+
+REQUIRED_PARAMETER_NAMES: Final[tuple[str, ...]] = ("db_host", "db_port", "db_username", "db_name")
+"""Written by the Data stack, so present before any instance boots; the Service stack's own
+parameters (``asg_name`` ...) are created after the group and may be missing on its first boot."""
+
+LAUNCH_HOOK_NAME: Final = "humansa-launch"
+"""The group's ``autoscaling:EC2_INSTANCE_LAUNCHING`` hook, completed by the boot."""
+
+LAUNCH_TO_USER_DATA_SECONDS: Final = 120
+"""Allowance from the launch (the hook's clock starts) to cloud-init running the user data."""
+
+AWS_CALL_SECONDS: Final = 10
+"""Allowance for one AWS CLI call in the heartbeat arithmetic (start-up ~1 s, a few retries)."""
+
 METRICS_NAMESPACE_PREFIX: Final = "humansa-ml/"
 """CloudWatch agent metrics land in ``humansa-ml/<env>`` (see docs/boot.md)."""
 
@@ -60,6 +88,7 @@ _SAFE_UNIT_VALUE = re.compile(r"[A-Za-z0-9._:/@+=,-]+")
 _SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _JSON_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
+_PARAMETER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def secret_name(environment: str, name: str) -> str:
@@ -88,7 +117,7 @@ class BootSettings:
     Args:
         environment: ``dev``, ``staging`` or ``production``.
         region: AWS region, e.g. ``ap-east-1``.
-        parameter_path: SSM path read recursively into the env file, ``/humansa/<env>/``.
+        parameter_path: SSM path of the runbook's parameters, ``/humansa/<env>/``.
         image_uri: full image reference with tag (may contain CDK tokens).
         registry: registry host for ``docker login`` with the instance role (ECR); empty skips
             the login.
@@ -103,6 +132,18 @@ class BootSettings:
             (drain_seconds + 30) exceeds it. Default 610.
         fetch_attempts: bounded attempts for every SSM / Secrets Manager / ECR call. Default 5.
         fetch_backoff_seconds: first back-off, doubled each retry. Default 2.
+        keep_alive_seconds: the server's HTTP keep-alive (``KEEP_ALIVE_SECONDS``), longer than
+            the ALB idle timeout. Default 305 (the ALB's 300 + 5).
+        parameter_names: String parameters read by name (``GetParameters``, no decryption)
+            into the env file, at most 10 (one call). Default ``RUNBOOK_PARAMETER_NAMES``.
+        required_parameters: names whose absence stops the boot. Default
+            ``REQUIRED_PARAMETER_NAMES``.
+        auto_scaling_group_name: the group whose launch hook the boot completes; empty (the
+            default) with ``lifecycle_hook_name`` empty: no hook.
+        lifecycle_hook_name: the group's launch hook. Default empty.
+        ready_timeout_seconds: how long the boot waits for the local health path. Default 300.
+        boot_budget_seconds: seconds from the script's start by which the container must
+            answer, else the boot is FATAL (ABANDON). Default 600.
     """
 
     environment: str
@@ -119,6 +160,26 @@ class BootSettings:
     drain_seconds: int = 610
     fetch_attempts: int = 5
     fetch_backoff_seconds: int = 2
+    keep_alive_seconds: int = 305
+    parameter_names: tuple[str, ...] = RUNBOOK_PARAMETER_NAMES
+    required_parameters: tuple[str, ...] = REQUIRED_PARAMETER_NAMES
+    auto_scaling_group_name: str = ""
+    lifecycle_hook_name: str = ""
+    ready_timeout_seconds: int = 300
+    boot_budget_seconds: int = 600
+
+
+def lifecycle_heartbeat_seconds(settings: BootSettings) -> int:
+    """Heartbeat timeout of the launch hook: the boot's worst case that still succeeds.
+
+    launch -> user data (``LAUNCH_TO_USER_DATA_SECONDS``) + the boot budget (the script fails
+    itself after ``boot_budget_seconds``) + completing the hook (``fetch_attempts`` calls of
+    ``AWS_CALL_SECONDS`` with back-off ``fetch_backoff_seconds`` x 1, 2 ... between them).
+    A boot that overruns it gets the default result, ABANDON, as a failed one does.
+    """
+    attempts, backoff = settings.fetch_attempts, settings.fetch_backoff_seconds
+    completion = attempts * AWS_CALL_SECONDS + backoff * (attempts - 1) * attempts // 2
+    return LAUNCH_TO_USER_DATA_SECONDS + settings.boot_budget_seconds + completion
 
 
 def _is_token(value: str) -> bool:
@@ -154,10 +215,10 @@ def _check_unit_value(name: str, value: str, *, allow_empty: bool = False) -> No
 
 def validate(settings: BootSettings) -> None:
     """Raise ValueError naming the field when a setting cannot be rendered safely."""
-    if settings.environment not in ENVIRONMENTS:
+    if not is_env_name(settings.environment):  # any validated name (config/naming.py)
         raise ValueError(
-            f"BootSettings.environment must be one of {', '.join(ENVIRONMENTS)}, "
-            f"got {settings.environment!r}"
+            f"BootSettings.environment must be an environment name such as "
+            f"{', '.join(ENVIRONMENTS)} or dev-alice, got {settings.environment!r}"
         )
     _check_unit_value("region", settings.region)
     if not _is_token(settings.parameter_path) and not (
@@ -182,6 +243,36 @@ def validate(settings: BootSettings) -> None:
     _check_int("drain_seconds", settings.drain_seconds, 0, 3600)
     _check_int("fetch_attempts", settings.fetch_attempts, 1, 20)
     _check_int("fetch_backoff_seconds", settings.fetch_backoff_seconds, 0, 300)
+    _check_int("keep_alive_seconds", settings.keep_alive_seconds, 1, 4100)
+    _check_int("ready_timeout_seconds", settings.ready_timeout_seconds, 1, 3600)
+    _check_int("boot_budget_seconds", settings.boot_budget_seconds, 60, 6000)
+    if settings.ready_timeout_seconds > settings.boot_budget_seconds:
+        raise ValueError(
+            f"BootSettings.ready_timeout_seconds ({settings.ready_timeout_seconds}) exceeds "
+            f"boot_budget_seconds ({settings.boot_budget_seconds})"
+        )
+    names = settings.parameter_names
+    if not 1 <= len(names) <= 10 or len(set(names)) != len(names):
+        raise ValueError(
+            "BootSettings.parameter_names must hold 1..10 distinct names (one GetParameters "
+            f"call), got {list(names)!r}"
+        )
+    for name in (*names, *settings.required_parameters):
+        if not _PARAMETER_NAME.fullmatch(name):
+            raise ValueError(
+                f"BootSettings.parameter_names: {name!r} must be a lower-case name "
+                "(a-z, 0-9, _) like db_host"
+            )
+    missing = [n for n in settings.required_parameters if n not in names]
+    if missing:
+        raise ValueError(f"BootSettings.required_parameters {missing!r} are not in parameter_names")
+    if bool(settings.auto_scaling_group_name) != bool(settings.lifecycle_hook_name):
+        raise ValueError(
+            "BootSettings.auto_scaling_group_name and lifecycle_hook_name go together "
+            f"(got {settings.auto_scaling_group_name!r} and {settings.lifecycle_hook_name!r})"
+        )
+    _check_unit_value("auto_scaling_group_name", settings.auto_scaling_group_name, allow_empty=True)
+    _check_unit_value("lifecycle_hook_name", settings.lifecycle_hook_name, allow_empty=True)
     for name, source in settings.secret_files.items():
         if not _SECRET_NAME.fullmatch(name):
             raise ValueError(
@@ -228,6 +319,7 @@ def _context(settings: BootSettings) -> dict[str, object]:
         "container_name": CONTAINER_NAME,
         "stop_timeout": settings.drain_seconds + 30,
         "threshold": HEALTH_FAILURE_THRESHOLD,
+        "required": ",".join(settings.required_parameters),
     }
 
 
@@ -257,12 +349,16 @@ __all__ = [
     "ENVIRONMENTS",
     "ENV_FILE",
     "GHCR_TOKEN_SECRET_NAME",
+    "LAUNCH_HOOK_NAME",
     "METRICS_NAMESPACE_PREFIX",
     "PLACEHOLDER_SECRET_VALUE",
     "PROVIDER_SECRET_NAMES",
+    "REQUIRED_PARAMETER_NAMES",
+    "RUNBOOK_PARAMETER_NAMES",
     "SECRETS_DIR",
     "BootSettings",
     "SecretFile",
+    "lifecycle_heartbeat_seconds",
     "render_file",
     "render_user_data",
     "secret_name",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -87,6 +88,13 @@ class Database(Construct):
             publicly_accessible=False,
             auto_minor_version_upgrade=False,
             cloudwatch_logs_exports=["postgresql", "upgrade"],
+            # RDS creates /aws/rds/instance/<id>/<log> itself, never expiring; CDK's
+            # LogRetention resource sets the retention on the groups RDS made.
+            cloudwatch_logs_retention=(
+                logs.RetentionDays.THREE_MONTHS
+                if config.deletion_protection
+                else logs.RetentionDays.ONE_MONTH
+            ),
             copy_tags_to_snapshot=True,
         )
         secret = self.instance.secret
@@ -94,6 +102,28 @@ class Database(Construct):
         self.secret: secretsmanager.ISecret = secret
 
         self.generated_secret = self.instance.node.find_child("Secret")
+        stack = Stack.of(self)
+        for child in stack.node.children:
+            if child.node.id.startswith("LogRetention"):  # CDK's singleton provider function
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                    "AWSLambdaBasicExecutionRole]",
+                    "CDK's LogRetention function (sets the RDS log groups' retention) writes only "
+                    "its own logs with the basic execution policy; CDK offers no other role.",
+                )
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM5[Resource::*]",
+                    "CDK's LogRetention function calls logs:PutRetentionPolicy / "
+                    "DeleteRetentionPolicy on groups RDS names after the generated instance id, "
+                    "so CDK grants them on '*'.",
+                )
+        if config.deletion_protection:
+            # The final snapshot keeps the data; without its password the restore needs a reset
+            # through the console. Keep the secret with it (RemovalPolicy.SNAPSHOT does not).
+            assert isinstance(self.generated_secret, secretsmanager.Secret)
+            self.generated_secret.apply_removal_policy(RemovalPolicy.RETAIN)
         acknowledge(
             self.instance,
             "AwsSolutions-RDS11",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
@@ -12,7 +12,8 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.boot import BootSettings, render_user_data
+from components.ami import recorded_image
+from components.boot import BootSettings, lifecycle_heartbeat_seconds, render_user_data
 from config.model import FleetConfig, RolloutConfig, ScalingConfig
 
 _CPU = {"arm64": ec2.AmazonLinuxCpuType.ARM_64, "x86_64": ec2.AmazonLinuxCpuType.X86_64}
@@ -28,6 +29,13 @@ class Fleet(Construct):
     CloudFormation instance-refresh update policy (min healthy 100 %, max healthy 200 %, skip
     matching, the given alarms, bake time, warm-up); the group's default instance warm-up is
     the same, so scaling metrics ignore instances that are still booting.
+
+    Launch hook: with ``boot.lifecycle_hook_name`` set, the group (named
+    ``boot.auto_scaling_group_name``) holds every new instance in ``Pending:Wait`` until its
+    boot completes the hook: CONTINUE after the local health path answered, ABANDON on a fatal
+    boot; the default result is ABANDON and the heartbeat covers the boot budget
+    (``lifecycle_heartbeat_seconds``). The group registers an instance with its target group only
+    after the hook, so the target group and the refresh alarms never see a booting instance.
 
     Attributes:
         auto_scaling_group: the ``AutoScalingGroup``.
@@ -90,9 +98,7 @@ class Fleet(Construct):
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                cpu_type=_CPU[config.architecture]
-            ),
+            machine_image=recorded_image(Stack.of(self).region, config.architecture),
             instance_type=ec2.InstanceType(config.instance_type),
             role=self.role,
             security_group=self.security_group,
@@ -174,6 +180,22 @@ class Fleet(Construct):
             default_instance_warmup=warmup,
             update_policy=update_policy,
         )
+        if bool(boot.lifecycle_hook_name) != bool(boot.auto_scaling_group_name):
+            raise ValueError("Fleet: boot.lifecycle_hook_name needs boot.auto_scaling_group_name")
+        if boot.lifecycle_hook_name:
+            cfn_group = self.auto_scaling_group.node.default_child
+            assert isinstance(cfn_group, autoscaling.CfnAutoScalingGroup)
+            cfn_group.auto_scaling_group_name = boot.auto_scaling_group_name
+            # On the group itself (not a separate LifecycleHook resource), so even the first
+            # instances, launched while CloudFormation creates the group, wait for their boot.
+            cfn_group.lifecycle_hook_specification_list = [
+                autoscaling.CfnAutoScalingGroup.LifecycleHookSpecificationProperty(
+                    lifecycle_hook_name=boot.lifecycle_hook_name,
+                    lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                    default_result="ABANDON",
+                    heartbeat_timeout=lifecycle_heartbeat_seconds(boot),
+                )
+            ]
         if config.desired_capacity != config.min_capacity:
             acknowledge(
                 self.auto_scaling_group,

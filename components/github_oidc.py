@@ -23,7 +23,15 @@ DEPLOY_BOOTSTRAP_ROLES = (
     "image-publishing-role",
     "lookup-role",
 )
-DIFF_BOOTSTRAP_ROLES = ("lookup-role",)
+#: The diff role assumes none: the lookup role is ReadOnlyAccess on the whole account, and
+#: `cdk diff --method=template` needs only the stacks' templates (DIFF_READ_ACTIONS).
+DIFF_BOOTSTRAP_ROLES: tuple[str, ...] = ()
+
+#: Longest deploy-role session. The OIDC session must outlast the release job's worst case:
+#: image build plus a production deploy that fails at the end and rolls back
+#: (docs/infrastructure.md, "Deploy role session"); the chained bootstrap-role sessions
+#: (at most 1 h each) are renewed by the CDK CLI from it.
+DEPLOY_SESSION_HOURS = 4
 
 #: What `cdk diff --method=template` may read itself when it cannot use the lookup role.
 DIFF_READ_ACTIONS = (
@@ -56,9 +64,9 @@ class GitHubOidc(Construct):
     it can change is exactly what `cdk deploy` can change, through CloudFormation.
 
     The diff role is trusted only for pull-request jobs of the same repository (``sub`` =
-    ``repo:<owner/name>:pull_request``). It may assume the lookup role (read-only) and read the
-    ``Humansa-*`` CloudFormation stacks and templates, which is what ``cdk diff --method=template``
-    needs; it cannot create change sets or write anything.
+    ``repo:<owner/name>:pull_request``). It may read the ``Humansa-*`` CloudFormation stacks and
+    templates, which is what ``cdk diff --method=template`` needs; it cannot assume the lookup
+    role (ReadOnlyAccess on the whole account), create change sets or write anything.
 
     Args:
         scope: Parent construct.
@@ -74,7 +82,8 @@ class GitHubOidc(Construct):
             ``Humansa-*``.
         existing_provider_arn: ARN of a GitHub OIDC provider that already exists in the account
             (IAM allows one per URL). Default: create the provider here.
-        max_session_duration: Longest session of either role. Default 1 hour.
+        max_session_duration: Longest session of either role. Default: 4 hours for the deploy
+            role (``DEPLOY_SESSION_HOURS``), 1 hour for the diff role.
     """
 
     def __init__(
@@ -128,7 +137,7 @@ class GitHubOidc(Construct):
             description=f"GitHub Actions deploys of {github_repository} "
             f"(environment {deploy_environment}): may only assume the CDK bootstrap roles",
             assumed_by=self._github_principal(self.deploy_subject),
-            max_session_duration=session,
+            max_session_duration=max_session_duration or cdk.Duration.hours(DEPLOY_SESSION_HOURS),
         )
         self.deploy_role.add_to_policy(
             iam.PolicyStatement(
@@ -145,13 +154,6 @@ class GitHubOidc(Construct):
             description=f"GitHub Actions pull-request diffs of {github_repository}: read-only",
             assumed_by=self._github_principal(self.diff_subject),
             max_session_duration=session,
-        )
-        self.diff_role.add_to_policy(
-            iam.PolicyStatement(
-                sid="AssumeCdkLookupRole",
-                actions=["sts:AssumeRole"],
-                resources=[self.bootstrap_role_arn(kind) for kind in DIFF_BOOTSTRAP_ROLES],
-            )
         )
         self.diff_role.add_to_policy(
             iam.PolicyStatement(

@@ -8,12 +8,22 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from constructs import Construct
 
 from components.acks import acknowledge
+from components.alb_security import AccessLogBucket, WebAcl
 from config.model import ServiceConfig
 
 # In-flight requests on a deregistered target get this long. The server's own drain on SIGTERM
 # (DRAIN_SECONDS, 600 s: no stream under 10 minutes is cut) stays below it: the ALB cuts what is
 # still open at 610 s anyway. Deregistration ends early once no request is in flight.
 DEREGISTRATION_DELAY_SECONDS = 610
+
+# The target must not close an idle connection the ALB may still reuse: its keep-alive outlasts
+# the ALB idle timeout ("Application Load Balancers: connection idle timeout").
+KEEP_ALIVE_MARGIN_SECONDS = 5
+
+
+def server_keep_alive_seconds(config: ServiceConfig) -> int:
+    """The server's HTTP keep-alive: ``service.idle_timeout_seconds`` plus a margin of 5 s."""
+    return config.idle_timeout_seconds + KEEP_ALIVE_MARGIN_SECONDS
 
 
 class LoadBalancer(Construct):
@@ -27,6 +37,8 @@ class LoadBalancer(Construct):
         listener: the listener that forwards to the fleet (443 with a certificate, else 80).
         target_group: the ``ApplicationTargetGroup`` on the container port.
         security_group: the ALB's security group.
+        access_logs: the ``AccessLogBucket`` receiving the ALB's access logs.
+        waf: the ``WebAcl`` (``service.waf``), else None.
 
     Args:
         config: the ``service`` section.
@@ -73,12 +85,17 @@ class LoadBalancer(Construct):
             idle_timeout=Duration.seconds(config.idle_timeout_seconds),
             drop_invalid_header_fields=True,
         )
-        acknowledge(
-            self.alb,
-            "AwsSolutions-ELB2",
-            "Access logs need an S3 bucket (plus its own access logging); request counts, 5xx "
-            "and latency come from ALB metrics and the server logs in CloudWatch instead.",
+        # --- security (issue 17): access logs, deletion protection, optional WAF ---------------
+        self.access_logs = AccessLogBucket(
+            self, "AccessLogs", expiration_days=config.access_log_days
         )
+        self.alb.log_access_logs(self.access_logs.bucket, prefix="alb")
+        if config.deletion_protection:
+            self.alb.set_attribute("deletion_protection.enabled", "true")
+        self.waf: WebAcl | None = None
+        if config.waf:
+            self.waf = WebAcl(self, "Waf", load_balancer=self.alb, name=f"humansa-{environment}")
+        # --- end security ----------------------------------------------------------------------
         self.target_group = elbv2.ApplicationTargetGroup(
             self,
             "TargetGroup",

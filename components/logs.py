@@ -7,6 +7,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from config.naming import log_group
+
 
 class ServiceLogs(Construct):
     """``/aws/ec2/humansa-ml/<env>`` (30 days) and ``/aws/ec2/humansa-ml/<env>/setup`` (7 days).
@@ -24,14 +26,14 @@ class ServiceLogs(Construct):
         self.app = logs.LogGroup(
             self,
             "App",
-            log_group_name=f"/aws/ec2/humansa-ml/{environment}",
+            log_group_name=log_group(environment),
             retention=logs.RetentionDays.ONE_MONTH,
             removal_policy=removal,
         )
         self.setup = logs.LogGroup(
             self,
             "Setup",
-            log_group_name=f"/aws/ec2/humansa-ml/{environment}/setup",
+            log_group_name=log_group(environment, setup=True),
             retention=logs.RetentionDays.ONE_WEEK,
             removal_policy=removal,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
@@ -18,6 +18,7 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from config.monitoring import MonitoringConfig
+from config.naming import alarm_prefix
 
 _ENVIRONMENT = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _GIB = 1024**3
@@ -87,7 +88,7 @@ class ServiceMonitoring(Construct):
                 f"ServiceMonitoring: agent_namespace {agent_namespace!r} must be the CloudWatch "
                 "agent's custom namespace (e.g. 'humansa-ml/dev'), not empty or 'AWS/...'"
             )
-        self._prefix = f"Humansa-{environment.capitalize()}"
+        self._prefix = alarm_prefix(environment)
         t = config.thresholds
 
         # CloudWatch cannot publish to a topic encrypted with the AWS-managed key (aws/sns): its
@@ -107,6 +108,29 @@ class ServiceMonitoring(Construct):
             display_name=f"{self._prefix} alarms",
             master_key=self.topic_key,
             enforce_ssl=True,
+        )
+        # A topic policy replaces SNS's default policy, and enforce_ssl's policy holds only a
+        # Deny: without this Allow no alarm could publish ("Amazon SNS topic policies for
+        # CloudWatch alarms"). Limited to this account's alarms of this environment.
+        stack = Stack.of(self)
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": stack.account},
+                    "ArnLike": {
+                        "aws:SourceArn": stack.format_arn(
+                            service="cloudwatch",
+                            resource="alarm",
+                            resource_name=f"{self._prefix}-*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    },
+                },
+            )
         )
         if config.alarm_email is not None:
             self.topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from components.acks import acknowledge
+from components.ami import recorded_image
 from config.model import VpcConfig
 
 PUBLIC = "Public"
 APP = "App"
 NAT_ROOT_VOLUME_GIB = 8  # the AL2023 AMI snapshot size
 DATA = "Data"
+
+# The NAT instance's setup (replaces CDK's default user data, which runs `yum install` once and
+# gives up if the public route is not there yet). Bounded retries, then loud failure in the log.
+NAT_SETUP_ATTEMPTS = 30
+NAT_SETUP_BACKOFF_SECONDS = 10
+NAT_USER_DATA = f"""#!/bin/bash
+# Humansa dev NAT instance: forward and masquerade the VPC's traffic (iptables).
+set -uo pipefail
+log() {{ echo "humansa-nat: $*" | tee -a /var/log/humansa-nat.log; }}
+for attempt in $(seq 1 {NAT_SETUP_ATTEMPTS}); do
+  # The public route (to the internet gateway) may still be in the making: retry, bounded.
+  if dnf install -y iptables-services; then break; fi
+  log "package install failed (attempt $attempt/{NAT_SETUP_ATTEMPTS}); retrying"
+  sleep {NAT_SETUP_BACKOFF_SECONDS}
+done
+rpm -q iptables-services >/dev/null || {{ log "FATAL: iptables-services not installed"; exit 1; }}
+iface=$(ip -o route show default | awk '{{print $5; exit}}')
+[ -n "$iface" ] || {{ log "FATAL: no default route"; exit 1; }}
+echo "net.ipv4.ip_forward=1" > /etc/sysctl.d/90-humansa-nat.conf
+sysctl -p /etc/sysctl.d/90-humansa-nat.conf
+systemctl enable --now iptables
+iptables -t nat -A POSTROUTING -o "$iface" -j MASQUERADE
+iptables -F FORWARD
+service iptables save
+log "NAT ready on $iface"
+"""
 
 # Interface endpoints the fleet needs when it has no (or should not use) internet egress.
 _INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
@@ -50,10 +77,9 @@ class Network(Construct):
             # data (iptables masquerade); no third-party AMI.
             nat_provider = ec2.NatProvider.instance_v2(
                 instance_type=ec2.InstanceType("t4g.nano"),
-                machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                    cpu_type=ec2.AmazonLinuxCpuType.ARM_64
-                ),
+                machine_image=recorded_image(Stack.of(self).region, "arm64"),
                 default_allowed_traffic=ec2.NatTrafficDirection.OUTBOUND_ONLY,
+                user_data=ec2.UserData.custom(NAT_USER_DATA),
             )
             nat_gateways = 1
         app_type = (
@@ -106,9 +132,17 @@ class Network(Construct):
             )
             for instance in self.vpc.node.find_all():
                 if isinstance(instance, ec2.Instance):
+                    # Start only once the public subnets route to the internet gateway.
+                    for subnet in self.vpc.public_subnets:
+                        instance.node.add_dependency(subnet.internet_connectivity_established)
                     # The provider exposes no block-device setting: encrypt the root volume here.
                     cfn_instance = instance.node.default_child
                     assert isinstance(cfn_instance, ec2.CfnInstance)
+                    cfn_instance.metadata_options = ec2.CfnInstance.MetadataOptionsProperty(
+                        http_tokens="required",
+                        http_endpoint="enabled",
+                        http_put_response_hop_limit=1,
+                    )
                     cfn_instance.block_device_mappings = [
                         ec2.CfnInstance.BlockDeviceMappingProperty(
                             device_name="/dev/xvda",
@@ -120,6 +154,13 @@ class Network(Construct):
                             ),
                         )
                     ]
+                    acknowledge(
+                        instance,
+                        "CloudFormation-Validate::W9010",
+                        "The AMI ID is recorded on purpose (config/amis.json, changed by `make "
+                        "ami`): a parameter resolved at each deploy would replace this instance "
+                        "whenever AWS publishes a new AMI.",
+                    )
                     acknowledge(
                         instance,
                         "AwsSolutions-EC28",

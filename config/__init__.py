@@ -10,6 +10,8 @@ allowed, e.g. ``config/production.yaml: fleet.min_capacity=3 is above fleet.max_
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import re
@@ -153,6 +155,11 @@ def load_environment(name: str) -> EnvironmentConfig:
             f"{CI_SELECTOR!r} is the account-level stack Humansa-CI, not an environment "
             f"(its settings are config/{ACCOUNT_FILE})"
         )
+    from config.naming import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(problem)
     if name not in known:
         raise ConfigError(
             f"unknown environment {name!r}; known environments: {', '.join(known) or '(none)'}"
@@ -167,6 +174,7 @@ def load_environment(name: str) -> EnvironmentConfig:
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(shown, exc)) from None
     problems = cross_field_problems(cfg)
+    problems += instance_type_problems(cfg)
     zones = _known_az_count(cfg.account, cfg.region)
     if zones is None:
         problems.append(
@@ -182,6 +190,44 @@ def load_environment(name: str) -> EnvironmentConfig:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConfigError(f"{shown}: {problems[0]}{more}")
     return cfg
+
+
+@functools.cache
+def _ec2_instance_types() -> frozenset[str]:
+    """Every EC2 instance type botocore's EC2 model knows (its ``InstanceType`` enum), or an
+    empty set when botocore is not installed (then nothing is checked)."""
+    try:
+        from botocore.loaders import create_loader
+    except ImportError:  # pragma: no cover - botocore comes with requirements-dev.txt
+        return frozenset()
+    model = create_loader().load_service_model("ec2", "service-2")
+    return frozenset(model["shapes"]["InstanceType"]["enum"])
+
+
+def _unknown(setting: str, value: str, known: frozenset[str], prefix: str = "") -> str:
+    near = difflib.get_close_matches(value.removeprefix(prefix), sorted(known), n=3, cutoff=0.6)
+    hint = f" (nearest: {', '.join(prefix + n for n in near)})" if near else ""
+    return f"{setting}={value} is not an instance type botocore's EC2 model knows{hint}"
+
+
+def instance_type_problems(cfg: EnvironmentConfig) -> list[str]:
+    """Instance types and the RDS class checked against botocore's EC2 model (RDS classes are
+    ``db.`` + an EC2 type: RDS's own model has no list of classes)."""
+    known = _ec2_instance_types()
+    if not known:
+        return []
+    problems = [
+        _unknown(setting, value, known)
+        for setting, value in [
+            ("fleet.instance_type", cfg.fleet.instance_type),
+            *(("fleet.instance_types", t) for t in cfg.fleet.instance_types),
+        ]
+        if value not in known
+    ]
+    db_class = cfg.database.instance_class
+    if db_class != "db.serverless" and db_class.removeprefix("db.") not in known:
+        problems.append(_unknown("database.instance_class", db_class, known, prefix="db."))
+    return problems
 
 
 def load_all(names: list[str] | None = None) -> list[EnvironmentConfig]:

@@ -249,6 +249,14 @@ class ServiceConfig(_Section):
         certificate_arn: ACM certificate ARN; when set the ALB serves HTTPS on 443 and redirects
             HTTP to it. Default none (plain HTTP on 80).
         domain_name: public host name the certificate covers. Default none.
+        allow_plain_http: a written reason (at least 20 characters) to deploy the
+            ``production`` environment without ``certificate_arn``, i.e. serving bearer keys and
+            prompts over plain HTTP. Without it ``make deploy`` / ``make preflight`` refuse a
+            production without a certificate. Default none.
+        deletion_protection: the ALB refuses deletion (production sets it). Default false.
+        access_log_days: days the ALB access logs are kept in their S3 bucket. Default 90.
+        waf: attach an AWS WAF web ACL with AWS managed rule groups (docs/security.md; priced
+            by ``make cost``). Default false.
     """
 
     container_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
@@ -256,6 +264,20 @@ class ServiceConfig(_Section):
     idle_timeout_seconds: Annotated[int, Field(ge=120, le=4000)] = 300
     certificate_arn: str | None = None
     domain_name: str | None = None
+    allow_plain_http: str | None = None
+    deletion_protection: bool = False
+    access_log_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    waf: bool = False
+
+    @field_validator("allow_plain_http")
+    @classmethod
+    def _allow_plain_http(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip()) < 20:
+            raise ValueError(
+                "must be a written reason of at least 20 characters (why this environment may "
+                "serve bearer keys over plain HTTP), or be left out"
+            )
+        return value
 
     @field_validator("health_path")
     @classmethod
@@ -342,12 +364,16 @@ class EnvironmentConfig(_Section):
     @property
     def title(self) -> str:
         """``Production`` for ``production``: the environment part of stack names."""
-        return "".join(part.capitalize() for part in self.name.split("-"))
+        from config.naming import title
+
+        return title(self.name)
 
     @property
     def parameter_path(self) -> str:
         """SSM parameter path with trailing slash, e.g. ``/humansa/production/``."""
-        return f"/humansa/{self.name}/"
+        from config.naming import parameter_path
+
+        return parameter_path(self.name)
 
 
 # --- Account level (config/account.yaml): the Humansa-CI stack -------------------------------
@@ -469,5 +495,10 @@ def cross_field_problems(cfg: EnvironmentConfig) -> list[str]:
         problems.append(
             f"service.domain_name={cfg.service.domain_name} needs service.certificate_arn "
             "(an ACM certificate for that name)"
+        )
+    if cfg.service.allow_plain_http and cfg.service.certificate_arn:
+        problems.append(
+            "service.allow_plain_http is set together with service.certificate_arn (HTTPS); "
+            "remove service.allow_plain_http"
         )
     return problems

@@ -112,8 +112,11 @@ class AuditConfig(BaseModel):
 
     Attributes:
         enabled: Create the trail. Default True.
-        cloudwatch_logs: Also deliver events to a CloudWatch Logs group (costs ingestion, about
-            $0.50 per GB in us-east-1). Default False.
+        cloudwatch_logs: Also deliver events to a CloudWatch Logs group encrypted with the trail's
+            key, with the CIS metric filters and alarms on it (costs ingestion, about $0.50 per
+            GB in us-east-1, and $0.10 per alarm). Default True (the CIS baseline).
+        alarm_email: Address subscribed to the audit alarm topic (SNS sends a confirmation mail
+            first). Default None: no subscription.
         cloudwatch_logs_retention_days: Retention of that group; a CloudWatch Logs value
             (1, 3, 5, 7, 14, 30, 60, 90, ...). Default 90.
         transition_to_infrequent_access_days: Move log files to S3 Standard-IA after this many days
@@ -127,11 +130,19 @@ class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    cloudwatch_logs: bool = False
+    cloudwatch_logs: bool = True
     cloudwatch_logs_retention_days: int = 90
     transition_to_infrequent_access_days: int | None = Field(default=30, ge=30)
     transition_to_glacier_days: int | None = Field(default=90, ge=1)
     expiration_days: int | None = Field(default=365, ge=1)
+    alarm_email: str | None = None
+
+    @field_validator("alarm_email")
+    @classmethod
+    def _check_audit_email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError(f"audit.alarm_email: {value!r} is not an e-mail address")
+        return value
 
     @field_validator("cloudwatch_logs_retention_days")
     @classmethod

@@ -190,8 +190,10 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         "log_config": None,
         "access_log": False,
         "proxy_headers": True,
-        "forwarded_allow_ips": "*",
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "limit_concurrency": settings.max_concurrency,
         "timeout_graceful_shutdown": settings.drain_seconds,
+        "timeout_keep_alive": settings.keep_alive_seconds,
     }
     workers = worker_count(settings)
     if workers == 1:
@@ -201,7 +203,14 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
     # each builds its own app from the same environment, so settings made here go through it.
     if settings.admin_api_key is not None:
         os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
-    _prometheus_multiprocess_dir()
+    folder = _prometheus_multiprocess_dir()
+    if settings.effective_metrics_port:  # one metrics port for every worker's counters
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        start_http_server(settings.effective_metrics_port, settings.metrics_host, registry=registry)
     log.info("starting workers", extra={"fields": {"workers": workers}})
     uvicorn.run("ml_server.app:create_app", factory=True, workers=workers, **options)
 
@@ -213,7 +222,7 @@ def worker_count(settings: Settings) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _prometheus_multiprocess_dir() -> None:
+def _prometheus_multiprocess_dir() -> str:
     """Counters of every worker in one /metrics (prometheus_client's multiprocess mode): a fresh
     folder in PROMETHEUS_MULTIPROC_DIR (default: a new temporary one) before any worker starts."""
     import shutil
@@ -226,6 +235,7 @@ def _prometheus_multiprocess_dir() -> None:
     else:
         folder = tempfile.mkdtemp(prefix="ml-server-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return folder
 
 
 LOCAL_ADMIN_KEY_FILE = "admin_api_key"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,8 +20,12 @@ from ml_server import __version__
 from ml_server import catalog as model_catalog
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
+from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
+from ml_server.api.routes import links as links_route
+from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
+from ml_server.api.routes import responses as responses_route
 from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
 from ml_server.db.engine import make_engine, make_sessionmaker
@@ -110,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         sessions = make_sessionmaker(engine)
         router = Router(
-            build_providers(settings),
+            build_providers(settings, catalog),
             metrics,
             aliases=settings.model_aliases,
             extra_models=settings.extra_models,
@@ -156,6 +161,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await router.start()
         usage.start()
         governor.start()
+        metrics_server = None
+        # With several workers the supervisor serves the port for all (ml_server/__main__.py).
+        if settings.effective_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(
+                settings.effective_metrics_port, settings.metrics_host, registry=metrics.registry
+            )
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
         log.info(
             "ml_server started",
@@ -181,6 +194,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()
             await engine.dispose()
+            if metrics_server is not None:
+                metrics_server.shutdown()
 
     app = GatewayApp(
         title="Humansa ML Server",
@@ -233,7 +248,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/json",
         )
 
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_read_timeout_seconds,
+    )
     fast_routes = {
         "/v1/chat/completions": endpoint_app(chat.chat_completions),
         "/v1/embeddings": endpoint_app(embeddings.embeddings),
@@ -244,8 +264,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         fast_routes=fast_routes,
+        body_timeout=settings.body_read_timeout_seconds,
     )
-    for module in (health, metrics_route, models, chat, embeddings, usage_route):
+    for module in (
+        health,
+        metrics_route,
+        models,
+        chat,
+        embeddings,
+        usage_route,
+        messages_route,
+        responses_route,
+        links_route,
+    ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)
+    install_openapi(app)
     return app

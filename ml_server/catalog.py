@@ -27,7 +27,9 @@ _PRICE_FIELDS = frozenset({*_CATEGORIES, "tiers", "source", "checked"})
 _TIER_FIELDS = frozenset({*_CATEGORIES, "above_prompt_tokens"})
 _ENTRY_FIELDS = frozenset(
     {"listed", "aliases", "context_window", "max_output_tokens", "price", "provider"}
+    | {"thinking", "limits_source", "limits_checked"}
 )
+THINKING_KINDS = ("budget", "adaptive")
 
 
 class CatalogError(ValueError):
@@ -97,6 +99,11 @@ class ModelEntry:
     context_window: int | None = None
     max_output_tokens: int | None = None
     price: Price | None = None
+    # How the model thinks (Anthropic): "budget" (thinking.budget_tokens) or "adaptive"
+    # (thinking adaptive + output_config.effort); None = not known.
+    thinking: str | None = None
+    limits_source: str | None = None  # where context_window / max_output_tokens were read
+    limits_checked: date | None = None
 
 
 @dataclass
@@ -114,6 +121,15 @@ class Catalog:
     def lookup(self, provider: str, model: str) -> ModelEntry | None:
         """The entry for ``provider``'s model id (or one of its aliases)."""
         return self._index.get((provider, model))
+
+    def find(self, provider: str, model: str) -> ModelEntry | None:
+        """``lookup``, also for a dated snapshot of a listed id (``claude-x-20250929``)."""
+        entry = self._index.get((provider, model))
+        if entry is None:
+            base, sep, stamp = model.rpartition("-")
+            if sep and len(stamp) == 8 and stamp.isdigit():
+                entry = self._index.get((provider, base))
+        return entry
 
     def listed(self, provider: str) -> list[str]:
         """Model ids (without the provider prefix) listed for ``provider``, in file order."""
@@ -245,7 +261,31 @@ def _entry(path: Path, name: Any, data: Any) -> ModelEntry:
             path, name, "max_output_tokens", data.get("max_output_tokens")
         ),
         price=_price(path, name, data.get("price")),
+        **_limits_meta(path, name, data),
     )
+
+
+def _limits_meta(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    thinking = data.get("thinking")
+    if thinking is not None and thinking not in THINKING_KINDS:
+        raise CatalogError(
+            f"{_where(path, name, 'thinking')}: must be one of {', '.join(THINKING_KINDS)}"
+        )
+    source = data.get("limits_source")
+    if source is not None and (not isinstance(source, str) or not source.startswith("https://")):
+        raise CatalogError(f"{_where(path, name, 'limits_source')}: must be an https:// address")
+    checked = data.get("limits_checked")
+    if isinstance(checked, str):
+        try:
+            checked = date.fromisoformat(checked)
+        except ValueError:
+            checked = None
+    if source is not None and not isinstance(checked, date):
+        raise CatalogError(
+            f"{_where(path, name, 'limits_checked')}: limits from a source need the date "
+            "(YYYY-MM-DD) they were read"
+        )
+    return {"thinking": thinking, "limits_source": source, "limits_checked": checked}
 
 
 def parse(path: Path, text: str) -> dict[str, ModelEntry]:

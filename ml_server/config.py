@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = "/run/secrets/humansa"
 
@@ -31,6 +31,20 @@ SECRET_FIELDS = (
     "admin_api_key",
 )
 
+# Optional provider settings: an empty value (the boot writes an empty file for a provider secret
+# still at its CDK placeholder) means "not configured", never a placeholder to refuse.
+OPTIONAL_PROVIDER_FIELDS = (
+    "openai_api_key",
+    "anthropic_api_key",
+    "deepseek_api_key",
+    "google_api_key",
+    "xai_api_key",
+    "azure_inference_endpoint",
+    "azure_inference_credential",
+    "webshare_proxy_username",
+    "webshare_proxy_password",
+    "mem0_api_key",
+)
 
 PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "gemini", "xai", "azure", "fake")
 
@@ -57,8 +71,11 @@ class Settings(BaseSettings):
     """Server settings.
 
     Every field reads the upper-case environment variable of the same name (the seed's names), or a
-    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). Unknown variables are
-    ignored (the instance env file carries ALB_DNS_NAME and friends).
+    file of that name in ``SECRETS_DIR`` (how the instances deliver secrets). A file wins over the
+    variable: the instances keep the files current (the DB password rotates), so a stale
+    ``DB_PASSWORD`` in an environment cannot shadow the rotated one. An empty optional provider
+    value means "not configured". Unknown variables are ignored (the instance env file carries
+    ALB_DNS_NAME and friends).
     """
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
@@ -93,6 +110,21 @@ class Settings(BaseSettings):
     webshare_proxy_username: str | None = None
     webshare_proxy_password: SecretStr | None = None
     mem0_api_key: SecretStr | None = None
+    # Link analysis (ml_server/links.py): every fetch goes through the Webshare proxy when its
+    # credentials are set; without them only LINKS_ALLOW_DIRECT=true fetches directly.
+    links_proxy_url: str = "http://p.webshare.io:80"
+    links_allow_direct: bool = False
+    # Extra ranges never fetched (the VPC CIDR, peered networks), e.g. ["10.0.0.0/16"].
+    links_blocked_cidrs: list[str] = Field(default_factory=list)
+    # Exceptions to the SSRF rule. For tests on 127.0.0.1 only; refused in production.
+    links_allowed_cidrs: list[str] = Field(default_factory=list)
+    # Ports a fetched URL may name.
+    links_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    links_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    links_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    links_max_redirects: int = Field(default=5, ge=0, le=20)
+    # Longest extracted text returned and handed to a model.
+    links_max_chars: int = Field(default=20_000, ge=100, le=1_000_000)
     # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
     admin_api_key: SecretStr | None = None
 
@@ -114,6 +146,18 @@ class Settings(BaseSettings):
 
     # HTTP behaviour.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # A request body not complete within this many seconds is answered 408.
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
+    max_concurrency: int = Field(default=2000, ge=1)
+    # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
+    # or CIDRs. On the instances: the VPC CIDR (the ALB's addresses), never "*".
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Prometheus metrics on their own port, never the public one: 0 = on the app port at
+    # /metrics (development and tests only). METRICS_HOST: the address it binds (in the
+    # container 0.0.0.0; publish it to the host's 127.0.0.1 only).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
     provider_timeout_seconds: float = Field(default=600.0, gt=0)
     provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     stream_keepalive_seconds: float = Field(default=5.0, gt=0)
@@ -144,6 +188,9 @@ class Settings(BaseSettings):
     # as PROVIDER_TIMEOUT_SECONDS). Below the ALB deregistration delay (610 s) and Docker's stop
     # grace (610 s); an instance with no open stream stops at once.
     drain_seconds: int = Field(default=600, ge=0, le=3600)
+    # HTTP keep-alive of idle connections; above the load balancer's idle timeout (the boot
+    # passes the ALB's + 5 s), else the ALB reuses a connection the server closes: a 502.
+    keep_alive_seconds: int = Field(default=65, ge=1, le=4100)
 
     # Usage accounting.
     usage_queue_size: int = Field(default=10_000, ge=1)
@@ -162,6 +209,34 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     secrets_dir: str = DEFAULT_SECRETS_DIR
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Secret files before the environment (pydantic-settings' default is the reverse).
+        return init_settings, file_secret_settings, env_settings, dotenv_settings
+
+    @field_validator(*OPTIONAL_PROVIDER_FIELDS, mode="before")
+    @classmethod
+    def _empty_means_not_configured(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @property
+    def effective_metrics_port(self) -> int:
+        """METRICS_PORT, or its default: 0 (the app port) in development, else 9101."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 0 if self.is_development else 9101
 
     @property
     def is_development(self) -> bool:
@@ -200,6 +275,15 @@ class Settings(BaseSettings):
                         f"PROVIDER_TIMEOUTS[{name!r}]: {key!r}={seconds!r}; allowed keys are "
                         "'connect' and 'read', each a number of seconds > 0"
                     )
+        from ml_server.links import parse_networks  # checks each CIDR, naming the setting
+
+        parse_networks(self.links_blocked_cidrs, "LINKS_BLOCKED_CIDRS")
+        parse_networks(self.links_allowed_cidrs, "LINKS_ALLOWED_CIDRS")
+        if self.links_allowed_cidrs and self.environment == "production":
+            raise SettingsError(
+                "LINKS_ALLOWED_CIDRS lifts the link fetcher's SSRF rule and is for tests only; "
+                "leave it empty in production"
+            )
         return self
 
     @model_validator(mode="after")

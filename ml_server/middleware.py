@@ -5,6 +5,7 @@ Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -19,6 +20,10 @@ from ml_server.metrics import Metrics
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
     pass
 
 
@@ -39,10 +44,12 @@ class RequestMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         fast_routes: Mapping[str, ASGIApp] | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.body_timeout = body_timeout
         self.fast_routes = dict(fast_routes or {})
         # Request ids: 16 random hex digits per process, then a counter (unique, and cheaper
         # than a uuid4 per request).
@@ -77,13 +84,26 @@ class RequestMiddleware:
         sent_start = False
         received = 0
 
+        body_done = False
+        body_deadline = 0.0
+
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, body_deadline
+            if body_done:  # afterwards only a disconnect can come: no deadline
+                return await receive()
+            if not body_deadline:
+                body_deadline = asyncio.get_running_loop().time() + self.body_timeout
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise BodyTooLarge
+                if not message.get("more_body"):
+                    body_done = True
             return message
 
         async def send_wrapper(message: Message) -> None:
@@ -108,7 +128,19 @@ class RequestMiddleware:
             if sent_start:
                 raise
             await self._too_large(send_wrapper)
+        except BodyTimeout:
+            if sent_start:
+                raise
+            await self._reject(
+                send_wrapper,
+                408,
+                f"the request body did not arrive within {self.body_timeout:g} s "
+                "(BODY_READ_TIMEOUT_SECONDS)",
+                "request_timeout",
+            )
         finally:
+            if not status and scope["state"].get("client_gone"):
+                status = 499  # the client left before the answer (nginx's code)
             elapsed = time.perf_counter() - started
             route: str = route_label or getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
@@ -127,15 +159,19 @@ class RequestMiddleware:
             access_log.write(fields)
 
     async def _too_large(self, send: Send) -> None:
-        body = error_body(
+        await self._reject(
+            send,
+            413,
             f"request body exceeds the limit of {self.max_body} bytes (MAX_BODY_BYTES)",
-            "invalid_request_error",
             "request_too_large",
         )
+
+    async def _reject(self, send: Send, status: int, message: str, code: str) -> None:
+        body = error_body(message, "invalid_request_error", code)
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

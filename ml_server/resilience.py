@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,69 @@ class CircuitBreaker:
 def backoff_delay(retry: int, base: float, cap: float) -> float:
     """Exponential back-off with full jitter: uniform in [0, min(cap, base * 2**retry)]."""
     return random.uniform(0.0, min(cap, base * (2**retry)))
+
+
+# Failures worth another attempt (same target after a back-off, or the next target).
+RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
+# Failures that count against the provider's circuit breaker (provider health, not the request).
+BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx", "quota"})
+# Failures after which the next target is tried, but not the same one again.
+FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open", "quota"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do after a failed attempt: ``raise`` it (the request is at fault), try the
+    ``next`` target (or raise when there is none), or ``retry`` the same one after ``delay``."""
+
+    action: str  # "raise" | "next" | "retry"
+    delay: float = 0.0
+
+
+def decide(
+    kind: str,
+    *,
+    retries: int,
+    max_retries: int,
+    has_next: bool,
+    retry_after: str | None,
+    now: float,
+    deadline: float,
+    backoff_base: float,
+    backoff_max: float,
+    retry_after_max: float,
+    jitter: float,
+) -> Decision:
+    """The retry/fallback decision, a pure function of the failure and the request's budget.
+
+    ``jitter`` in [0, 1] scales the exponential back-off (full jitter; the router passes a
+    random number, tests a fixed one).
+    """
+    if kind not in RETRYABLE_KINDS and kind not in FALLBACK_ONLY_KINDS:
+        return Decision("raise")
+    if kind in FALLBACK_ONLY_KINDS or retries >= max_retries:
+        return Decision("next")
+    if kind == "rate_limited" and has_next:
+        return Decision("next")  # another provider can answer now; do not wait for this one
+    delay = jitter * min(backoff_max, backoff_base * (2**retries))
+    asked = parse_retry_after(retry_after)
+    if asked is not None:
+        if asked > retry_after_max:
+            return Decision("next")
+        delay = max(delay, asked)
+    if now + delay >= deadline:
+        return Decision("next")
+    return Decision("retry", delay)
+
+
+def breaker_verdict(kind: str) -> str:
+    """How a failure of this kind counts for the provider's breaker: ``failure`` (the provider
+    is unhealthy), ``none`` (429: busy, not down) or ``success`` (it answered: it is up)."""
+    if kind in BREAKER_KINDS:
+        return "failure"
+    if kind == "rate_limited":
+        return "none"
+    return "success"
 
 
 def parse_retry_after(value: str | None) -> float | None:

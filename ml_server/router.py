@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,14 +30,15 @@ from ml_server.providers.base import (
 from ml_server.providers.fake import FAKE_MODELS, FakeProvider
 from ml_server.providers.openai_compat import OpenAICompatProvider
 from ml_server.resilience import (
+    BREAKER_KINDS,
     CLOSED,
     STATE_NAMES,
     CircuitBreaker,
     DeadlineWatch,
     ResilienceCollector,
     ResilienceCounters,
-    backoff_delay,
-    parse_retry_after,
+    breaker_verdict,
+    decide,
 )
 
 log = logging.getLogger(__name__)
@@ -44,14 +46,6 @@ log = logging.getLogger(__name__)
 # GET /v1/models lists, for each provider that has a key, the catalogue's listed models
 # (ml_server/catalog/models.yaml); any other model id of a configured provider still routes
 # (``provider/any-model``); EXTRA_MODELS adds entries to the list.
-
-
-# Failures worth another attempt (same target after a back-off, or the next target).
-RETRYABLE_KINDS = frozenset({"connection", "timeout", "http_5xx", "rate_limited"})
-# Failures that count against the provider's circuit breaker.
-BREAKER_KINDS = frozenset({"connection", "timeout", "http_5xx", "quota"})
-# Failures after which the next target is tried, but not the same one again.
-FALLBACK_ONLY_KINDS = frozenset({"auth", "circuit_open", "quota"})
 
 
 # Opening events held back while waiting for the first content (then the stream is committed).
@@ -183,9 +177,12 @@ class _PrimedStream(ChatStream):
         await self._inner.aclose()
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(
+    settings: Settings, catalog: model_catalog.Catalog | None = None
+) -> dict[str, Provider]:
     """One provider object per configured credential (plus ``fake`` when enabled)."""
     providers: dict[str, Provider] = {}
+    models = catalog or model_catalog.default()
 
     def read_timeout(name: str) -> float:
         """``PROVIDER_TIMEOUTS[name].read`` or PROVIDER_TIMEOUT_SECONDS."""
@@ -219,7 +216,9 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         providers["azure"] = OpenAICompatProvider(
             "azure",
             settings.azure_inference_endpoint,
-            {"api-key": cred.get_secret_value()},
+            # OpenAI-only parameters (e.g. stream_options, parallel_tool_calls) are dropped by
+            # Azure AI Inference instead of failing the request ("extra-parameters" header).
+            {"api-key": cred.get_secret_value(), "extra-parameters": "drop"},
             timeout=read_timeout("azure"),
             connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
@@ -234,6 +233,8 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
             default_max_tokens=settings.anthropic_default_max_tokens,
             timeout=read_timeout("anthropic"),
             connect_timeout=connect_timeout("anthropic"),
+            max_output=lambda m: getattr(models.find("anthropic", m), "max_output_tokens", None),
+            adaptive=lambda m: getattr(models.find("anthropic", m), "thinking", None) == "adaptive",
         )
     if settings.fake_provider_enabled:
         providers["fake"] = FakeProvider()
@@ -465,25 +466,30 @@ class Router:
                     return result
                 self._observe(name, started, error)
                 kind = error.kind
-                if kind in BREAKER_KINDS:
+                verdict = breaker_verdict(kind)
+                if verdict == "failure":
                     breaker.failure()
-                elif kind != "rate_limited":
-                    breaker.success()  # the provider answered: it is up
-                if kind not in RETRYABLE_KINDS and kind not in FALLBACK_ONLY_KINDS:
+                elif verdict == "success":
+                    breaker.success()
+                decision = decide(
+                    kind,
+                    retries=retries,
+                    max_retries=policy.max_retries,
+                    has_next=has_next,
+                    retry_after=error.retry_after,
+                    now=time.monotonic(),
+                    deadline=deadline,
+                    backoff_base=policy.backoff_base,
+                    backoff_max=policy.backoff_max,
+                    retry_after_max=policy.retry_after_max,
+                    jitter=random.random(),
+                )
+                if decision.action == "raise":
                     raise error  # the request itself is at fault: no retry, no fallback
                 last = error
-                if kind in FALLBACK_ONLY_KINDS or retries >= policy.max_retries:
+                if decision.action == "next":
                     break
-                if kind == "rate_limited" and has_next:
-                    break  # another provider can answer now; do not wait for this one
-                delay = backoff_delay(retries, policy.backoff_base, policy.backoff_max)
-                asked = parse_retry_after(error.retry_after)
-                if asked is not None:
-                    if asked > policy.retry_after_max:
-                        break
-                    delay = max(delay, asked)
-                if time.monotonic() + delay >= deadline:
-                    break
+                delay = decision.delay
                 retries += 1
                 self.counters.retry(name)
                 try:

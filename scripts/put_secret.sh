@@ -5,7 +5,18 @@
 # GHCR_TOKEN (the ECR pull-through cache credential) is stored as the JSON ECR requires,
 # {"username": $GHCR_USERNAME, "accessToken": <stdin>}, under ecr-pullthroughcache/humansa/<env>/.
 set -euo pipefail
-ENVS="dev staging production"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+config_dir="${HUMANSA_CONFIG_DIR:-$root/config}"
+# The environments are the config files (dev, staging, production first); account.yaml is not one.
+ENVS=""
+for preferred in dev staging production; do
+  [ -f "$config_dir/$preferred.yaml" ] && ENVS="$ENVS $preferred"
+done
+for file in "$config_dir"/*.yaml; do
+  n="$(basename "$file" .yaml)"
+  case "$n" in account | dev | staging | production) ;; *) ENVS="$ENVS $n" ;; esac
+done
+ENVS="${ENVS# }"
 NAMES="OPENAI_API_KEY ANTHROPIC_API_KEY DEEPSEEK_API_KEY GOOGLE_API_KEY XAI_API_KEY AZURE_INFERENCE_ENDPOINT AZURE_INFERENCE_CREDENTIAL WEBSHARE_PROXY_USERNAME WEBSHARE_PROXY_PASSWORD MEM0_API_KEY ADMIN_API_KEY GHCR_TOKEN"
 env_name="${1:-}"
 name="${2:-}"
@@ -13,6 +24,9 @@ case " $ENVS " in *" $env_name "*) [ -n "$env_name" ] ;; *) false ;; esac \
   || { echo "put_secret: ENV must be one of $ENVS (got '$env_name')" >&2; exit 2; }
 case " $NAMES " in *" $name "*) [ -n "$name" ] ;; *) false ;; esac \
   || { echo "put_secret: NAME must be one of $NAMES (got '$name')" >&2; exit 2; }
+# The environment's region, from its config file (a top-level `region: <name>` line).
+region="$(sed -n 's/^region:[[:space:]]*"\{0,1\}\([a-z0-9-]*\)"\{0,1\}.*$/\1/p' "$config_dir/$env_name.yaml" | head -n 1)"
+[ -n "$region" ] || { echo "put_secret: no region: in $config_dir/$env_name.yaml" >&2; exit 2; }
 if [ -t 0 ]; then
   read -r -s -p "Value for /humansa/$env_name/$name (not echoed): " value
   echo >&2
@@ -29,6 +43,6 @@ if [ "$name" = GHCR_TOKEN ]; then
   value=$(printf '%s' "$value" | python3 -c \
     'import json, os, sys; print(json.dumps({"username": os.environ["GHCR_USERNAME"], "accessToken": sys.stdin.read()}))')
 fi
-printf '%s' "$value" | aws secretsmanager put-secret-value --secret-id "$secret_id" \
+printf '%s' "$value" | aws secretsmanager put-secret-value --region "$region" --secret-id "$secret_id" \
   --secret-string file:///dev/stdin --query VersionId --output text >/dev/null
-echo "put_secret: stored a new version of $secret_id" >&2
+echo "put_secret: stored a new version of $secret_id in $region" >&2

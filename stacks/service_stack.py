@@ -4,22 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import ArnFormat, CfnOutput, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.boot import METRICS_NAMESPACE_PREFIX, BootSettings, SecretFile
+from components.boot import (
+    LAUNCH_HOOK_NAME,
+    METRICS_NAMESPACE_PREFIX,
+    RUNBOOK_PARAMETER_NAMES,
+    BootSettings,
+    SecretFile,
+)
 from components.database import DB_PORT
 from components.fleet import Fleet
 from components.image import ServerImage
-from components.load_balancer import LoadBalancer
+from components.load_balancer import LoadBalancer, server_keep_alive_seconds
 from components.logs import ServiceLogs
 from components.monitoring import ServiceMonitoring
 from components.network import Network
 from components.parameters import Parameters
 from components.secrets import ProviderSecrets
+from config import naming
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
 
@@ -29,7 +36,13 @@ REFRESH_ALARMS = ("Target5xxRate", "UnhealthyHosts")
 
 def alarm_name(config: EnvironmentConfig, alarm_id: str) -> str:
     """The name ``ServiceMonitoring`` gives an alarm: ``Humansa-<Env>-<AlarmId>``."""
-    return f"Humansa-{config.name.capitalize()}-{alarm_id}"
+    return f"{naming.alarm_prefix(config.name)}-{alarm_id}"
+
+
+def group_name(config: EnvironmentConfig) -> str:
+    """The Auto Scaling group's fixed name, ``humansa-<env>-fleet`` (the boot completes its
+    launch hook by name, and the instance role's grant names it)."""
+    return f"humansa-{config.name}-fleet"
 
 
 class ServiceStack(Stack):
@@ -104,6 +117,9 @@ class ServiceStack(Stack):
             setup_log_group=self.logs.setup.log_group_name,
             container_port=config.service.container_port,
             health_path=config.service.health_path,
+            keep_alive_seconds=server_keep_alive_seconds(config.service),
+            auto_scaling_group_name=group_name(config),
+            lifecycle_hook_name=LAUNCH_HOOK_NAME,
         )
         self.fleet = Fleet(
             self,
@@ -148,11 +164,6 @@ class ServiceStack(Stack):
             self.fleet.security_group, ec2.Port.tcp(DB_PORT), "Fleet to PostgreSQL"
         )
 
-        # Read by `make keys` / `make usage` (ml_server/admin/cli.py) to reach the admin API.
-        scheme = "https" if config.service.certificate_arn else "http"
-        host = config.service.domain_name or self.load_balancer.alb.load_balancer_dns_name
-        CfnOutput(self, "ServiceUrl", value=f"{scheme}://{host}", description="Server base URL")
-
         self.parameters = Parameters(
             self,
             "Parameters",
@@ -172,20 +183,46 @@ class ServiceStack(Stack):
         role = self.fleet.role
         database.secret.grant_read(role)
         self.provider_secrets.grant_read(role)
-        # The boot script reads the whole path with GetParametersByPath, which covers this
-        # stack's parameters too. A per-parameter grant on asg_name would make the role policy
-        # depend on the ASG, which already waits for that policy: a cycle.
+        # The boot reads the runbook's parameters by name (GetParameters, no decryption); IAM
+        # authorizes each name as arn:...:parameter/<name without its leading slash>. ARNs from
+        # names, not the parameter objects: a grant on asg_name would make the role policy
+        # depend on the group, which already waits for that policy (a cycle).
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["ssm:GetParametersByPath"],
+                sid="RunbookParameters",
+                actions=["ssm:GetParameters"],
                 resources=[
                     self.format_arn(
                         service="ssm",
                         resource="parameter",
-                        resource_name=config.parameter_path.strip("/"),
+                        resource_name=f"{config.parameter_path.strip('/')}/{name}",
                     )
+                    for name in RUNBOOK_PARAMETER_NAMES
                 ],
             )
+        )
+        # The launch hook, on this group only. Its ARN holds a UUID assigned at creation
+        # (autoScalingGroup:<uuid>:autoScalingGroupName/<name>), hence the one wildcard.
+        group_arn = self.format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{group_name(config)}",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="CompleteLaunchHook",
+                actions=["autoscaling:CompleteLifecycleAction"],
+                resources=[group_arn],
+            )
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:autoscaling:"
+            f"{config.region}:{config.account}:autoScalingGroup:*:autoScalingGroupName/"
+            f"{group_name(config)}]",
+            "A group's ARN carries a UUID assigned when it is created; the name pins the grant "
+            "to this environment's group.",
         )
         role.add_to_principal_policy(
             iam.PolicyStatement(
@@ -218,3 +255,32 @@ class ServiceStack(Stack):
             "condition) and the Session Manager channel actions (ssm:UpdateInstanceInformation, "
             "ssmmessages:*Channel); AWS requires '*'.",
         )
+        self._add_outputs(config, tag)
+
+    def _add_outputs(self, config: EnvironmentConfig, tag: str) -> None:
+        """What an operator looks for after a deploy (``make status`` reads these)."""
+        alb = self.load_balancer.alb
+        scheme = "https" if config.service.certificate_arn else "http"
+        host = config.service.domain_name or alb.load_balancer_dns_name
+        outputs = {
+            naming.OUTPUT_SERVICE_URL: (f"{scheme}://{host}", "The service's base URL"),
+            naming.OUTPUT_DASHBOARD_URL: (
+                naming.dashboard_url(config.region, self.monitoring.dashboard.dashboard_name),
+                "CloudWatch dashboard",
+            ),
+            naming.OUTPUT_APP_LOG_GROUP: (self.logs.app.log_group_name, "Server log group"),
+            naming.OUTPUT_SETUP_LOG_GROUP: (self.logs.setup.log_group_name, "Boot log group"),
+            naming.OUTPUT_ASG_NAME: (
+                self.fleet.auto_scaling_group.auto_scaling_group_name,
+                "Auto Scaling group",
+            ),
+            naming.OUTPUT_TARGET_GROUP_ARN: (
+                self.load_balancer.target_group.target_group_arn,
+                "ALB target group",
+            ),
+            naming.OUTPUT_IMAGE_URI: (self.image.image_uri, "Image the instances run"),
+            naming.OUTPUT_IMAGE_TAG: (tag, "Release tag recorded in ml_server_image_tag"),
+            naming.OUTPUT_IMAGE_SOURCE: (self.image.source, "image.source (asset or ghcr)"),
+        }
+        for key, (value, description) in outputs.items():
+            CfnOutput(self, key, value=value, description=description)

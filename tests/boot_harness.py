@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from components.boot import (
+    LAUNCH_HOOK_NAME,
     PLACEHOLDER_SECRET_VALUE,
     PROVIDER_SECRET_NAMES,
     BootSettings,
@@ -56,6 +58,10 @@ PARAMETERS = {
     "features/rate_limit": "60",
 }
 UNSET_PROVIDER = "MEM0_API_KEY"
+ASG_NAME = PARAMETERS["asg_name"]
+HOOK_NAME = LAUNCH_HOOK_NAME
+PLANTED_SECURESTRING = "planted-securestring-not-a-real-pat-Zx40"
+"""A SecureString the old runbook left under the path (``github_pat``): never read."""
 
 
 def provider_values() -> dict[str, str]:
@@ -71,7 +77,11 @@ def provider_values() -> dict[str, str]:
 
 def secret_values() -> list[str]:
     """Every secret value that must never leak (the placeholder is not a secret)."""
-    return [DB_PASSWORD, *(v for v in provider_values().values() if v != PLACEHOLDER_SECRET_VALUE)]
+    return [
+        DB_PASSWORD,
+        PLANTED_SECURESTRING,
+        *(v for v in provider_values().values() if v != PLACEHOLDER_SECRET_VALUE),
+    ]
 
 
 def free_port() -> int:
@@ -106,6 +116,9 @@ class Moto:
         for name, value in PARAMETERS.items():
             ssm.put_parameter(Name=PARAM_PATH + name, Value=value, Type="String", Overwrite=True)
         ssm.put_parameter(Name="/humansa/staging/db_host", Value="not-this-env", Type="String")
+        ssm.put_parameter(
+            Name=PARAM_PATH + "github_pat", Value=PLANTED_SECURESTRING, Type="SecureString"
+        )
         sm = self.client("secretsmanager")
         rds = {
             "engine": "postgres",
@@ -133,6 +146,9 @@ def moto_server() -> Iterator[Moto]:
     server.start()
     moto = Moto(port=port, server=server)
     try:
+        # moto's backends are process-wide: start from an empty account every time.
+        reset = urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - moto on 127.0.0.1
         moto.seed()
         yield moto
     finally:

@@ -65,3 +65,18 @@ def test_without_account_file_default_skips_ci_and_ci_is_refused(
 def test_account_file_is_not_an_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"^unknown environment 'account'"):
         _select(monkeypatch, "account")
+
+
+def test_image_source_override_for_releases() -> None:
+    from app import with_image_source
+    from config import load_environment
+
+    dev = load_environment("dev")
+    assert dev.image.source == "asset"
+    assert with_image_source(dev, None) is dev
+    assert with_image_source(dev, "ghcr").image.source == "ghcr"
+    assert with_image_source(dev, "ghcr").fleet == dev.fleet
+    with pytest.raises(
+        ConfigError, match=r"^-c image_source=docker is not allowed \(allowed: asset, ghcr\)$"
+    ):
+        with_image_source(dev, "docker")

@@ -11,17 +11,17 @@ from typing import Any
 import aws_cdk as cdk
 import pytest
 from aws_cdk import App, Stack
-from aws_cdk.assertions import Template
+from aws_cdk.assertions import Match, Template
 from cdk_nag import AwsSolutionsChecks
 from pydantic import ValidationError
 
 from app import CI_STACK_NAME
-from components.audit import AuditTrail
+from components.audit import CIS_ALARMS, CIS_NAMESPACE, LOG_GROUP_NAME, TRAIL_NAME, AuditTrail
 from config import ConfigError, load_account
 from config.monitoring import AuditConfig
 from stacks.ci_stack import CiStack
 from tests.conftest import ROOT, Synth
-from tests.ops_checks import check_trail
+from tests.ops_checks import check_trail, only_resource
 from tests.test_config import _config_dir
 
 
@@ -29,7 +29,122 @@ def test_trail_in_the_ci_stack_from_account_config(synth: Synth) -> None:
     assert synth.ci_stack.stack_name == CI_STACK_NAME
     assert synth.account.audit.enabled is True
     check_trail(synth.ci, synth.account.audit)
-    synth.ci.resource_count_is("AWS::Logs::LogGroup", 0)  # cloudwatch_logs: false committed
+    check_audit_logs_and_alarms(synth.ci, synth.account.audit)
+
+
+def check_audit_logs_and_alarms(template: Template, config: AuditConfig) -> None:
+    """The trail's customer key, its encrypted log group and one CIS alarm per filter."""
+    _, trail = only_resource(template, "AWS::CloudTrail::Trail")
+    key_id = trail["KMSKeyId"]["Fn::GetAtt"][0]
+    resources = template.to_json()["Resources"]
+    key = resources[key_id]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = {s.get("Sid"): s for s in key["KeyPolicy"]["Statement"]}
+    trail_arn = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                f":cloudtrail:ap-east-1:992382528744:trail/{TRAIL_NAME}",
+            ],
+        ]
+    }
+    encrypt = statements["CloudTrailEncryptLogs"]
+    assert encrypt["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
+    assert encrypt["Action"] == "kms:GenerateDataKey*"
+    assert encrypt["Condition"]["StringEquals"] == {"aws:SourceArn": trail_arn}
+    assert "kms:EncryptionContext:aws:cloudtrail:arn" in encrypt["Condition"]["StringLike"]
+    assert statements["CloudTrailDescribeKey"]["Condition"]["StringEquals"] == {
+        "aws:SourceArn": trail_arn
+    }
+    template.has_resource_properties(
+        "AWS::CloudTrail::Trail",
+        {"TrailName": TRAIL_NAME, "CloudWatchLogsLogGroupArn": Match.any_value()},
+    )
+    template.has_resource_properties(
+        "AWS::Logs::LogGroup",
+        {
+            "LogGroupName": LOG_GROUP_NAME,
+            "RetentionInDays": config.cloudwatch_logs_retention_days,
+            "KmsKeyId": {"Fn::GetAtt": [key_id, "Arn"]},
+        },
+    )
+    logs_statement = statements["CloudWatchLogsEncryptTrailGroup"]
+    assert logs_statement["Principal"] == {"Service": "logs.ap-east-1.amazonaws.com"}
+    filters = template.find_resources("AWS::Logs::MetricFilter")
+    patterns = {
+        f["Properties"]["MetricTransformations"][0]["MetricName"]: f["Properties"]["FilterPattern"]
+        for f in filters.values()
+    }
+    assert patterns == {a.name: a.pattern for a in CIS_ALARMS}
+    _, topic = only_resource(template, "AWS::SNS::Topic")
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    alarms = template.find_resources("AWS::CloudWatch::Alarm")
+    assert len(alarms) == len(CIS_ALARMS) == 14
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["Namespace"] == CIS_NAMESPACE
+        assert props["MetricName"] in patterns
+        assert props["AlarmName"] == f"Humansa-Audit-{props['MetricName']}"
+        assert props["Threshold"] == 1
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert [a["Ref"] for a in props["AlarmActions"]] == list(
+            template.find_resources("AWS::SNS::Topic")
+        )
+    template.has_resource_properties(
+        "AWS::SNS::TopicPolicy",
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Sid": "CloudWatchAlarmsPublish",
+                                "Effect": "Allow",
+                                "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                                "Action": "sns:Publish",
+                                "Condition": Match.object_like(
+                                    {"StringEquals": {"aws:SourceAccount": "992382528744"}}
+                                ),
+                            }
+                        )
+                    ]
+                )
+            }
+        },
+    )
+    assert statements["CloudWatchAlarmsUseTopicKey"]["Principal"] == {
+        "Service": "cloudwatch.amazonaws.com"
+    }
+
+
+def test_cis_filter_patterns_are_balanced() -> None:
+    for alarm in CIS_ALARMS:
+        text = alarm.pattern
+        assert text.startswith("{ ") and text.endswith(" }"), alarm.name
+        assert text.count("(") == text.count(")"), alarm.name
+        assert text.count('"') % 2 == 0, alarm.name
+
+
+def test_trail_without_cloudwatch_logs_has_no_alarms() -> None:
+    stack = Stack(App(), "Account", env=cdk.Environment(account="992382528744", region="ap-east-1"))
+    config = AuditConfig(cloudwatch_logs=False)
+    trail = AuditTrail(stack, "AuditTrail", config=config)
+    template = Template.from_stack(stack)
+    check_trail(template, config)
+    template.resource_count_is("AWS::Logs::LogGroup", 0)
+    template.resource_count_is("AWS::CloudWatch::Alarm", 0)
+    assert trail.topic is None
+    template.has_resource_properties("AWS::CloudTrail::Trail", {"KMSKeyId": Match.any_value()})
+
+
+def test_alarm_email_subscribes_to_the_audit_topic() -> None:
+    stack = Stack(App(), "Account", env=cdk.Environment(account="992382528744", region="ap-east-1"))
+    AuditTrail(stack, "AuditTrail", config=AuditConfig(alarm_email="sec@example.com"))
+    Template.from_stack(stack).has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "sec@example.com"}
+    )
 
 
 def test_ci_stack_is_termination_protected(synth: Synth) -> None:
@@ -64,7 +179,7 @@ def with_logs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Template, Path,
 def test_trail_with_cloudwatch_logs(with_logs: tuple[Template, Path, AuditConfig]) -> None:
     template, _, config = with_logs
     check_trail(template, config)
-    template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 400})
+    check_audit_logs_and_alarms(template, config)
 
 
 def test_trail_with_cloudwatch_logs_is_cfn_lint_clean(
@@ -115,7 +230,7 @@ def test_disabled_audit_leaves_the_trail_out() -> None:
 
 def test_defaults() -> None:
     config = AuditConfig()
-    assert (config.enabled, config.cloudwatch_logs) == (True, False)
+    assert (config.enabled, config.cloudwatch_logs, config.alarm_email) == (True, True, None)
     assert (
         config.transition_to_infrequent_access_days,
         config.transition_to_glacier_days,
@@ -131,6 +246,7 @@ def test_defaults() -> None:
         ({"expiration_days": 60}, r"audit\.expiration_days \(60\) must be greater"),
         ({"cloudwatch_logs_retention_days": 10}, "cloudwatch_logs_retention_days: 10"),
         ({"trail_name": "x"}, "trail_name"),
+        ({"alarm_email": "not-mail"}, r"audit\.alarm_email: 'not-mail' is not an e-mail"),
     ],
 )
 def test_config_rejects(data: dict[str, object], message: str) -> None:
@@ -189,7 +305,7 @@ def _account_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any
             {"audit__trail": "x"},
             "config/account.yaml: audit.trail is not a known setting (allowed: enabled, "
             "cloudwatch_logs, cloudwatch_logs_retention_days, transition_to_infrequent_access_days"
-            ", transition_to_glacier_days, expiration_days)",
+            ", transition_to_glacier_days, expiration_days, alarm_email)",
         ),
         ({"account": None}, "config/account.yaml: account is required"),
         (

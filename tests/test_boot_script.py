@@ -18,6 +18,7 @@ from components.boot import (
     ENVIRONMENTS,
     PLACEHOLDER_SECRET_VALUE,
     PROVIDER_SECRET_NAMES,
+    RUNBOOK_PARAMETER_NAMES,
     USER_DATA_LIMIT_BYTES,
     BootSettings,
     SecretFile,
@@ -141,7 +142,8 @@ def test_unit_and_agent_config() -> None:
         "awslogs-group=/aws/ec2/humansa-ml/staging",
     ):
         assert part in start
-    assert " -e " not in start
+    # No secret on the command line: the only -e is the keep-alive (the ALB's idle timeout + 5).
+    assert re.findall(r" -e (\S+)", start) == ["KEEP_ALIVE_SECONDS=305"]
     timer = render_file("humansa-health.timer.j2", settings)
     assert "OnUnitActiveSec=60" in timer
     agent = json.loads(render_file("cloudwatch-agent.json.j2", settings))
@@ -211,8 +213,10 @@ def test_boot_writes_config_and_secrets_starts_the_unit_and_is_idempotent(
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert (env_file.stat().st_uid, env_file.stat().st_gid) == (0, 0)
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-    for name, value in h.PARAMETERS.items():  # every parameter, nested ones too (recursive)
-        assert env[name.rsplit("/", 1)[-1].upper()] == value
+    for name in RUNBOOK_PARAMETER_NAMES:  # the runbook's names, read by name
+        assert env[name.upper()] == h.PARAMETERS[name]
+    # Nothing else under the path: not the extra Strings, not the planted SecureString.
+    assert "LOG_LEVEL" not in env and "RATE_LIMIT" not in env and "GITHUB_PAT" not in env
     assert env["ENVIRONMENT"] == "production" and env["AWS_REGION"] == "ap-east-1"
     assert env["INSTANCE_ID"] == "i-0123456789abcdef0" and env["ML_SERVER_PORT"] == "5001"
     assert env["DB_ACTIVE_DATABASE"] == h.PARAMETERS["db_name"]
@@ -457,3 +461,50 @@ def test_put_secret_knows_the_same_names_as_the_cdk_side() -> None:
     assert names is not None
     assert names[1].split() == [*PROVIDER_SECRET_NAMES, "GHCR_TOKEN"]
     assert PLACEHOLDER_SECRET_VALUE in text
+
+
+@pytest.mark.slow
+def test_a_securestring_under_a_runbook_name_stops_the_boot_unread(
+    moto: h.Moto, sandbox: h.Sandbox
+) -> None:
+    # GIVEN db_username replaced by a SecureString (a secret where the runbook expects a String)
+    ssm = moto.client("ssm")
+    name = h.PARAM_PATH + "db_username"
+    ssm.put_parameter(Name=name, Value=h.PLANTED_SECURESTRING, Type="SecureString", Overwrite=True)
+    try:
+        script = render_user_data(h.settings({"DB_PASSWORD": moto.secret_arns["DB_PASSWORD"]}))
+        result = sandbox.run(script, moto.endpoint)
+    finally:
+        ssm.put_parameter(
+            Name=name, Value=h.PARAMETERS["db_username"], Type="String", Overwrite=True
+        )
+    # THEN the boot refuses it by name, never decrypts it, and writes no env file
+    assert result.returncode != 0
+    log = (sandbox.root / "var/log/user-data.log").read_text()
+    assert f"parameter {name} is a SecureString" in log
+    assert not (sandbox.root / "etc/humansa/humansa-ml.env").exists()
+    assert_no_secret_in(log + sandbox.stub_log.read_text(), "the boot log")
+    get = [c["argv"] for c in sandbox.calls("aws") if c["argv"][:2] == ["ssm", "get-parameters"]]
+    assert get and all("--with-decryption" not in argv for argv in get)
+
+
+@pytest.mark.slow
+def test_a_missing_required_parameter_stops_the_boot_an_optional_one_does_not(
+    moto: h.Moto, sandbox: h.Sandbox
+) -> None:
+    ssm = moto.client("ssm")
+    arns = {"DB_PASSWORD": moto.secret_arns["DB_PASSWORD"]}
+    ssm.delete_parameter(Name=h.PARAM_PATH + "asg_name")  # Service stack: created after the group
+    try:
+        assert sandbox.run(render_user_data(h.settings(arns)), moto.endpoint).returncode == 0
+        env = (sandbox.root / "etc/humansa/humansa-ml.env").read_text()
+        assert "ASG_NAME=" not in env and "DB_HOST=" in env
+        ssm.delete_parameter(Name=h.PARAM_PATH + "db_host")
+        failed = sandbox.run(render_user_data(h.settings(arns)), moto.endpoint)
+        assert failed.returncode != 0
+        assert f"required parameter(s) missing: {h.PARAM_PATH}db_host" in failed.stdout
+    finally:
+        for key in ("asg_name", "db_host"):
+            ssm.put_parameter(
+                Name=h.PARAM_PATH + key, Value=h.PARAMETERS[key], Type="String", Overwrite=True
+            )

@@ -188,3 +188,30 @@ def test_app_reports_unknown_environment(tmp_path: Path) -> None:
         "error: unknown environment 'qa'; known environments: dev, staging, production"
     ]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"fleet__instance_type": "t4g.smal"},
+            "fleet.instance_type=t4g.smal is not an instance type botocore's EC2 model knows "
+            "(nearest: t4g.small",
+        ),
+        (
+            {"database__instance_class": "db.r7g.larg"},
+            "database.instance_class=db.r7g.larg is not an instance type botocore's EC2 model "
+            "knows (nearest: db.r7g.large",
+        ),
+    ],
+)
+def test_instance_type_typos_fail_with_the_nearest_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("HUMANSA_CONFIG_DIR", str(_config_dir(tmp_path, **changes)))
+    with pytest.raises(ConfigError) as caught:
+        load_environment("production")
+    assert str(caught.value).startswith(f"config/production.yaml: {message}") or message in str(
+        caught.value
+    ), caught.value
+    assert "\n" not in str(caught.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Match
 
@@ -99,3 +101,30 @@ def test_database_in_isolated_subnets(synth: Synth, env: str) -> None:
             "SecurityGroupIngress": Match.absent(),
         },
     )
+
+
+def test_production_secret_is_retained_with_the_snapshot(synth: Synth) -> None:
+    for env in ("dev", "staging", "production"):
+        template = synth.template_json(env, "Data")
+        (db,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::RDS::DBInstance"]
+        (secret,) = [
+            r for r in template["Resources"].values() if r["Type"] == "AWS::SecretsManager::Secret"
+        ]
+        if env == "production":
+            assert db["DeletionPolicy"] == "Snapshot"
+            assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+        else:
+            assert secret.get("DeletionPolicy", "Delete") == "Delete"
+
+
+def test_rds_log_groups_get_a_retention(synth: Synth) -> None:
+    for env, days in (("dev", 30), ("staging", 30), ("production", 90)):
+        template = synth.template_json(env, "Data")
+        retentions = [
+            r["Properties"]
+            for r in template["Resources"].values()
+            if r["Type"] == "Custom::LogRetention"
+        ]
+        names = sorted(json.dumps(p["LogGroupName"]) for p in retentions)
+        assert len(names) == 2 and "postgresql" in names[0] + names[1] and "upgrade" in names[1]
+        assert {p["RetentionInDays"] for p in retentions} == {days}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from scripts.diff_comment import (
+from humansa_ops.diff_comment import (
     DEFAULT_MARKER,
     STATEFUL_TYPES,
     StackDiff,
@@ -19,7 +18,7 @@ from scripts.diff_comment import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diff"
-SCRIPT = Path(__file__).parent.parent / "scripts" / "diff_comment.py"
+SCRIPT = Path(__file__).parent.parent / "scripts" / "diff-comment"
 
 
 def _stacks(scenario: str) -> list[StackDiff]:
@@ -32,7 +31,7 @@ def _stacks(scenario: str) -> list[StackDiff]:
 def _comment(scenario: str, *extra: str) -> str:
     files = sorted(str(p) for p in (FIXTURES / scenario).glob("*.diff"))
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), *extra, *files], capture_output=True, text=True, check=True
+        [str(SCRIPT), *extra, *files], capture_output=True, text=True, check=True
     )
     return result.stdout
 
@@ -124,7 +123,7 @@ def test_bad_cost_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"dev": "cheap"}))
     files = [str(p) for p in (FIXTURES / "mixed").glob("*.diff")]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cost-after", str(bad), *files],
+        [str(SCRIPT), "--cost-after", str(bad), *files],
         capture_output=True,
         text=True,
     )
@@ -146,3 +145,17 @@ def test_comment_stays_under_the_github_limit(size: int) -> None:
     body = render(stacks)
     assert len(body) < 65_536
     assert "> [!CAUTION]" in body
+
+
+def test_ami_change_shows_as_a_fleet_refresh() -> None:
+    """GIVEN the real `cdk diff` of a `make ami` change (tests/fixtures/diff/ami_change) THEN the
+    comment says that the fleet is refreshed and the NAT instance replaced."""
+    comment = _comment("ami_change")
+    assert "New AMI (config/amis.json): the deploy replaces instances." in comment
+    assert (
+        "`Humansa-Dev-Service`: `Fleet/LaunchTemplate` ami-055dad2a73290e160 → "
+        "ami-0a113d1cc996f121d: fleet refresh" in comment
+    )
+    assert "`Humansa-Dev-Network`: `Network/Vpc/PublicSubnet1/NatInstance`" in comment
+    assert "NAT instance" in comment
+    assert "New AMI" not in _comment("asset_only")

@@ -15,10 +15,13 @@ from aws_cdk import App
 from aws_cdk.assertions import Match, Template
 
 from app import build_app
+from components.ami import recorded_ami_id
 from components.boot import (
+    LAUNCH_HOOK_NAME,
     METRICS_NAMESPACE_PREFIX,
     PLACEHOLDER_SECRET_VALUE,
     PROVIDER_SECRET_NAMES,
+    RUNBOOK_PARAMETER_NAMES,
     USER_DATA_LIMIT_BYTES,
     secret_name,
 )
@@ -108,7 +111,8 @@ def test_role_scope(synth: Synth, env: str) -> None:
     assert set(by_action) == {
         "secretsmanager:GetSecretValue",
         "secretsmanager:DescribeSecret",
-        "ssm:GetParametersByPath",
+        "ssm:GetParameters",
+        "autoscaling:CompleteLifecycleAction",
         "cloudwatch:PutMetricData",
         "ec2:DescribeTags",
         "logs:CreateLogStream",
@@ -124,8 +128,13 @@ def test_role_scope(synth: Synth, env: str) -> None:
         "ssmmessages:OpenControlChannel",
         "ssmmessages:OpenDataChannel",
     }
-    (path,) = by_action["ssm:GetParametersByPath"]
-    assert json.dumps(path["Resource"]).endswith(f':parameter/humansa/{env}"]]}}')
+    (params,) = by_action["ssm:GetParameters"]
+    names = [json.dumps(r).split(":parameter/")[1].split('"')[0] for r in params["Resource"]]
+    assert names == [f"humansa/{env}/{n}" for n in RUNBOOK_PARAMETER_NAMES]
+    (hook,) = by_action["autoscaling:CompleteLifecycleAction"]
+    assert json.dumps(hook["Resource"]).endswith(
+        f':autoScalingGroup:*:autoScalingGroupName/humansa-{env}-fleet"]]}}'
+    )
     (metrics,) = by_action["cloudwatch:PutMetricData"]
     assert metrics["Condition"] == {
         "StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE_PREFIX + env}
@@ -179,6 +188,42 @@ def test_user_data_with_real_arns_fits(synth: Synth, env: str) -> None:
 
 
 # --- rollout ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_launch_hook_holds_new_instances_until_their_boot_completes_it(
+    synth: Synth, env: str
+) -> None:
+    # GIVEN the synthesized group WHEN an instance launches THEN it waits in Pending:Wait for
+    # the boot (CONTINUE after /health, ABANDON on FATAL), ABANDON if the heartbeat expires.
+    template = synth.template_json(env, "Service")
+    (group,) = _resources(template, "AWS::AutoScaling::AutoScalingGroup").values()
+    props = group["Properties"]
+    assert props["AutoScalingGroupName"] == f"humansa-{env}-fleet"
+    (hook,) = props["LifecycleHookSpecificationList"]
+    assert hook["LifecycleHookName"] == LAUNCH_HOOK_NAME
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert hook["DefaultResult"] == "ABANDON"
+    assert "NotificationTargetARN" not in hook  # the boot completes it, no notification
+    # The heartbeat covers the boot's own budget (the script fails itself at that point) plus
+    # the launch and the completion call; the boot script carries the same budget.
+    user_data = json.dumps(_resources(template, "AWS::EC2::LaunchTemplate"))
+    budget = int(user_data.split("BOOT_BUDGET=")[1].split("\\n")[0])
+    assert hook["HeartbeatTimeout"] > budget + 60
+    assert f"GROUP='humansa-{env}-fleet'" in user_data and f"HOOK='{LAUNCH_HOOK_NAME}'" in user_data
+    # The UnhealthyHosts refresh alarm counts the targets of the group's own target group, into
+    # which the group registers an instance only after the hook: a booting (or scaling-out)
+    # instance is never one of them.
+    (tg_ref,) = props["TargetGroupARNs"]
+    alarms = [
+        a["Properties"]
+        for a in _resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "UnHealthyHostCount"
+    ]
+    assert alarms
+    for alarm in alarms:
+        (tg,) = [d["Value"] for d in alarm["Dimensions"] if d["Name"] == "TargetGroup"]
+        assert tg == {"Fn::GetAtt": [tg_ref["Ref"], "TargetGroupFullName"]}
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -338,10 +383,7 @@ def test_arm64_launch_template(synth: Synth, env: str) -> None:
     (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
     data = launch_template["Properties"]["LaunchTemplateData"]
     assert is_graviton(data["InstanceType"])
-    ami_parameter = template["Parameters"][data["ImageId"]["Ref"]]
-    assert ami_parameter["Default"] == (
-        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64"
-    )
+    assert data["ImageId"] == recorded_ami_id("ap-east-1", "arm64")
     assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
 
 
@@ -393,7 +435,7 @@ def test_x86_64_fleet_builds_an_amd64_image(variants: dict[str, Any]) -> None:
     (launch_template,) = _resources(template, "AWS::EC2::LaunchTemplate").values()
     data = launch_template["Properties"]["LaunchTemplateData"]
     assert data["InstanceType"] == "t3.small"
-    assert template["Parameters"][data["ImageId"]["Ref"]]["Default"].endswith("-x86_64")
+    assert data["ImageId"] == recorded_ami_id("ap-east-1", "x86_64")
     overrides = _asg(template)["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert [o["InstanceType"] for o in overrides] == ["t3.small", "t3a.small", "m7i.large"]
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import aws_cdk as cdk
 import pytest
 
+from tests.project_copy import copy_project
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_APP = ROOT / "tests" / "fixtures" / "diff" / "fixture_app.py"
-SCRIPT = ROOT / "scripts" / "make_diff.py"
+SCRIPT = ROOT / "scripts" / "make-diff"
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -80,7 +82,7 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--head-app", str(head)],
+        [str(SCRIPT), "--out", str(tmp_path / "out"), "--head-app", str(head)],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -96,7 +98,7 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
     assert "compared with the templates synthesized from `main`" in comment
     assert "AWS::RDS::DBInstance `Database` would be **REPLACED**" in comment
     assert "change(s) only in asset hashes" in comment
-    # and the cost change computed by scripts/cost.py on both assemblies
+    # and the cost change computed by humansa_ops/cost.py on both assemblies
     assert "#### Estimated monthly cost (USD)" in comment, comment
     before = json.loads((tmp_path / "out" / "cost-before.json").read_text())
     after = json.loads((tmp_path / "out" / "cost-after.json").read_text())
@@ -111,8 +113,44 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
 
 
 def test_bad_environment_name_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--env", "Prod uction"], capture_output=True, text=True
-    )
+    result = subprocess.run([str(SCRIPT), "--env", "Prod uction"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "--env / ENV: 'Prod uction' is not an environment name" in result.stderr
+
+
+@pytest.mark.slow
+def test_offline_diff_of_the_real_app_compares_each_stack_alone(tmp_path: Path) -> None:
+    # GIVEN this project's own app (Network, and Data and Service that depend on it) on main ...
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    # ... and a working copy that raises dev's fleet maximum (a Service change only)
+    dev = repo / "config" / "dev.yaml"
+    text = dev.read_text(encoding="utf-8")
+    assert "  max_capacity: 2\n" in text
+    dev.write_text(text.replace("  max_capacity: 2\n", "  max_capacity: 3\n"), encoding="utf-8")
+
+    # WHEN `make diff ENV=dev` runs offline (the PR workflow's path: --mode offline --base-ref)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(
+        [
+            str(repo / "scripts" / "make-diff"),
+            *("--mode", "offline", "--base-ref", "main"),
+            *("--env", "dev", "--out", str(tmp_path / "out")),
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    # THEN every stack is diffed on its own (no "Can only select one stack") and it exits 0
+    assert result.returncode == 0, result.stdout + result.stderr
+    diffs = {p.stem: p.read_text() for p in (tmp_path / "out" / "diffs").glob("*.diff")}
+    assert set(diffs) == {"Humansa-Dev-Network", "Humansa-Dev-Data", "Humansa-Dev-Service"}
+    assert "There were no differences" in diffs["Humansa-Dev-Network"]
+    assert "There were no differences" in diffs["Humansa-Dev-Data"]
+    assert "MaxSize" in diffs["Humansa-Dev-Service"]
+    comment = (tmp_path / "out" / "comment.md").read_text(encoding="utf-8")
+    assert "Humansa-Dev-Service" in comment

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from components.monitoring import ServiceMonitoring
 from config.monitoring import AlarmThresholds, MonitoringConfig
+from tests.conftest import Synth
 from tests.ops_checks import (
     alarm_topic,
     check_alarm,
@@ -248,3 +249,35 @@ def test_templates_pass_cfn_lint() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "production"])
+def test_topic_policy_lets_cloudwatch_alarms_publish(synth: Synth, env: str) -> None:
+    """GIVEN the alarm topic of each environment THEN its policy (which replaces SNS's default
+    policy) allows cloudwatch.amazonaws.com to publish, only for this account's alarms named
+    Humansa-<Env>-*, and still denies every request without TLS."""
+    config = synth.configs[env]
+    template = synth.template(env, "Service")
+    (policy,) = template.find_resources("AWS::SNS::TopicPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    assert len(allows) == 1, statements
+    allow = allows[0]
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": config.account}
+    source_arn = allow["Condition"]["ArnLike"]["aws:SourceArn"]
+    joined = "".join(
+        part if isinstance(part, str) else "<partition>" for part in source_arn["Fn::Join"][1]
+    )
+    assert joined == (
+        f"arn:<partition>:cloudwatch:{config.region}:{config.account}:"
+        f"alarm:Humansa-{config.name.capitalize()}-*"
+    )
+    # Every alarm of the environment publishes to this topic and matches that prefix.
+    for alarm in template.find_resources("AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmName"].startswith(f"Humansa-{config.name.capitalize()}-")
+    denies = [s for s in statements if s["Effect"] == "Deny"]
+    assert len(denies) == 1
+    assert denies[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert denies[0]["Action"] == "sns:Publish"

@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from scripts.synth_summary import ACK_TYPE, acknowledgments
-from scripts.synth_summary import main as summary_main
+from humansa_ops.synth_summary import ACK_TYPE, acknowledgments
+from humansa_ops.synth_summary import main as summary_main
 from tests.conftest import Synth
 
 SERVICE = {
     "AwsSolutions-AS3",
     "AwsSolutions-EC23",
-    "AwsSolutions-ELB2",
     "AwsSolutions-IAM5",
+    "AwsSolutions-S1",  # the ALB access-log bucket (a log bucket)
     "AwsSolutions-SMG4",  # provider API key placeholders (rotated at the provider)
 }
 # cdk-nag's EC26 cannot follow the launch template inside a MixedInstancesPolicy (spot fleets).
 SERVICE_SPOT = SERVICE | {"AwsSolutions-EC26"}
 # No SMG4 on Data: the database secret rotates on a schedule (rotation.enabled, the default).
-DATA_UNPROTECTED = {
+# IAM4/IAM5: CDK's LogRetention function (RDS log group retention).
+LOG_RETENTION = {"AwsSolutions-IAM4", "AwsSolutions-IAM5"}
+DATA_UNPROTECTED = LOG_RETENTION | {
     "AwsSolutions-RDS3",
     "AwsSolutions-RDS10",
     "AwsSolutions-RDS11",
@@ -32,7 +34,7 @@ EXPECTED = {
     "Humansa-Staging-Data": DATA_UNPROTECTED,
     "Humansa-Staging-Service": SERVICE_SPOT,
     "Humansa-Production-Network": set(),
-    "Humansa-Production-Data": {"AwsSolutions-RDS11"},
+    "Humansa-Production-Data": LOG_RETENTION | {"AwsSolutions-RDS11"},
     "Humansa-Production-Service": SERVICE,
     "Humansa-CI": {"AwsSolutions-IAM5"},
 }
@@ -69,10 +71,14 @@ def test_every_acknowledgment_has_a_specific_reason(synth: Synth) -> None:
 def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
     assert summary_main(["synth_summary.py", str(synth.outdir)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    transport = ("WARNING:", "note:")  # the plain-HTTP lines (tests/test_service.py)
+    rows = {
+        line.split()[0]: line.split()[1:4] for line in lines[1:] if not line.startswith(transport)
+    }
     assert set(rows) == set(EXPECTED)
-    assert rows["Humansa-Production-Data"][1:] == ["1", "0"]
+    assert rows["Humansa-Production-Data"][1:] == ["3", "0"]  # RDS11 + LogRetention IAM4, IAM5
     assert rows["Humansa-CI"][1:] == ["1", "0"]
-    # 4 foundation + 11 provider secrets incl. ADMIN_API_KEY (SMG4) + EC26 of the spot group
+    # 4 foundation + the launch hook's group ARN (IAM5) + 10 provider secrets (SMG4) + EC26 of
+    # the spot group
     assert rows["Humansa-Dev-Service"][1:] == ["16", "0"]
     assert all(int(resources) > 5 for resources, _, _ in rows.values())

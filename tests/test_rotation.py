@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from components.rotation import DatabaseSecretRotation
 from config import ConfigError, load_environment
 from config.monitoring import RotationConfig
-from scripts.synth_summary import acknowledgments
+from humansa_ops.synth_summary import acknowledgments
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from tests.conftest import ENVIRONMENTS, Synth, cdk_context

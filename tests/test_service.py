@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
-from aws_cdk import App
+from aws_cdk import App, Environment, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk.assertions import Match, Template
 
 from app import build_app
-from tests.conftest import ENVIRONMENTS, Synth, cdk_context
+from components.ami import recorded_ami_id
+from components.load_balancer import LoadBalancer
+from config import load_environment
+from humansa_ops import synth_summary
+from tests.conftest import ENVIRONMENTS, ROOT, Synth, cdk_context
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -62,7 +70,7 @@ def test_launch_template_hardening(synth: Synth, env: str) -> None:
             "LaunchTemplateData": Match.object_like(
                 {
                     "InstanceType": fleet.instance_type,
-                    "ImageId": {"Ref": Match.string_like_regexp("al2023.*arm64")},
+                    "ImageId": recorded_ami_id("ap-east-1", "arm64"),
                     "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
                     "BlockDeviceMappings": [
                         {
@@ -137,7 +145,7 @@ def test_instance_role_has_session_manager_and_no_admin(synth: Synth) -> None:
     policy = json.dumps(synth.template_json("production", "Service"))
     for action in (
         "secretsmanager:GetSecretValue",
-        "ssm:GetParametersByPath",
+        "ssm:GetParameters",
         "ecr:BatchGetImage",
         "logs:PutLogEvents",
     ):
@@ -300,3 +308,132 @@ def test_metrics_are_not_reachable_through_the_alb(synth: Synth) -> None:
                 ],
             },
         )
+
+
+def test_synth_summary_says_which_environments_serve_plain_http(synth: Synth) -> None:
+    """GIVEN the configs (no certificate anywhere) THEN the synth summary warns loudly for
+    production and notes dev and staging, and still succeeds (a fresh clone can synthesize)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "humansa_ops.synth_summary", str(synth.outdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    (production,) = [line for line in lines if "Humansa-Production-Service" in line and ":" in line]
+    assert production.startswith("WARNING: Humansa-Production-Service would serve bearer keys")
+    assert "PLAIN HTTP (port 80)" in production and "service.allow_plain_http" in production
+    for env in ("Dev", "Staging"):
+        (note,) = [line for line in lines if line.startswith(f"note: Humansa-{env}-Service")]
+        assert "plain HTTP on port 80 (allowed outside production" in note
+
+
+def test_certificate_gives_https_and_http_only_redirects() -> None:
+    """GIVEN service.certificate_arn THEN 443 serves HTTPS with the certificate and a modern
+    policy, and 80 answers only with a permanent redirect to 443 (no forward on HTTP)."""
+    config = load_environment("production")
+    service = config.service.model_copy(
+        update={"certificate_arn": "arn:aws:acm:ap-east-1:992382528744:certificate/abc-123"}
+    )
+    app = App(context=cdk_context())
+    stack = Stack(app, "Tls", env=Environment(account=config.account, region=config.region))
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=0)
+    LoadBalancer(
+        stack,
+        "LoadBalancer",
+        config=service,
+        vpc=vpc,
+        subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+        environment="production",
+    )
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::ElasticLoadBalancingV2::Listener", 2)
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::Listener",
+        {
+            "Port": 443,
+            "Protocol": "HTTPS",
+            "Certificates": [{"CertificateArn": service.certificate_arn}],
+            "SslPolicy": Match.string_like_regexp("TLS13"),
+            "DefaultActions": [Match.object_like({"Type": "forward"})],
+        },
+    )
+    template.has_resource_properties(
+        "AWS::ElasticLoadBalancingV2::Listener",
+        {
+            "Port": 80,
+            "Protocol": "HTTP",
+            "DefaultActions": [
+                {
+                    "Type": "redirect",
+                    "RedirectConfig": {
+                        "Port": "443",
+                        "Protocol": "HTTPS",
+                        "StatusCode": "HTTP_301",
+                    },
+                }
+            ],
+        },
+    )
+    assert synth_summary.plain_http_listeners(dict(template.to_json())) == []
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_server_keep_alive_outlasts_alb_idle_timeout(
+    synth: Synth, env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN the synthesized ALB and launch template THEN the keep-alive the boot hands the
+    server, read by the server's own settings and passed to uvicorn, is longer than the ALB's
+    idle timeout (else the target closes a connection the ALB reuses: a 502), and both come from
+    service.idle_timeout_seconds."""
+    import signal
+
+    import uvicorn
+
+    from ml_server import __main__ as server_main
+    from ml_server.config import load_settings
+
+    template = synth.template_json(env, "Service")
+    (alb,) = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer"
+    ]
+    attributes = {a["Key"]: a["Value"] for a in alb["Properties"]["LoadBalancerAttributes"]}
+    idle = int(attributes["idle_timeout.timeout_seconds"])
+    assert idle == synth.configs[env].service.idle_timeout_seconds
+    (launch_template,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
+    ]
+    user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
+    (value,) = set(re.findall(r"-e KEEP_ALIVE_SECONDS=(\d+) ", user_data))
+
+    monkeypatch.setenv("KEEP_ALIVE_SECONDS", value)
+    settings = load_settings(secrets_dir="/nonexistent")
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    server_main.cmd_serve(settings, local=False)
+    assert captured["timeout_keep_alive"] == int(value)
+    assert captured["timeout_keep_alive"] > idle
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_fleet_ami_is_the_recorded_one(synth: Synth, env: str) -> None:
+    """GIVEN config/amis.json THEN the launch template names that AMI literally: no SSM
+    parameter re-resolved at each deploy, so only `make ami` (a reviewed diff) refreshes the
+    fleet."""
+    config = synth.configs[env]
+    template = synth.template_json(env, "Service")
+    (launch_template,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"
+    ]
+    image = launch_template["Properties"]["LaunchTemplateData"]["ImageId"]
+    assert image == recorded_ami_id(config.region, config.fleet.architecture)
+    for stack in ("Network", "Data", "Service"):
+        parameters = synth.template_json(env, stack).get("Parameters", {})
+        assert not [
+            name for name, p in parameters.items() if "ami-amazon-linux" in str(p.get("Default"))
+        ], (env, stack)

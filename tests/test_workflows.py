@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.diff_comment import DEFAULT_MARKER
+from humansa_ops.diff_comment import DEFAULT_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -49,8 +49,8 @@ def _zizmor(*paths: Path) -> list[dict[str, Any]]:
     return findings
 
 
-def test_the_three_workflows_exist() -> None:
-    assert [p.name for p in FILES] == ["ci.yml", "diff.yml", "release.yml"]
+def test_the_workflows_exist() -> None:
+    assert [p.name for p in FILES] == ["ci.yml", "diff.yml", "release.yml", "rollback.yml"]
 
 
 def test_zizmor_reports_nothing_at_medium_or_above() -> None:
@@ -150,26 +150,133 @@ def test_diff_comments_once_with_the_formatters_marker() -> None:
     assert "vars.AWS_DIFF_ROLE_ARN != ''" in role["if"]
 
 
-def test_release_builds_two_platforms_then_deploys_production_through_oidc() -> None:
+def _runs(job: dict[str, Any]) -> str:
+    return "\n".join(s.get("run", "") for s in job["steps"])
+
+
+def test_release_gate_refuses_a_tag_off_main_and_a_reused_version() -> None:
     workflow = _load(WORKFLOWS / "release.yml")
     assert workflow["on"] == {"push": {"tags": ["release-*"]}}
     assert workflow["concurrency"]["cancel-in-progress"] is False
-    image, deploy = workflow["jobs"]["image"], workflow["jobs"]["deploy"]
-    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    gate = workflow["jobs"]["gate"]
+    assert gate["permissions"] == {"contents": "read", "packages": "read"}
+    checkout = next(s for s in gate["steps"] if "actions/checkout" in s.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] == 0
+    runs = _runs(gate)
+    assert 'git merge-base --is-ancestor "$GITHUB_SHA" origin/main' in runs
+    assert 'imagetools inspect "$IMAGE:$VERSION"' in runs  # a re-pushed version fails
+    # every other job waits for the gate (directly or through the jobs it needs)
+    needs = {
+        n: set([j["needs"]] if isinstance(j["needs"], str) else j["needs"])
+        for n, j in workflow["jobs"].items()
+        if n != "gate"
+    }
+    assert all("gate" in n for n in needs.values()), needs
+
+
+def test_release_tests_first_builds_once_natively_and_promotes_one_digest() -> None:
+    jobs = _load(WORKFLOWS / "release.yml")["jobs"]
+    assert "make test" in _runs(jobs["test"]).splitlines()
+    image = jobs["image"]
+    assert set(image["needs"]) == {"gate", "test"}
+    platforms = {(m["platform"], m["runner"]) for m in image["strategy"]["matrix"]["include"]}
+    assert platforms == {("linux/amd64", "ubuntu-24.04"), ("linux/arm64", "ubuntu-24.04-arm")}
+    text = (WORKFLOWS / "release.yml").read_text(encoding="utf-8")
+    assert "setup-qemu-action" not in text  # native runners only
     build = next(s for s in image["steps"] if "build-push-action" in s.get("uses", ""))
-    assert build["with"]["platforms"] == "linux/amd64,linux/arm64"
-    assert build["with"]["context"] == "ml_server"
-    assert build["with"]["tags"].endswith(":${{ steps.version.outputs.version }}")
-    version = next(s for s in image["steps"] if s.get("id") == "version")
-    assert "/humansa-ml-server" in version["run"] and "ghcr.io/" in version["run"]
-    assert deploy["needs"] == "image"
+    assert build["with"]["platforms"] == "${{ matrix.platform }}"
+    assert "push-by-digest=true" in build["with"]["outputs"]
+    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    publish = jobs["publish"]
+    assert "imagetools create --tag" in _runs(publish)
+    assert publish["outputs"]["digest"] == "${{ steps.tag.outputs.digest }}"
+    # staging: deployed with the release image, then the SDK smoke test on its URL
+    staging = jobs["staging"]
+    assert staging["environment"] == "staging"
+    assert set(staging["needs"]) == {"gate", "publish"}
+    runs = _runs(staging)
+    assert 'make release-deploy ENV=staging "VERSION=$VERSION"' in runs
+    assert runs.index("release-deploy") < runs.index("humansa_ops.smoke --env staging")
+    # production: after staging and approval, the same version, its digest checked unchanged
+    deploy = jobs["deploy"]
     assert deploy["environment"] == "production"
-    assert deploy["permissions"] == {"contents": "read", "id-token": "write"}
-    role = next(s for s in deploy["steps"] if "configure-aws-credentials" in s.get("uses", ""))
-    assert role["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
-    runs = "\n".join(s.get("run", "") for s in deploy["steps"])
-    assert 'make deploy ENV=production "CDK_ARGS=-c image_tag=$VERSION"' in runs
+    assert set(deploy["needs"]) == {"gate", "publish", "staging"}
+    assert (
+        deploy["env"]["DIGEST"] == staging["env"]["DIGEST"] == "${{ needs.publish.outputs.digest }}"
+    )
+    runs = _runs(deploy)
+    assert '[ "$now" != "$DIGEST" ]' in runs
+    assert 'make release-deploy ENV=production "VERSION=$VERSION"' in runs
     assert "describe-instance-refreshes" in runs and "GITHUB_STEP_SUMMARY" in runs
-    # only the image job may write packages
-    others = [j for n, j in workflow["jobs"].items() if n != "image"]
-    assert all("packages" not in j["permissions"] for j in others)
+    for job in (staging, deploy):
+        assert job["permissions"] == {"contents": "read", "id-token": "write"}
+        role = next(s for s in job["steps"] if "configure-aws-credentials" in s.get("uses", ""))
+        assert role["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    # only the image and publish jobs may write packages
+    writers = {n for n, j in jobs.items() if j["permissions"].get("packages") == "write"}
+    assert writers == {"image", "publish"}
+
+
+def test_release_deploy_is_the_makefile_target_rollback_reuses() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "\nrelease-deploy:" in makefile
+    assert "-c image_source=ghcr -c image_tag=$(VERSION)" in makefile
+
+
+def test_rollback_is_dispatched_and_runs_make_rollback() -> None:
+    workflow = _load(WORKFLOWS / "rollback.yml")
+    assert set(workflow["on"]) == {"workflow_dispatch"}
+    assert set(workflow["on"]["workflow_dispatch"]["inputs"]) == {"environment", "version"}
+    (job,) = workflow["jobs"].values()
+    assert job["environment"] == "${{ inputs.environment }}"  # its reviewers apply
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    checkout = next(s for s in job["steps"] if "actions/checkout" in s.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] == 0  # the release tags
+    assert job["steps"][-1]["run"] == 'make rollback "ENV=$TARGET_ENV" "TO=$VERSION"'
+    assert job["env"]["VERSION"] == "${{ inputs.version }}"
+
+
+def test_pip_and_npm_caches_where_no_artifact_is_published() -> None:
+    for name in ("ci.yml", "diff.yml"):
+        steps = next(iter(_load(WORKFLOWS / name)["jobs"].values()))["steps"]
+        python = next(s for s in steps if "setup-python" in s.get("uses", ""))
+        node = next(s for s in steps if "setup-node" in s.get("uses", ""))
+        assert python["with"]["cache"] == "pip", name
+        assert "requirements-dev.txt" in python["with"]["cache-dependency-path"], name
+        assert node["with"]["cache"] == "npm", name
+    # release and rollback deploy: no cache a pull request could have poisoned
+    for name in ("release.yml", "rollback.yml"):
+        text = (WORKFLOWS / name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s+cache: ", text, re.MULTILINE), name
+
+
+def test_dependabot_updates_actions_pip_and_npm() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text(encoding="utf-8"))
+    assert config["version"] == 2
+    ecosystems = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert set(ecosystems) == {"github-actions", "pip", "npm"}
+    assert set(ecosystems["pip"]["directories"]) == {"/", "/ml_server"}
+    result = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.dependabot",
+            str(ROOT / ".github" / "dependabot.yml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_node_22_everywhere_and_cdk_json_runs_the_venv_python() -> None:
+    for path in FILES:
+        for match in re.findall(r'node-version: "(\d+)"', path.read_text(encoding="utf-8")):
+            assert match == "22", path.name
+    ci_run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'if [ "$node_major" -lt 22 ]; then' in ci_run
+    assert re.search(r"^NODE_VERSION=22\.\d+\.\d+$", ci_run, re.MULTILINE)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "Node 22" in readme and "Node 20" not in readme
+    cdk_json = json.loads((ROOT / "cdk.json").read_text(encoding="utf-8"))
+    assert cdk_json["app"] == ".venv/bin/python app.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -106,10 +107,24 @@ async def accounted_call(
     *,
     endpoint: str,
     started: float,
+    body: dict[str, Any] | None = None,
 ) -> ChatResult:
-    """Await a non-streamed provider call and record its usage row, failed or not."""
+    """Await a non-streamed provider call and record its usage row, failed or not (a client
+    that left cancels the call: 499 with the prompt estimated, as the provider bills it)."""
     try:
         result = await call
+    except asyncio.CancelledError:
+        account(
+            state,
+            request,
+            route,
+            endpoint=endpoint,
+            stream=False,
+            status=499,
+            usage=estimate_usage(body),
+            started=started,
+        )
+        raise
     except ProviderError as exc:
         account(
             state,

@@ -11,18 +11,19 @@ JSON 500 as the app's handler gives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml_server.api.deps import json_body, require_key
 from ml_server.db.keys import KeyInfo
 from ml_server.errors import ApiError, error_body, error_response
-from ml_server.middleware import BodyTooLarge
+from ml_server.middleware import BodyTimeout, BodyTooLarge
 from ml_server.state import AppState
 
 log = logging.getLogger("ml_server")
@@ -37,14 +38,42 @@ def endpoint_app(endpoint: Endpoint) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         state: AppState = scope["app"].state.ml
+        task = asyncio.current_task()
+        gone = False
+
+        def on_message(f: asyncio.Future[Message]) -> None:
+            nonlocal gone
+            if f.cancelled() or f.exception() is not None:
+                return
+            if f.result().get("type") == "http.disconnect" and task is not None:
+                gone = True
+                task.cancel()
+
         try:
             key = await require_key(request, state)
             body = await json_body(request)
-            response = await endpoint(request, state, key, body)
+            # The body is read: a message now can only be the client leaving. Then the endpoint
+            # (and its upstream call) is cancelled, and its usage row says 499.
+            listener = asyncio.ensure_future(receive())
+            listener.add_done_callback(on_message)
+            try:
+                response = await endpoint(request, state, key, body)
+            finally:
+                if not listener.done():
+                    listener.cancel()
+        except ClientDisconnect:  # left while sending the body: nothing to answer, no traceback
+            scope["state"]["client_gone"] = True
+            return
+        except asyncio.CancelledError:
+            if not gone or task is None:
+                raise
+            task.uncancel()
+            scope["state"]["client_gone"] = True
+            return
         except ApiError as exc:
             response = error_response(exc)
-        except BodyTooLarge:
-            raise  # the request middleware answers 413
+        except (BodyTooLarge, BodyTimeout):
+            raise  # the request middleware answers 413 / 408
         except Exception as exc:  # as the app's 500 handler does
             rid = scope["state"].get("request_id", "")
             log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,6 +16,15 @@ from ml_server.db.models import ApiKey
 from ml_server.limits import KeyPolicy
 
 KEY_PREFIX = "hsk-"
+# generate_key(): the prefix and 43 URL-safe base64 characters (256 bits).
+_KEY_FORMAT = re.compile(r"hsk-[A-Za-z0-9_-]{43}")
+NEGATIVE_CACHE_SIZE = 10_000
+
+
+def key_format_ok(key: str) -> bool:
+    """Whether ``key`` can be one of our keys at all: checked before any cache or database
+    lookup, so junk bearer tokens cost neither."""
+    return _KEY_FORMAT.fullmatch(key) is not None
 
 
 def generate_key() -> str:
@@ -71,19 +81,27 @@ class KeyVerifier:
 
     A cached answer is reused for ``ttl`` seconds (a revocation takes effect within ``ttl``); when
     the database cannot be reached, a known-good key keeps working from the stale cache entry.
+    A key of the wrong format is refused without any lookup; well-formed unknown keys go to a
+    separate, bounded negative cache (oldest out first), so junk keys never evict valid ones.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl: float) -> None:
         self._sessions = sessions
         self._ttl = ttl
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._unknown: dict[str, float] = {}  # digest -> when it was found unknown
 
     async def verify(self, key: str) -> KeyInfo | None:
+        if not key_format_ok(key):
+            return None
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        seen = self._unknown.get(digest)
+        if seen is not None and now - seen < self._ttl:
+            return None
         try:
             async with self._sessions() as session:
                 row = await session.scalar(
@@ -93,12 +111,15 @@ class KeyVerifier:
             if cached is not None and cached[1] is not None:
                 return cached[1]
             raise
-        info = (
-            KeyInfo(row.id, row.name, row.rate_limit_rpm, KeyPolicy.from_row(row))
-            if row is not None
-            else None
-        )
-        if len(self._cache) > 10_000:
+        if row is None:
+            self._cache.pop(digest, None)  # revoked or deleted since
+            if len(self._unknown) >= NEGATIVE_CACHE_SIZE:
+                del self._unknown[next(iter(self._unknown))]
+            self._unknown[digest] = now
+            return None
+        info = KeyInfo(row.id, row.name, row.rate_limit_rpm, KeyPolicy.from_row(row))
+        self._unknown.pop(digest, None)
+        if len(self._cache) > 100_000:  # valid keys only: bounded by the keys that exist
             self._cache.clear()
         self._cache[digest] = (now, info)
         return info

@@ -3,241 +3,46 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import orjson
 
+from ml_server.providers.anthropic_translate import (
+    JSON_TOOL,
+    STOP_REASONS,
+    MaxOutput,
+    bad,
+    from_anthropic,
+    stream_error,
+    to_anthropic,
+    usage_of,
+)
 from ml_server.providers.base import (
     ChatResult,
     ChatStream,
     Provider,
     ProviderError,
-    Usage,
     error_from_upstream,
     sse_lines,
 )
 from ml_server.providers.http import make_session, transport_errors
 
-STOP_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
+__all__ = ["AnthropicProvider", "from_anthropic", "to_anthropic"]
 
 
-def _bad(message: str) -> ProviderError:
-    return ProviderError(
-        400, message, type="invalid_request_error", code="invalid_value", kind="http_4xx"
-    )
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str):
-        raise _bad("messages[].content[].image_url.url must be a string")
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        media_type = header[5:].split(";")[0] or "image/png"
-        return {
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data},
-        }
-    return {"type": "image", "source": {"type": "url", "url": url}}
-
-
-def _content_blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        else:
-            raise _bad(f"content part type {kind!r} is not supported for Anthropic models")
-    return blocks
-
-
-def to_anthropic(model: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
-    """OpenAI chat request -> Anthropic Messages request."""
-    system_parts: list[str] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-
-    for msg in body["messages"]:
-        role = msg.get("role")
-        if role in ("system", "developer"):
-            system_parts.append(_text_of(msg.get("content")))
-        elif role == "user":
-            add("user", _content_blocks(msg.get("content")))
-        elif role == "assistant":
-            blocks = _content_blocks(msg.get("content"))
-            for call in msg.get("tool_calls") or []:
-                fn = call.get("function", {})
-                try:
-                    args = orjson.loads(fn.get("arguments") or "{}")
-                except orjson.JSONDecodeError as exc:
-                    raise _bad("tool_calls[].function.arguments must be a JSON object") from exc
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": fn.get("name"),
-                        "input": args,
-                    }
-                )
-            add("assistant", blocks)
-        elif role == "tool":
-            add(
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": msg.get("tool_call_id"),
-                        "content": _text_of(msg.get("content")),
-                    }
-                ],
-            )
-        else:
-            raise _bad(f"message role {role!r} is not supported")
-
-    out: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": body.get("max_completion_tokens")
-        or body.get("max_tokens")
-        or default_max_tokens,
-    }
-    if system_parts:
-        out["system"] = "\n\n".join(p for p in system_parts if p)
-    for key in ("temperature", "top_p", "top_k"):
-        if body.get(key) is not None:
-            out[key] = body[key]
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if body.get("stream"):
-        out["stream"] = True
-    if isinstance(body.get("user"), str):
-        out["metadata"] = {"user_id": body["user"]}
-    tools = body.get("tools")
-    if tools:
-        out["tools"] = [
-            {
-                "name": t["function"]["name"],
-                "description": t["function"].get("description", ""),
-                "input_schema": t["function"].get("parameters") or {"type": "object"},
-            }
-            for t in tools
-            if isinstance(t, dict) and t.get("type") == "function"
-        ]
-    choice = body.get("tool_choice")
-    if choice == "auto":
-        out["tool_choice"] = {"type": "auto"}
-    elif choice == "required":
-        out["tool_choice"] = {"type": "any"}
-    elif choice == "none":
-        out["tool_choice"] = {"type": "none"}
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        out["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
-    return out
-
-
-def _translate_request(model: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+def _translate_request(
+    model: str, body: dict[str, Any], max_output: int, *, adaptive_thinking: bool = False
+) -> dict[str, Any]:
     try:
-        return to_anthropic(model, body, default_max_tokens)
+        return to_anthropic(model, body, max_output, adaptive_thinking=adaptive_thinking)
     except ProviderError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise _bad(
+        raise bad(
             f"the request cannot be translated for Anthropic: {type(exc).__name__} {exc}"
         ) from exc
-
-
-def _usage(u: Any) -> Usage:
-    if not isinstance(u, dict):
-        return Usage()
-    prompt = sum(
-        int(u.get(k) or 0)
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    return Usage(prompt, int(u.get("output_tokens") or 0))
-
-
-def from_anthropic(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usage]:
-    """Anthropic Messages response -> OpenAI chat.completion."""
-    text: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
-    for block in data.get("content") or []:
-        if block.get("type") == "text":
-            text.append(block.get("text", ""))
-        elif block.get("type") == "tool_use":
-            tool_calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                    },
-                }
-            )
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text else None}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    usage = _usage(data.get("usage"))
-    return (
-        {
-            "id": f"chatcmpl-{data.get('id', '')}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": data.get("model", model),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": STOP_REASONS.get(str(data.get("stop_reason")), "stop"),
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            },
-        },
-        usage,
-    )
 
 
 def _anthropic_error(provider: str, status: int, raw: bytes, headers: Any) -> ProviderError:
@@ -248,6 +53,13 @@ def _anthropic_error(provider: str, status: int, raw: bytes, headers: Any) -> Pr
 
 
 class AnthropicProvider(Provider):
+    """Args:
+    default_max_tokens: max_tokens for a model the catalogue does not know
+        (ANTHROPIC_DEFAULT_MAX_TOKENS).
+    max_output: the catalogue's max output tokens of a model (None: unknown).
+    adaptive: whether the catalogue says a model takes ``thinking: adaptive``.
+    """
+
     def __init__(
         self,
         api_key: str,
@@ -257,11 +69,16 @@ class AnthropicProvider(Provider):
         default_max_tokens: int,
         timeout: float,
         connect_timeout: float,
+        max_output: MaxOutput | None = None,
+        adaptive: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = "anthropic"
-        self._url = base_url.rstrip("/") + "/messages"
+        self.base_url = base_url.rstrip("/")
+        self._url = self.base_url + "/messages"
         self._headers = {"x-api-key": api_key, "anthropic-version": version}
         self._max_tokens = default_max_tokens
+        self._max_output = max_output
+        self._adaptive = adaptive
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -281,8 +98,16 @@ class AnthropicProvider(Provider):
             raise RuntimeError("provider anthropic used before start()")
         return self._session
 
+    def _payload(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        limit = self._max_output(model) if self._max_output is not None else None
+        adaptive = self._adaptive(model) if self._adaptive is not None else False
+        return _translate_request(
+            model, body, limit or self._max_tokens, adaptive_thinking=adaptive
+        )
+
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
-        payload = _translate_request(model, body, self._max_tokens)
+        payload = self._payload(model, body)
+        payload.pop("stream", None)
         with transport_errors(self.name):
             async with self.session.post(self._url, data=orjson.dumps(payload)) as resp:
                 raw = await resp.read()
@@ -300,7 +125,7 @@ class AnthropicProvider(Provider):
         return ChatResult(orjson.dumps(out), usage)
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
-        payload = _translate_request(model, body, self._max_tokens)
+        payload = self._payload(model, body)
         payload["stream"] = True
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
@@ -313,9 +138,131 @@ class AnthropicProvider(Provider):
                 raise _anthropic_error(self.name, resp.status, raw, resp.headers)
         return _AnthropicStream(resp, model, include_usage=include_usage)
 
+    # --- /v1/messages: native pass-through ------------------------------------------------------
+    async def _post_native(
+        self, path: str, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        payload = {**body, "model": model}
+        with transport_errors(self.name):
+            ctx = self.session.post(
+                self.base_url + path, data=orjson.dumps(payload), headers=headers
+            )
+            resp = await ctx.__aenter__()
+            if resp.status >= 400:
+                raw = await resp.read()
+                resp.release()
+                raise _anthropic_error(self.name, resp.status, raw, resp.headers)
+        return resp
+
+    async def messages(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> ChatResult:
+        """POST /messages with the client's body (only ``model`` rewritten); bytes back as sent."""
+        resp = await self._post_native("/messages", model, {**body, "stream": False}, headers)
+        with transport_errors(self.name):
+            raw = await resp.read()
+        resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(
+                502, "provider anthropic sent a response that is not JSON",
+                code="provider_bad_response",
+            ) from exc  # fmt: skip
+        return ChatResult(raw, usage_of(data.get("usage") if isinstance(data, dict) else None)[0])
+
+    async def messages_stream(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> ChatStream:
+        resp = await self._post_native("/messages", model, {**body, "stream": True}, headers)
+        return _NativeStream(resp)
+
+    async def count_tokens(
+        self, model: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> bytes:
+        resp = await self._post_native("/messages/count_tokens", model, body, headers)
+        with transport_errors(self.name):
+            raw = await resp.read()
+        resp.release()
+        return raw
+
+
+class _NativeStream(ChatStream):
+    """Anthropic's own stream, passed on event by event (usage read on the way).
+
+    Events are held back until the first content event, so an ``event: error`` before any
+    content (overloaded inside an HTTP 200) is a failed attempt the router can retry; after
+    that it raises, and the route ends the stream with an error event.
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        super().__init__()
+        self._resp = resp
+        self._raw_usage: dict[str, Any] = {}
+
+    def _look(self, data: bytes) -> bool:
+        """Read usage and errors from one event; True for content."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        kind = event.get("type")
+        if kind == "error":
+            raise stream_error("anthropic", event.get("error"))
+        u = (event.get("message") or {}).get("usage") if kind == "message_start" else None
+        u = u if u is not None else event.get("usage") if kind == "message_delta" else None
+        if isinstance(u, dict):
+            self._raw_usage.update({k: v for k, v in u.items() if v is not None})
+            self.usage = usage_of(self._raw_usage)[0]
+        return kind in ("content_block_start", "content_block_delta", "message_delta")
+
+    async def events(self) -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        held: list[bytes] = []
+        started = finished = False
+        with transport_errors("anthropic"):
+            async for chunk in self._resp.content.iter_any():
+                lines = sse_lines(buffer, chunk)
+                for line in lines:
+                    if line.startswith(b"data:"):
+                        try:
+                            started = self._look(line[5:]) or started
+                        except ProviderError:
+                            if started and held:
+                                yield b"".join(held)
+                            raise
+                        finished = finished or b'"message_stop"' in line
+                    held.append(line + b"\n")
+                if started and held:
+                    yield b"".join(held)
+                    held.clear()
+        if not finished:
+            raise ProviderError(
+                502,
+                "provider anthropic ended the stream before message_stop",
+                code="provider_stream_truncated",
+                kind="connection",
+            )
+        if held:
+            yield b"".join(held)
+
+    async def aclose(self) -> None:
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
 
 class _AnthropicStream(ChatStream):
-    """Anthropic stream events -> OpenAI chat.completion.chunk events."""
+    """Anthropic stream events -> OpenAI chat.completion.chunk events.
+
+    The role chunk of ``message_start`` is held back until the first content (or the end), so
+    an ``event: error`` before any content (e.g. ``overloaded_error`` inside an HTTP 200) raises
+    before the first event and the router retries or falls back; after content it raises too,
+    and the route ends the stream with an SSE error event (and records the failure).
+    """
 
     def __init__(self, resp: aiohttp.ClientResponse, model: str, *, include_usage: bool) -> None:
         super().__init__()
@@ -325,6 +272,10 @@ class _AnthropicStream(ChatStream):
         self._id = "chatcmpl-anthropic"
         self._created = int(time.time())
         self._tool_index: dict[int, int] = {}
+        self._blocks: dict[int, dict[str, Any]] = {}  # thinking blocks being streamed
+        self._json_blocks: set[int] = set()  # the json_object forced tool's blocks
+        self._raw_usage: dict[str, Any] = {}
+        self._openai_usage: dict[str, Any] = usage_of({})[1]
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return (
@@ -343,19 +294,29 @@ class _AnthropicStream(ChatStream):
             + b"\n\n"
         )
 
+    def _add_usage(self, u: Any) -> None:
+        if isinstance(u, dict):
+            self._raw_usage.update({k: v for k, v in u.items() if v is not None})
+        self.usage, self._openai_usage = usage_of(self._raw_usage)
+
     def _translate(self, event: dict[str, Any]) -> bytes | None:
         kind = event.get("type")
+        index = int(event.get("index", 0) or 0)
         if kind == "message_start":
             msg = event.get("message") or {}
             self._id = f"chatcmpl-{msg.get('id', '')}"
             self._model = msg.get("model", self._model)
-            self.usage = _usage(msg.get("usage"))
-            return self._chunk({"role": "assistant", "content": ""})
+            self._add_usage(msg.get("usage"))
+            return None  # the role goes out with the first content
         if kind == "content_block_start":
             block = event.get("content_block") or {}
-            if block.get("type") == "tool_use":
+            btype = block.get("type")
+            if btype == "tool_use" and block.get("name") == JSON_TOOL:
+                self._json_blocks.add(index)
+                return None
+            if btype == "tool_use":
                 idx = len(self._tool_index)
-                self._tool_index[int(event.get("index", 0))] = idx
+                self._tool_index[index] = idx
                 call = {
                     "index": idx,
                     "id": block.get("id"),
@@ -363,50 +324,69 @@ class _AnthropicStream(ChatStream):
                     "function": {"name": block.get("name"), "arguments": ""},
                 }
                 return self._chunk({"tool_calls": [call]})
-            if block.get("type") == "text" and block.get("text"):
+            if btype == "thinking":
+                self._blocks[index] = {
+                    "type": "thinking",
+                    "thinking": block.get("thinking", ""),
+                    "signature": block.get("signature", ""),
+                }
+                if block.get("thinking"):
+                    return self._chunk({"reasoning_content": block["thinking"]})
+                return None
+            if btype == "redacted_thinking":
+                entry = {"type": "redacted_thinking", "data": block.get("data", "")}
+                return self._chunk({"thinking_blocks": [entry]})
+            if btype == "text" and block.get("text"):
                 return self._chunk({"content": block["text"]})
             return None
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta":
+            dtype = delta.get("type")
+            if dtype == "text_delta":
                 return self._chunk({"content": delta.get("text", "")})
-            if delta.get("type") == "input_json_delta":
-                idx = self._tool_index.get(int(event.get("index", 0)), 0)
+            if dtype == "thinking_delta":
+                block = self._blocks.setdefault(
+                    index, {"type": "thinking", "thinking": "", "signature": ""}
+                )
+                block["thinking"] += delta.get("thinking", "")
+                return self._chunk({"reasoning_content": delta.get("thinking", "")})
+            if dtype == "signature_delta":
+                block = self._blocks.setdefault(
+                    index, {"type": "thinking", "thinking": "", "signature": ""}
+                )
+                block["signature"] += delta.get("signature", "")
+                return None
+            if dtype == "input_json_delta":
+                if index in self._json_blocks:
+                    return self._chunk({"content": delta.get("partial_json", "")})
+                idx = self._tool_index.get(index, 0)
                 call = {"index": idx, "function": {"arguments": delta.get("partial_json", "")}}
                 return self._chunk({"tool_calls": [call]})
             return None
+        if kind == "content_block_stop":
+            block = self._blocks.pop(index, None)
+            if block is not None:  # the whole block, signature included, for the next turn
+                return self._chunk({"thinking_blocks": [block]})
+            return None
         if kind == "message_delta":
-            u = event.get("usage") or {}
-            if "output_tokens" in u:
-                self.usage.completion_tokens = int(u.get("output_tokens") or 0)
-            if u.get("input_tokens"):
-                self.usage.prompt_tokens = _usage(u).prompt_tokens
-            reason = (event.get("delta") or {}).get("stop_reason")
-            return self._chunk({}, STOP_REASONS.get(str(reason), "stop")) if reason else None
+            self._add_usage(event.get("usage"))
+            reason = str((event.get("delta") or {}).get("stop_reason") or "")
+            if not reason:
+                return None
+            if reason == "tool_use" and self._json_blocks and not self._tool_index:
+                return self._chunk({}, "stop")
+            return self._chunk({}, STOP_REASONS.get(reason, "stop"))
         if kind == "error":
-            err = event.get("error") or {}
-            return (
-                b"data: "
-                + orjson.dumps(
-                    {
-                        "error": {
-                            "message": f"provider anthropic: {err.get('message', 'stream error')}",
-                            "type": err.get("type", "api_error"),
-                            "code": "provider_error",
-                        }
-                    }
-                )
-                + b"\n\n"
-            )
-        return None  # ping, content_block_stop, message_stop
+            raise stream_error("anthropic", event.get("error"))
+        return None  # ping, message_stop
 
     async def events(self) -> AsyncIterator[bytes]:
         buffer = bytearray()
-        stopped = False
+        role_sent = False
+        finished = False
         with transport_errors("anthropic"):
             async for chunk in self._resp.content.iter_any():
-                if stopped:
-                    break
+                out: list[bytes] = []
                 for line in sse_lines(buffer, chunk):
                     if not line.startswith(b"data:"):
                         continue
@@ -416,14 +396,34 @@ class _AnthropicStream(ChatStream):
                         continue
                     if not isinstance(event, dict):
                         continue
-                    out = self._translate(event)
-                    if out is not None:
-                        yield out
                     if event.get("type") == "message_stop":
-                        stopped = True
+                        finished = True
                         break
+                    try:
+                        piece = self._translate(event)
+                    except ProviderError:
+                        if out:  # what came before the error still reaches the client
+                            yield b"".join(out)
+                        raise
+                    if piece is not None:
+                        if not role_sent:
+                            out.append(self._chunk({"role": "assistant", "content": ""}))
+                            role_sent = True
+                        out.append(piece)
+                if out:
+                    yield b"".join(out)
+                if finished:
+                    break
+        if not finished:
+            raise ProviderError(
+                502,
+                "provider anthropic ended the stream before message_stop",
+                code="provider_stream_truncated",
+                kind="connection",
+            )
+        if not role_sent:
+            yield self._chunk({"role": "assistant", "content": ""})
         if self._include_usage:
-            u = self.usage
             yield (
                 b"data: "
                 + orjson.dumps(
@@ -433,11 +433,7 @@ class _AnthropicStream(ChatStream):
                         "created": self._created,
                         "model": self._model,
                         "choices": [],
-                        "usage": {
-                            "prompt_tokens": u.prompt_tokens,
-                            "completion_tokens": u.completion_tokens,
-                            "total_tokens": u.prompt_tokens + u.completion_tokens,
-                        },
+                        "usage": self._openai_usage,
                     }
                 )
                 + b"\n\n"

@@ -28,6 +28,10 @@ TEST_SETTINGS = {
     # test_resilience.py runs its own servers with retries, fallbacks and breakers on.
     "PROVIDER_MAX_RETRIES": "0",
     "BREAKER_FAILURE_THRESHOLD": "1000",
+    # Fast teardown (the production drain is 600 s; the drain tests set their own).
+    "DRAIN_SECONDS": "5",
+    # /metrics on the app port in the tests (production: its own port, METRICS_PORT 9101).
+    "METRICS_PORT": "0",
     # Made-up prices for the fake provider's models (cost arithmetic end to end).
     "MODEL_CATALOG_FILE": str(Path(__file__).resolve().parent / "catalog_fixture.yaml"),
 }

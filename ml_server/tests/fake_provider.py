@@ -93,6 +93,7 @@ class FakeProvider:
         self.port = port
         self.requests: list[dict[str, Any]] = []
         self._seen: dict[str, int] = {}  # model -> requests so far (for ``flaky-N``)
+        self._cache_keys: set[bytes] = set()  # prompt-cache prefixes written (Anthropic)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -184,7 +185,7 @@ class FakeProvider:
             }
         )
         path = request.path
-        anthropic = path.endswith("/messages")
+        anthropic = path.endswith(("/messages", "/messages/count_tokens"))
         model = str((body or {}).get("model", "")) if isinstance(body, dict) else ""
         d = _directives(model)
         auth_error = self._check_auth(request, anthropic)
@@ -229,6 +230,14 @@ class FakeProvider:
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
             return self._error(anthropic, 400, "body must be a JSON object")
+        if path.endswith("/responses") and isinstance(body, dict):
+            return await _openai_responses(request, body)
+        if anthropic and not _well_formed_messages(body):
+            return self._error(True, 400, "messages: each must be {role, content}")
+        if path.endswith("/messages/count_tokens"):
+            return _json({"input_tokens": _rich_usage(body, [], set())["input_tokens"]})
+        if anthropic and _wants_rich(model, body):
+            return await self._anthropic_rich(request, body, model)
         if anthropic:
             return await self._anthropic(request, body, d)
         if path.endswith("/chat/completions"):
@@ -471,6 +480,349 @@ class FakeProvider:
         await event("message_stop", {})
         await resp.write_eof()
         return resp
+
+    # --- Anthropic, the fuller model (thinking, structured output, caching, stream errors) -------
+    async def _anthropic_rich(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.StreamResponse:
+        problem = _rich_problem(body)
+        if problem is not None:
+            return self._error(True, 400, problem)
+        seen = self._seen.get(model, 0)
+        flaky = re.search(r"flaky-(\d+)", model)
+        failing = flaky is None or seen <= int(flaky.group(1))
+        stream_error = re.search(r"streamerror-(\d+)", model)
+        error_after = int(stream_error.group(1)) if stream_error and failing else None
+        content, stop = _rich_answer(body, model)
+        usage = _rich_usage(body, content, self._cache_keys)
+        if not body.get("stream"):
+            return _json(
+                {
+                    "id": "msg_rich",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model"),
+                    "content": content,
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            payload = orjson.dumps({"type": name, **data})
+            await resp.write(b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n")
+
+        async def fail() -> web.StreamResponse:
+            # What Anthropic does when overloaded mid-request: an error event in the 200 stream.
+            err = {"type": "overloaded_error", "message": "Overloaded"}
+            await event("error", {"error": err})
+            await resp.write_eof()
+            return resp
+
+        start_usage = {k: v for k, v in usage.items() if k != "output_tokens_details"}
+        start: dict[str, Any] = {
+            "id": "msg_rich", "type": "message", "role": "assistant", "model": body.get("model"),
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {**start_usage, "output_tokens": 1},
+        }  # fmt: skip
+        await event("message_start", {"message": start})
+        await event("ping", {})
+        if error_after == 0:
+            return await fail()
+        deltas = 0
+        for index, block in enumerate(content):
+            kind = block["type"]
+            first: dict[str, Any]
+            pieces: list[dict[str, Any]]
+            if kind == "thinking":
+                first = {"type": "thinking", "thinking": "", "signature": ""}
+                pieces = [
+                    {"type": "thinking_delta", "thinking": w} for w in _split(block["thinking"])
+                ] + [{"type": "signature_delta", "signature": block["signature"]}]
+            elif kind == "text":
+                first = {"type": "text", "text": ""}
+                pieces = [{"type": "text_delta", "text": w} for w in _split(block["text"])]
+            else:
+                first = {**block, "input": {}}
+                args = orjson.dumps(block["input"]).decode()
+                pieces = [
+                    {"type": "input_json_delta", "partial_json": part}
+                    for part in (args[:3], args[3:])
+                ]
+            await event("content_block_start", {"index": index, "content_block": first})
+            for piece in pieces:
+                await event("content_block_delta", {"index": index, "delta": piece})
+                deltas += 1
+                if error_after is not None and deltas >= error_after:
+                    return await fail()
+            await event("content_block_stop", {"index": index})
+        await event(
+            "message_delta",
+            {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage},
+        )
+        await event("message_stop", {})
+        await resp.write_eof()
+        return resp
+
+
+_RICH_WORDS = ("rich", "streamerror", "pause")
+
+
+def _well_formed_messages(body: dict[str, Any]) -> bool:
+    """Anthropic answers 400 to messages that are not {role, content} objects."""
+    messages = body.get("messages")
+    return isinstance(messages, list) and all(
+        isinstance(m, dict)
+        and isinstance(m.get("role"), str)
+        and isinstance(m.get("content"), str | list)
+        and all(isinstance(b, dict) for b in m["content"] if isinstance(m["content"], list))
+        for m in messages
+    )
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content or [] if isinstance(b, dict)]
+
+
+def _wants_rich(model: str, body: dict[str, Any]) -> bool:
+    """Requests that use what the simple echo does not model."""
+    if any(w in model for w in _RICH_WORDS):
+        return True
+    if any(k in body for k in ("thinking", "output_config", "cache_control")):
+        return True
+    if isinstance(body.get("system"), list):
+        return True
+    for m in body.get("messages") or []:
+        for b in _blocks(m.get("content") if isinstance(m, dict) else None):
+            if b.get("type") in ("tool_result", "document", "thinking") or "cache_control" in b:
+                return True
+    return False
+
+
+def fake_signature(thinking: str) -> str:
+    """The fake's thinking signature: checked when the block comes back on a later turn."""
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def _thinking_on(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _rich_problem(body: dict[str, Any]) -> str | None:
+    """The 400s the real API gives for what the translation must get right."""
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int):
+        return "max_tokens: Field required"
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024 or budget >= max_tokens:
+            return "thinking.budget_tokens: must be >= 1024 and less than max_tokens"
+    if _thinking_on(body) and body.get("temperature") not in (None, 1):
+        return "temperature may only be set to 1 when thinking is enabled"
+    if "temperature" in body and "top_p" in body:
+        return "temperature and top_p cannot both be specified for this model"
+    tool_ids: set[str] = set()
+    for i, m in enumerate(body.get("messages") or []):
+        if m.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: unexpected role {m.get('role')!r}"
+        blocks = _blocks(m.get("content"))
+        if m["role"] == "assistant":
+            uses = [b for b in blocks if b.get("type") == "tool_use"]
+            tool_ids.update(str(b.get("id")) for b in uses)
+            if uses and _thinking_on(body):
+                head = blocks[0]
+                if head.get("type") != "thinking":
+                    return (
+                        f"messages.{i}.content.0.type: Expected `thinking` or "
+                        "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, "
+                        "a final `assistant` message must start with a thinking block"
+                    )
+                if head.get("signature") != fake_signature(str(head.get("thinking", ""))):
+                    return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
+        for b in blocks:
+            if b.get("type") == "tool_result" and b.get("tool_use_id") not in tool_ids:
+                return f"messages.{i}: tool_result for unknown tool_use_id {b.get('tool_use_id')}"
+    return None
+
+
+def _sample(schema: Any, defs: dict[str, Any]) -> Any:
+    """A value that satisfies a (structured-output style) JSON schema."""
+    if not isinstance(schema, dict):
+        return None
+    if "$ref" in schema:
+        return _sample(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1]), defs)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return _sample(schema[key][0], defs)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {k: _sample(v, defs) for k, v in props.items()}
+    if kind == "array":
+        return [_sample(schema.get("items"), defs)]
+    return {"string": "x", "integer": 1, "number": 1.5, "boolean": True}.get(str(kind))
+
+
+def _last_user_words(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            words = []
+            for b in _blocks(m.get("content")):
+                if b.get("type") == "text":
+                    words.append(str(b.get("text", "")))
+                elif b.get("type") == "tool_result":
+                    for x in _blocks(b.get("content")):
+                        words.append(str(x.get("text", "")) if "text" in x else f"[{x['type']}]")
+                elif b.get("type") in ("image", "document"):
+                    words.append(f"[{b['type']}]")
+            return " ".join(w for w in words if w)
+    return ""
+
+
+def _rich_answer(body: dict[str, Any], model: str) -> tuple[list[dict[str, Any]], str]:
+    messages = body.get("messages") or []
+    said = _last_user_words(messages)
+    content: list[dict[str, Any]] = []
+    if _thinking_on(body):
+        thought = f"Thinking about: {said}"
+        content.append(
+            {"type": "thinking", "thinking": thought, "signature": fake_signature(thought)}
+        )
+    last = messages[-1] if messages else {}
+    answered_tool = any(b.get("type") == "tool_result" for b in _blocks(last.get("content")))
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if tools and not answered_tool and choice.get("type") != "none":
+        tool = tools[0]
+        if choice.get("type") == "tool":
+            tool = next((t for t in tools if t.get("name") == choice.get("name")), tool)
+        schema = tool.get("input_schema") or {}
+        content.append(
+            {"type": "tool_use", "id": "toolu_rich_1", "name": tool.get("name"),
+             "input": _sample(schema, schema.get("$defs") or {})}
+        )  # fmt: skip
+        return content, "tool_use"
+    fmt = (body.get("output_config") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema") or {}
+        text = orjson.dumps(_sample(schema, schema.get("$defs") or {})).decode()
+    else:
+        text = f"echo: {said}"
+    content.append({"type": "text", "text": text})
+    return content, "pause_turn" if "pause" in model else "end_turn"
+
+
+def _has_cache_marker(body: dict[str, Any]) -> bool:
+    if "cache_control" in body:
+        return True
+    system = body.get("system")
+    parts: list[Any] = list(system) if isinstance(system, list) else []
+    parts += body.get("tools") or []
+    for m in body.get("messages") or []:
+        parts += _blocks(m.get("content"))
+    return any(isinstance(p, dict) and "cache_control" in p for p in parts)
+
+
+def _rich_usage(
+    body: dict[str, Any], content: list[dict[str, Any]], cache_keys: set[bytes]
+) -> dict[str, Any]:
+    """Prompt caching as Anthropic reports it: the first request with a marker writes the
+    cache (cache_creation_input_tokens), the same prefix again reads it."""
+    prompt = sum(
+        _words(_text(m.get("content")) or str(m.get("content"))) for m in body["messages"]
+    ) + (_words(str(body["system"])) if body.get("system") else 0)
+    read = write = 0
+    if _has_cache_marker(body):
+        key = hashlib.sha256(
+            orjson.dumps([body.get("system"), body.get("tools"), body["messages"][:1]])
+        ).digest()
+        if key in cache_keys:
+            read = prompt
+        else:
+            write = prompt
+            cache_keys.add(key)
+    thinking = sum(_words(b["thinking"]) for b in content if b["type"] == "thinking")
+    visible = sum(
+        _words(b.get("text") or orjson.dumps(b.get("input")).decode())
+        for b in content
+        if b["type"] != "thinking"
+    )
+    usage: dict[str, Any] = {
+        "input_tokens": prompt - read - write,
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "output_tokens": thinking + visible,
+    }
+    if thinking:
+        usage["output_tokens_details"] = {"thinking_tokens": thinking}
+    return usage
+
+
+def _split(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """OpenAI's Responses API: a message echoing the last user input, plain or streamed."""
+    items = body.get("input")
+    if isinstance(items, str):
+        said = items
+    else:
+        users = [i for i in items or [] if isinstance(i, dict) and i.get("role") == "user"]
+        content = users[-1].get("content") if users else ""
+        said = (
+            content
+            if isinstance(content, str)
+            else " ".join(str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
+        )
+    text = f"echo: {said}"
+    prompt, completion = _words(said), _words(text)
+    usage = {
+        "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }  # fmt: skip
+    message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+    response: dict[str, Any] = {
+        "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": body.get("model"), "output": [message],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
+    }  # fmt: skip
+    if not body.get("stream"):
+        return _json(response)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    seq = 0
+
+    async def event(data: dict[str, Any]) -> None:
+        nonlocal seq
+        seq += 1
+        payload = orjson.dumps({**data, "sequence_number": seq})
+        await resp.write(b"event: " + str(data["type"]).encode() + b"\ndata: " + payload + b"\n\n")
+
+    started = {**response, "status": "in_progress", "output": [], "usage": None}
+    await event({"type": "response.created", "response": started})
+    for piece in _split(text):
+        await event({"type": "response.output_text.delta", "item_id": "msg_fake",
+                     "output_index": 0, "content_index": 0, "delta": piece})  # fmt: skip
+    await event({"type": "response.completed", "response": response})
+    await resp.write_eof()
+    return resp
 
 
 def main() -> None:

@@ -93,3 +93,21 @@ def test_bad_entries_name_the_model_and_field(tmp_path: Path, entry: str, messag
         catalog.load(bad)
     assert message in str(err.value)
     assert "bad.yaml" in str(err.value)
+
+
+def test_limits_metadata_is_validated_and_dated_snapshots_are_found(tmp_path: Path) -> None:
+    from ml_server import catalog as model_catalog
+
+    shipped = model_catalog.default()
+    entry = shipped.find("anthropic", "claude-sonnet-4-5-20250929")
+    assert entry is not None and entry.max_output_tokens == 64000 and entry.thinking == "budget"
+    assert entry.limits_source is not None and entry.limits_checked is not None
+    bad = tmp_path / "extra.yaml"
+    bad.write_text("version: 1\nmodels:\n  anthropic/claude-z:\n    thinking: sometimes\n")
+    with pytest.raises(model_catalog.CatalogError, match="thinking"):
+        model_catalog.load(bad)
+    bad.write_text(
+        "version: 1\nmodels:\n  anthropic/claude-z:\n    limits_source: https://example.com\n"
+    )
+    with pytest.raises(model_catalog.CatalogError, match="limits_checked"):
+        model_catalog.load(bad)

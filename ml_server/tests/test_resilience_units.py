@@ -145,3 +145,67 @@ def test_bad_resilience_settings_name_the_setting(
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=message):
         load_settings(secrets_dir="/nonexistent")
+
+
+# --- the retry/fallback decision (a pure function) -------------------------------------------
+
+
+def _decide(kind: str, **over: object) -> object:
+    from ml_server.resilience import decide
+
+    args: dict[str, object] = {
+        "retries": 0,
+        "max_retries": 2,
+        "has_next": True,
+        "retry_after": None,
+        "now": 100.0,
+        "deadline": 200.0,
+        "backoff_base": 0.25,
+        "backoff_max": 4.0,
+        "retry_after_max": 20.0,
+        "jitter": 1.0,
+    }
+    args.update(over)
+    return decide(kind, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "over", "action", "delay"),
+    [
+        ("http_4xx", {}, "raise", 0.0),  # the request is at fault
+        ("client", {}, "raise", 0.0),
+        ("auth", {}, "next", 0.0),  # our credentials: another target, never the same again
+        ("quota", {}, "next", 0.0),  # 402 / quota: the provider account
+        ("circuit_open", {}, "next", 0.0),
+        ("http_5xx", {}, "retry", 0.25),
+        ("http_5xx", {"retries": 2, "max_retries": 3}, "retry", 1.0),
+        ("http_5xx", {"retries": 2, "max_retries": 2}, "next", 0.0),
+        ("timeout", {"retries": 5, "max_retries": 9}, "retry", 4.0),  # capped at backoff_max
+        ("connection", {"jitter": 0.5}, "retry", 0.125),
+        ("rate_limited", {}, "next", 0.0),  # someone else can answer now
+        ("rate_limited", {"has_next": False, "retry_after": "3"}, "retry", 3.0),
+        ("rate_limited", {"has_next": False, "retry_after": "60"}, "next", 0.0),  # too long
+        ("http_5xx", {"now": 199.9}, "next", 0.0),  # the wait would pass the deadline
+    ],
+)
+def test_decide(kind: str, over: dict[str, object], action: str, delay: float) -> None:
+    d = _decide(kind, **over)
+    assert (d.action, d.delay) == (action, delay)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kind", "verdict"),
+    [
+        ("connection", "failure"),
+        ("timeout", "failure"),
+        ("http_5xx", "failure"),
+        ("quota", "failure"),
+        ("rate_limited", "none"),
+        ("http_4xx", "success"),
+        ("auth", "success"),
+    ],
+)
+def test_breaker_verdict(kind: str, verdict: str) -> None:
+    from ml_server.resilience import breaker_verdict
+
+    assert breaker_verdict(kind) == verdict

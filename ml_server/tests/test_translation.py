@@ -73,7 +73,7 @@ def test_malformed_tools_are_a_400_not_a_500() -> None:
     body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
     with pytest.raises(ApiError) as err:
         _translate_request("m", body, 10)
-    assert err.value.status == 400 and "Anthropic" in err.value.message
+    assert err.value.status == 400 and "tools[0].function.name" in err.value.message
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,10 @@ def test_response_translation_stop_reasons_and_usage(reason: str, finish: str) -
     out, usage = from_anthropic(data, "claude-x")
     assert out["choices"][0]["finish_reason"] == finish
     assert out["choices"][0]["message"] == {"role": "assistant", "content": "hi"}
-    assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 7, "total_tokens": 14}
+    assert out["usage"] == {
+        "prompt_tokens": 7, "completion_tokens": 7, "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0},
+    }  # fmt: skip
     assert (usage.prompt_tokens, usage.completion_tokens) == (7, 7)
 
 

@@ -82,6 +82,12 @@ class EventStreamResponse(Response):
                 listener.cancel()
 
 
+def _content_ok(content: Any) -> bool:
+    if content is None or isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(isinstance(p, dict) for p in content)
+
+
 def _validate(body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -92,11 +98,19 @@ def _validate(body: dict[str, Any]) -> None:
             "'messages' is required and must be a non-empty array", status=422, param="messages"
         )
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid_request(
                 f"messages[{i}] must be an object whose 'role' is one of {sorted(ROLES)}",
                 status=422,
                 param=f"messages[{i}].role",
+            )
+        if not _content_ok(msg.get("content")):
+            raise invalid_request(
+                f"messages[{i}].content must be a string, an array of content parts "
+                "(objects) or null",
+                status=422,
+                param=f"messages[{i}].content",
             )
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise invalid_request("'stream' must be a boolean", status=422, param="stream")
@@ -128,14 +142,30 @@ async def chat_completions(
     started = time.perf_counter()
     if not body.get("stream"):
         call = state.router.chat(route, body)
-        result = await accounted_call(state, request, route, call, endpoint="chat", started=started)
+        result = await accounted_call(
+            state, request, route, call, endpoint="chat", started=started, body=body
+        )
         return Response(result.body, media_type="application/json")
 
     # Wait briefly for the provider's answer so an early refusal (429, 400, ...) keeps its status;
     # past the keep-alive interval commit to 200 and keep the connection alive with SSE comments.
     opening = asyncio.ensure_future(state.router.chat_stream(route, body))
     keepalive = state.settings.stream_keepalive_seconds
-    await asyncio.wait({opening}, timeout=keepalive)
+    try:
+        await asyncio.wait({opening}, timeout=keepalive)
+    except asyncio.CancelledError:  # the client left before the stream opened
+        opening.cancel()
+        account(
+            state,
+            request,
+            route,
+            endpoint="chat",
+            stream=True,
+            status=499,
+            usage=estimate_usage(body),
+            started=started,
+        )
+        raise
     failure = opening.exception() if opening.done() else None
     if failure is not None:
         if isinstance(failure, ProviderError):

@@ -33,6 +33,6 @@ async def embeddings(request: Request, state: StateDep, _key: KeyDep, body: Body
     started = time.perf_counter()
     call = state.router.embeddings(route, body)
     result = await accounted_call(
-        state, request, route, call, endpoint="embeddings", started=started
+        state, request, route, call, endpoint="embeddings", started=started, body=body
     )
     return Response(result.body, media_type="application/json")

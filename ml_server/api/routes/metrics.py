@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ml_server.api.deps import StateDep
+from ml_server.errors import ApiError
 
 router = APIRouter(tags=["metrics"])
 
@@ -41,6 +42,8 @@ class _AllWorkers(Collector):
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
+    if state.settings.effective_metrics_port != 0:  # served on METRICS_PORT instead
+        raise ApiError(404, "Not Found", type="invalid_request_error", code="not_found")
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     registry = state.metrics.registry
     if folder:

@@ -12,10 +12,10 @@ Modes (``--mode``, default ``auto``):
 - ``auto``: ``aws`` when ``aws sts get-caller-identity`` succeeds, otherwise ``offline``.
 
 Each stack's (or environment's) diff is saved in ``OUT/diffs/``, echoed to the terminal, and
-summarized by ``scripts/diff_comment.py`` into ``OUT/comment.md`` (the pull-request comment).
+summarized by ``humansa_ops.diff_comment`` into ``OUT/comment.md`` (the pull-request comment).
 
 The comment includes the estimated monthly cost per environment before and after
-(``scripts/cost.py --json`` on the base and head assemblies, saved as ``OUT/cost-before.json`` and
+(``humansa_ops.cost --json`` on the base and head assemblies, saved as ``OUT/cost-before.json`` and
 ``OUT/cost-after.json``). In ``aws`` mode the "before" side needs a base to synthesize: pass
 ``--base-ref``. ``--cost-before`` / ``--cost-after`` use given files instead; ``--no-cost``
 skips it.
@@ -24,7 +24,7 @@ A cost estimate that fails (e.g. a resource without a price) becomes a note, nev
 Environment: ``CDK_CLI`` overrides the CDK CLI path (default ``node_modules/.bin/cdk``).
 
 Usage:
-    python scripts/make_diff.py [--env NAME ...] [--mode auto|aws|offline] [--base-ref REF]
+    python -m humansa_ops.make_diff [--env NAME ...] [--mode auto|aws|offline] [--base-ref REF]
         [--out DIR] [--head-app DIR] [--cost-before FILE] [--cost-after FILE] [--no-cost]
 """
 
@@ -33,17 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-TOOLS_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TOOLS_ROOT))
-
-from scripts.diff_comment import (  # noqa: E402
+from config import naming
+from humansa_ops import cost
+from humansa_ops.diff_comment import (
     DEFAULT_MARKER,
     DiffCommentError,
     StackDiff,
@@ -53,7 +51,7 @@ from scripts.diff_comment import (  # noqa: E402
     render,
 )
 
-_ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
 
 class MakeDiffError(Exception):
@@ -136,18 +134,14 @@ def synth(repo: Path, outdir: Path, envs: list[str], env: dict[str, str], *, lab
 def assembly_cost(
     assembly: Path, envs: list[str], out_file: Path, env: dict[str, str]
 ) -> tuple[dict[str, float], str | None]:
-    """Monthly cost per environment of ``assembly`` (``scripts/cost.py --json``), saved to
+    """Monthly cost per environment of ``assembly`` (``humansa_ops.cost --json``), saved to
     ``out_file``; returns the costs of ``envs`` (all when empty) and a note when it failed."""
-    result = subprocess.run(
-        [sys.executable, str(TOOLS_ROOT / "scripts" / "cost.py"), str(assembly), "--json"],
-        env=env,
-        text=True,
-        capture_output=True,
-    )
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        return {}, f"No cost estimate for {out_file.stem.removeprefix('cost-')}: {reason}"
-    out_file.write_text(result.stdout, encoding="utf-8")
+    try:
+        estimates = cost.estimate(assembly, cost.PriceTable(cost.DEFAULT_PRICES))
+    except cost.CostError as exc:
+        return {}, f"No cost estimate for {out_file.stem.removeprefix('cost-')}: {exc}"
+    document = {name: est.as_dict() for name, est in estimates.items()}
+    out_file.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     costs = load_costs(out_file)
     wanted = {e.lower() for e in envs}
     return {name: usd for name, usd in costs.items() if not wanted or name.lower() in wanted}, None
@@ -203,7 +197,19 @@ def diff_offline(
     for name in sorted(head_stacks):
         old = base / base_stacks[name] if name in base_stacks else empty
         out = _run(
-            [_cdk(), "diff", "--no-notices", "--app", str(head), "--template", str(old), name],
+            # --exclusively: Data and Service depend on Network, and `--template` compares one
+            # stack only (without it the CLI adds the dependencies and refuses).
+            [
+                _cdk(),
+                "diff",
+                "--no-notices",
+                "--exclusively",
+                "--app",
+                str(head),
+                "--template",
+                str(old),
+                name,
+            ],
             cwd=repo,
             env=env,
         )
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     envs = [e for e in args.env if e]
     for name in envs:
-        if not _ENV_NAME.match(name):
+        if not naming.is_env_name(name):
             parser.error(f"--env / ENV: {name!r} is not an environment name (e.g. dev, production)")
 
     env = _tool_env()

@@ -20,7 +20,7 @@ environment name to either a number of US dollars per month, ``{"dev": 61.3}``, 
 ``total_usd`` number, as ``scripts/cost.py --json`` prints: ``{"dev": {"total_usd": 61.3, ...}}``.
 
 Usage:
-    python scripts/diff_comment.py [--title TEXT] [--source TEXT] [--marker TEXT]
+    python -m humansa_ops.diff_comment [--title TEXT] [--source TEXT] [--marker TEXT]
         [--cost-before FILE] [--cost-after FILE] DIFF_FILE [DIFF_FILE ...]
 """
 
@@ -63,6 +63,7 @@ _ENTRY_HEADER = re.compile(r"^\[(?P<op>[-+~]|-/\+)\] (?P<rest>.+)$")
 _LEAF = re.compile(r"\[(?P<op>[-+])\]\s?(?P<value>.*)$")
 _ASSET_HASH = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 _NO_DIFF = "There were no differences"
+_AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 _SECTION_TITLES = frozenset(
     {
         "Resources",
@@ -122,6 +123,22 @@ class Entry:
             masked = _ASSET_HASH.sub("<asset-hash>", value)
             (removed if match.group("op") == "-" else added)[masked] += 1
         return saw_hash and bool(removed) and removed == added
+
+    def ami_change(self) -> tuple[str, str] | None:
+        """(old, new) AMI of a launch template or instance whose ImageId changes, else None."""
+        if self.resource_type not in {"AWS::EC2::LaunchTemplate", "AWS::EC2::Instance"}:
+            return None
+        if not any("ImageId" in line for line in self.body):
+            return None
+        old = new = ""
+        for line in self.body:
+            match = _LEAF.search(line)
+            if match and _AMI.fullmatch(match.group("value").strip()):
+                if match.group("op") == "-":
+                    old = match.group("value").strip()
+                else:
+                    new = match.group("value").strip()
+        return (old, new) if new else None
 
     def stateful_risk(self) -> str | None:
         """How a stateful resource is at risk: 'replace', 'may be replaced', 'destroy', 'orphan'.
@@ -309,6 +326,18 @@ def render(
         lines += [f"> - `{name}`: {e.resource_type} `{e.path}`" for name, e in orphans]
         lines.append("")
 
+    amis = [(s.name, e, c) for s in stacks for e in s.entries if (c := e.ami_change())]
+    if amis:
+        lines.append("> [!IMPORTANT]")
+        lines.append("> **New AMI (config/amis.json): the deploy replaces instances.**")
+        for name, e, (old, new) in amis:
+            what = (
+                "fleet refresh: every instance is replaced (instance refresh)"
+                if e.resource_type == "AWS::EC2::LaunchTemplate"
+                else "instance replaced (the dev NAT instance: egress pauses while it boots)"
+            )
+            lines.append(f"> - `{name}`: `{e.path}` {old or '?'} → {new}: {what}")
+        lines.append("")
     if not stacks:
         lines += ["No `cdk diff` output was found.", ""]
     changed = [s for s in stacks if s.has_changes]

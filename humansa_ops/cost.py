@@ -3,16 +3,16 @@
 
 Reads ``cdk.out/manifest.json`` and every stack template it lists, groups the stacks by
 environment (``Humansa-<Env>-<Layer>`` -> ``<Env>``), prices each billable resource from the
-committed table ``pricing/prices.yaml`` for the stack's region, and prints a table per
+committed table ``humansa_ops/pricing/prices.yaml`` for the stack's region, and prints a table per
 environment (or JSON, or a one-line summary). Everything it prints is an ESTIMATE: traffic
 driven prices use the assumptions stated in the price table and are listed under each table.
 
 Usage:
-    python scripts/cost.py [CDK_OUT] [--env NAME] [--region REGION] [--json | --summary]
+    python -m humansa_ops.cost [CDK_OUT] [--env NAME] [--region REGION] [--json | --summary]
         [--prices FILE]
 
-Exit status: 0 on success, 2 when an input is wrong or a price is missing (the message names
-the resource, the price key and the region).
+Exit status: 0 on success, 2 when an input is wrong or the region has no price table. A valid
+resource whose price key the table lacks is listed as "unpriced" (left out of the total).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PRICES = ROOT / "pricing" / "prices.yaml"
+DEFAULT_PRICES = Path(__file__).resolve().parent / "pricing" / "prices.yaml"
 DEFAULT_REGION = "ap-east-1"
 UNSOURCED = "unsourced"
 
@@ -100,6 +100,8 @@ FREE_TYPES: dict[str, str] = {
     "AWS::ECR::RegistryPolicy": "no charge",
     "AWS::ApplicationAutoScaling::ScalingPolicy": "no charge",
     "AWS::ApplicationAutoScaling::ScalableTarget": "no charge",
+    "AWS::WAFv2::WebACLAssociation": "priced on the web ACL",
+    "AWS::WAFv2::LoggingConfiguration": "log ingestion priced on the aws-waf-logs- group",
 }
 
 
@@ -117,7 +119,7 @@ class PriceMissingError(CostError):
         self.region = region
         super().__init__(
             f"no price for {resource_type} {resource} in {region}: price key {key!r} is not in "
-            f"pricing/prices.yaml regions.{region}; add it with its public source and date"
+            f"humansa_ops/pricing/prices.yaml regions.{region}; add it with its source and date"
         )
 
 
@@ -180,6 +182,7 @@ class Estimate:
     free: dict[str, int] = field(default_factory=dict)
     unsourced: set[str] = field(default_factory=set)
     assumptions: dict[str, Any] = field(default_factory=dict)
+    unpriced: list[str] = field(default_factory=list)
 
     @property
     def total_usd(self) -> float:
@@ -195,6 +198,7 @@ class Estimate:
             "not_priced": self.not_priced,
             "free": dict(sorted(self.free.items())),
             "unsourced_prices": sorted(self.unsourced),
+            "unpriced": self.unpriced,
             "assumptions": self.assumptions,
         }
 
@@ -388,7 +392,11 @@ class _Pricer:
         factor: float = 1.0,
         key_label: str | None = None,
     ) -> None:
-        found = self.price(key, rtype, lid)
+        try:
+            found = self.price(key, rtype, lid)
+        except PriceMissingError as exc:  # a valid type the table lacks: say so, never fail
+            self.est.unpriced.append(f"{exc.resource_type} {exc.resource} ({exc.key})")
+            return
         self.est.items.append(
             LineItem(self.stack, lid, rtype, what, qty, unit, found.usd * factor, key_label or key)
         )
@@ -928,6 +936,16 @@ def _price_parameter(p: _Pricer, rtype: str, lid: str, props: dict[str, Any], *_
         p.est.free[rtype] = p.est.free.get(rtype, 0) + 1
 
 
+def _price_web_acl(p: _Pricer, rtype: str, lid: str, props: dict[str, Any], *_: Any) -> None:
+    p.add(rtype, lid, f"WAF web ACL {lid}", 1, "web-ACL-month", "waf.web_acl_month")
+    rules = props.get("Rules") or []
+    if rules:
+        p.add(rtype, lid, f"WAF rules of {lid}", len(rules), "rule-month", "waf.rule_month")
+    p.est.not_priced.append(
+        f"WAF requests inspected by {p._name(lid)} ($0.60/million, volume unknown)"
+    )
+
+
 _HANDLERS: dict[str, Any] = {
     "AWS::ElasticLoadBalancingV2::LoadBalancer": _price_alb,
     "AWS::AutoScaling::AutoScalingGroup": _price_asg,
@@ -945,6 +963,7 @@ _HANDLERS: dict[str, Any] = {
     "AWS::SecretsManager::Secret": _price_secret,
     "AWS::KMS::Key": _price_key,
     "AWS::SSM::Parameter": _price_parameter,
+    "AWS::WAFv2::WebACL": _price_web_acl,
 }
 
 PRICED_TYPES = frozenset(_HANDLERS)
@@ -1025,9 +1044,14 @@ def render_table(estimates: Mapping[str, Estimate], table: PriceTable) -> str:
             )
         if est.not_priced:
             lines.append("  NOT PRICED (unknown billable types): " + ", ".join(est.not_priced))
+        if est.unpriced:
+            lines.append(
+                "  unpriced (no row in humansa_ops/pricing/prices.yaml for the region; the total "
+                "leaves them out): " + ", ".join(est.unpriced)
+            )
         if est.unsourced:
             lines.append(
-                "  WARNING: unsourced prices used (see pricing/prices.yaml notes): "
+                "  WARNING: unsourced prices used (see humansa_ops/pricing/prices.yaml notes): "
                 + ", ".join(sorted(est.unsourced))
             )
         lines.append("")
@@ -1042,6 +1066,8 @@ def render_summary(estimates: Mapping[str, Estimate]) -> str:
             extra.append(f"{len(est.unsourced)} unsourced prices")
         if est.not_priced:
             extra.append(f"{len(est.not_priced)} resources not priced")
+        if est.unpriced:
+            extra.append(f"{len(est.unpriced)} unpriced")
         tail = f"; {', '.join(extra)}" if extra else ""
         lines.append(
             f"cost estimate: {est.name} ~${est.total_usd:,.2f}/month ({est.region}{tail}) "

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print, per synthesized stack, its resource count and cdk-nag acknowledgments/findings.
 
-Usage: ``python scripts/synth_summary.py cdk.out``. Reads only the cloud assembly (manifest,
+Usage: ``python -m humansa_ops.synth_summary cdk.out``. Reads only the cloud assembly (manifest,
 templates, ``<stack>.metadata.json`` and ``validation-report.json``); exits 1 when the
 validation report lists any finding.
 """
@@ -56,6 +56,49 @@ def findings(outdir: Path) -> Counter[str]:
     return counts
 
 
+def plain_http_listeners(template: dict[str, Any]) -> list[int]:
+    """Ports of HTTP listeners that forward to targets (a redirect to HTTPS does not count)."""
+    ports = []
+    for resource in template.get("Resources", {}).values():
+        if resource.get("Type") != "AWS::ElasticLoadBalancingV2::Listener":
+            continue
+        props = resource.get("Properties", {})
+        actions = props.get("DefaultActions", [])
+        if props.get("Protocol") == "HTTP" and any(a.get("Type") == "forward" for a in actions):
+            ports.append(int(props.get("Port", 0)))
+    return ports
+
+
+def environment_tag(template: dict[str, Any]) -> str | None:
+    """The ``Environment`` tag our stacks put on every taggable resource."""
+    for resource in template.get("Resources", {}).values():
+        tags = resource.get("Properties", {}).get("Tags")
+        if isinstance(tags, list):
+            for tag in tags:
+                if isinstance(tag, dict) and tag.get("Key") == "Environment":
+                    return str(tag.get("Value"))
+    return None
+
+
+def transport_lines(name: str, template: dict[str, Any]) -> list[str]:
+    """What the synth summary says about a stack's listeners: loud for a production on HTTP."""
+    ports = plain_http_listeners(template)
+    if not ports:
+        return []
+    env = environment_tag(template) or "?"
+    where = ", ".join(str(p) for p in ports)
+    if env == "production":
+        return [
+            f"WARNING: {name} would serve bearer keys and prompts over PLAIN HTTP (port {where}): "
+            "no service.certificate_arn in config/production.yaml. make deploy / make preflight "
+            "ENV=production refuse it unless service.allow_plain_http gives a written reason."
+        ]
+    return [
+        f"note: {name} ({env}) serves plain HTTP on port {where} (allowed outside production; "
+        "set service.certificate_arn for HTTPS)."
+    ]
+
+
 def main(argv: list[str]) -> int:
     outdir = Path(argv[1] if len(argv) > 1 else "cdk.out")
     manifest_file = outdir / "manifest.json"
@@ -81,6 +124,11 @@ def main(argv: list[str]) -> int:
             f"{name:<30} {resources:>9} {len(acks):>5} {open_findings.get(name, 0):>8}  "
             f"{rule_counts or '-'}"
         )
+    for name, artifact in artifacts.items():
+        if artifact.get("type") == "aws:cloudformation:stack":
+            template = _load(outdir / artifact["properties"]["templateFile"])
+            for line in transport_lines(name, template):
+                print(line)
     total = sum(open_findings.values())
     if total:
         print(f"cdk-nag: {total} unacknowledged finding(s); see {outdir}/validation-report.json")

@@ -1,0 +1,1 @@
+"""Operator tools: cost estimate, diff, synth summary (entry points in scripts/)."""

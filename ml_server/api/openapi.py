@@ -1,0 +1,208 @@
+"""The OpenAPI document: request bodies, the key schemes and every error answer.
+
+The routes read their bodies as raw JSON (``BodyDep``: no pydantic on the hot path), so FastAPI
+cannot see them. The pydantic models here exist for the document only: ``install`` adds their
+JSON schemas, the bearer (and ``x-api-key``) security schemes and the error answers of each
+operation to what FastAPI generates. They accept more than they list (``extra: allow``), as the
+routes do: the provider decides on fields the gateway does not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """OpenAI "Create chat completion"; for Anthropic models see docs/ml-server.md."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [
+            {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
+        ]},
+    )  # fmt: skip
+
+    model: str = Field(min_length=1, description="provider/model or an alias")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = None
+
+
+class EmbeddingsRequest(_Open):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"model": "openai/text-embedding-3-small", "input": "a"}]},
+    )
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+class AnthropicMessage(_Open):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class MessagesRequest(_Open):
+    """Anthropic "Messages"."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [
+            {"model": "anthropic/claude-haiku-4-5", "max_tokens": 64,
+             "messages": [{"role": "user", "content": "Hello"}]}
+        ]},
+    )  # fmt: skip
+
+    model: str = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    stream: bool | None = None
+
+
+class CountTokensRequest(_Open):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [
+            {"model": "anthropic/claude-haiku-4-5",
+             "messages": [{"role": "user", "content": "Hello"}]}
+        ]},
+    )  # fmt: skip
+    model: str = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+
+
+class ResponsesRequest(_Open):
+    """OpenAI "Create a model response" (passed through to OpenAI)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"model": "openai/gpt-4o-mini", "input": "Hello"}]},
+    )
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] | None = None
+    stream: bool | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, used by every route but /v1/messages."""
+
+    error: ErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Anthropic's error shape, used by /v1/messages."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/embeddings": EmbeddingsRequest,
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
+    "/v1/responses": ResponsesRequest,
+}
+_STREAMING = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses"})
+_PUBLIC = frozenset({"/health", "/ready", "/metrics"})
+_ERRORS = {
+    "400": "Invalid request: malformed JSON, or a parameter the model's provider cannot honour "
+    "(param names it)",
+    "401": "Missing or wrong API key",
+    "404": "Unknown model, or its provider is not configured",
+    "405": "Method not allowed",
+    "409": "The provider refused the request (conflict)",
+    "413": "Body over MAX_BODY_BYTES",
+    "422": "Schema violation",
+    "429": "Rate limited (this key's limit or the provider's); see Retry-After",
+    "500": "Unexpected server error (request id in the message)",
+    "502": "The provider failed or rejected the server's credentials",
+    "503": "Overloaded provider, open circuit, or the key store is unavailable",
+    "504": "The provider or the request deadline timed out",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    models: list[type[BaseModel]] = [*_BODIES.values(), ErrorResponse, AnthropicErrorResponse]
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key of this server"},
+        "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                      "description": "the same key, as the anthropic SDK sends it"},
+    }  # fmt: skip
+    for path, ops in doc["paths"].items():
+        anthropic = path.startswith("/v1/messages")
+        error_schema = _ref("AnthropicErrorResponse" if anthropic else "ErrorResponse")
+        for method, op in ops.items():
+            body = _BODIES.get(path)
+            if body is not None and method == "post":
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(body.__name__)}},
+                }
+            responses = op.setdefault("responses", {})
+            ok = responses.setdefault("200", {"description": "OK"})
+            if path == "/metrics":
+                ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
+            elif path in _STREAMING:
+                ok["content"] = {
+                    "application/json": {"schema": {"type": "object"}},
+                    # Each event's data is a JSON chunk (or ``[DONE]``): any value.
+                    "text/event-stream": {"schema": {}},
+                }
+            if path == "/ready":
+                responses["503"] = {
+                    "description": "Not ready (reason given)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+                continue
+            if path in _PUBLIC:
+                continue
+            op["security"] = [{"bearer": []}, {"x-api-key": []}] if anthropic else [{"bearer": []}]
+            for status, text in _ERRORS.items():
+                responses[status] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": error_schema}},
+                }
+    app.openapi_schema = doc
+    return doc
+
+
+def install(app: FastAPI) -> None:
+    app.openapi = lambda: build(app)  # type: ignore[method-assign]

@@ -1,0 +1,150 @@
+"""The OpenAI Responses API (``POST /v1/responses``): a pass-through to OpenAI.
+
+The body goes to OpenAI's ``/responses`` as it is (only ``model`` rewritten) and the answer's
+bytes come back untouched, plain and streamed; usage is read from ``usage`` (plain) or the
+``response.completed`` / ``response.incomplete`` / ``response.failed`` event (streamed).
+Reference: OpenAI "Responses" (platform.openai.com/docs/api-reference/responses).
+
+Other providers get a 400: the Responses API is stateful (``previous_response_id``, stored
+responses and conversations, built-in tools run by OpenAI), and a translation to stateless chat
+completions would drop that state silently; use /v1/chat/completions or /v1/messages for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ml_server.providers.base import (
+    ChatResult,
+    ChatStream,
+    Provider,
+    ProviderError,
+    Usage,
+    error_from_upstream,
+    sse_lines,
+)
+from ml_server.providers.http import transport_errors
+from ml_server.providers.openai_compat import OpenAICompatProvider
+
+# Providers whose OpenAI-compatible endpoint has /responses.
+RESPONSES_PROVIDERS = frozenset({"openai"})
+_FINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+def usage_of_response(u: Any) -> Usage:
+    if not isinstance(u, dict):
+        return Usage()
+    inp = u.get("input_tokens_details") or {}
+    out = u.get("output_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(u.get("input_tokens") or 0),
+        completion_tokens=int(u.get("output_tokens") or 0),
+        cached_tokens=int(inp.get("cached_tokens") or 0) if isinstance(inp, dict) else 0,
+        reasoning_tokens=int(out.get("reasoning_tokens") or 0) if isinstance(out, dict) else 0,
+        total_tokens=int(u.get("total_tokens") or 0),
+    )
+
+
+def supports_responses(provider: Provider) -> bool:
+    return isinstance(provider, OpenAICompatProvider) and provider.name in RESPONSES_PROVIDERS
+
+
+class ResponsesAdapter(Provider):
+    """One OpenAI provider seen through /responses (``chat``/``chat_stream`` take Responses
+    bodies), so the router's retries, fallbacks and breakers apply."""
+
+    def __init__(self, inner: OpenAICompatProvider) -> None:
+        self.name = inner.name
+        self.inner = inner
+
+    async def _open(self, model: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        payload = {**body, "model": model}
+        with transport_errors(self.name):
+            ctx = self.inner.session.post(
+                self.inner._url("/responses"),  # the provider's parsed URL (query included)
+                data=orjson.dumps(payload),
+            )
+            resp = await ctx.__aenter__()
+            if resp.status >= 400:
+                raw = await resp.read()
+                resp.release()
+                raise error_from_upstream(self.name, resp.status, raw, resp.headers)
+        return resp
+
+    async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
+        resp = await self._open(model, {**body, "stream": False})
+        with transport_errors(self.name):
+            raw = await resp.read()
+        resp.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(
+                502, f"provider {self.name} sent a response that is not JSON",
+                code="provider_bad_response",
+            ) from exc  # fmt: skip
+        return ChatResult(
+            raw, usage_of_response(data.get("usage") if isinstance(data, dict) else None)
+        )
+
+    async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
+        return _ResponsesStream(self.name, await self._open(model, {**body, "stream": True}))
+
+
+class _ResponsesStream(ChatStream):
+    """OpenAI's Responses events passed on as they come; usage read from the final event.
+
+    An ``error`` event before any output raises (the router may retry); after output it raises
+    too and the route ends the stream with its own error event.
+    """
+
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse) -> None:
+        super().__init__()
+        self._provider = provider
+        self._resp = resp
+
+    def _look(self, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "error":
+            message = str(event.get("message") or "stream error")
+            raise ProviderError(
+                502, f"provider {self._provider} failed mid-stream: {message}",
+                code="provider_error", kind="http_5xx",
+            )  # fmt: skip
+        response = event.get("response")
+        if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+            self.usage = usage_of_response(response["usage"])
+
+    async def events(self) -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        with transport_errors(self._provider):
+            async for chunk in self._resp.content.iter_any():
+                out: list[bytes] = []
+                for line in sse_lines(buffer, chunk):
+                    if line.startswith(b"data:") and (
+                        b'"error"' in line or any(f in line for f in _FINAL_EVENTS)
+                    ):
+                        try:
+                            self._look(line[5:])
+                        except ProviderError:
+                            if out:
+                                yield b"".join(out)
+                            raise
+                    out.append(line + b"\n")
+                if out:
+                    yield b"".join(out)
+
+    async def aclose(self) -> None:
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
