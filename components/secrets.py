@@ -54,7 +54,10 @@ class ProviderSecrets(Construct):
             acknowledge(
                 secret,
                 "AwsSolutions-SMG4",
-                "Third-party provider API key: it can only be rotated at the provider, then "
+                "The admin API key: the operator rotates it with 'make secrets'; the servers "
+                "read the refreshed file at each admin call, so no rotation Lambda applies."
+                if name == "ADMIN_API_KEY"
+                else "Third-party provider API key: it can only be rotated at the provider, then "
                 "put here by the operator with 'make secrets'; no rotation Lambda applies.",
             )
             self.secrets[name] = secret

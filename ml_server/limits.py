@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 IDLE_FORGET_SECONDS = 300.0  # a key unused this long in this process is dropped from its memory
 FIRST_SYNC_TIMEOUT_SECONDS = 2.0
+STALE_CLEANUP_EVERY = 600  # syncs between deletions of dead processes' in-flight rows
 
 
 @dataclass(frozen=True)
@@ -506,6 +507,8 @@ class Governor:
             counts,
             max(3.0, 4 * self.sync_seconds),
         )
+        if self.sync_count % STALE_CLEANUP_EVERY == 0:  # rows of processes gone for an hour
+            await db.execute("DELETE FROM limit_inflight WHERE seen_at < now() - interval '1 hour'")
         others = {rec["key_id"]: int(rec["n"]) for rec in result}
         for ks, n in zip(chosen, counts, strict=True):
             ks.published_inflight = n

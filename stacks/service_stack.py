@@ -164,7 +164,6 @@ class ServiceStack(Stack):
             self.fleet.security_group, ec2.Port.tcp(DB_PORT), "Fleet to PostgreSQL"
         )
 
-
         self.parameters = Parameters(
             self,
             "Parameters",

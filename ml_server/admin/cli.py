@@ -64,18 +64,21 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    title = "".join(part.capitalize() for part in env.split("-"))
+    from config import naming
+
+    if problem := naming.name_problem(env):
+        raise CliError(f"ENV: {problem}")
     if region is None:
         from config import load_environment
 
         region = load_environment(env).region
-    stack = f"Humansa-{title}-Service"
+    stack = naming.stack_name(env, "Service")
     secret_id = f"/humansa/{env}/ADMIN_API_KEY"
     try:
         cfn = boto3.client("cloudformation", region_name=region)
         stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-        if "ServiceUrl" not in outputs:
+        if naming.OUTPUT_SERVICE_URL not in outputs:
             raise CliError(
                 f"stack {stack} has no ServiceUrl output: deploy it (make deploy ENV={env})"
             )
@@ -96,7 +99,7 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
             f"{secret_id} is not set yet: `make secrets ENV={env} NAME=ADMIN_API_KEY` "
             "(the instances pick it up with their secrets refresh)"
         )
-    return Target(outputs["ServiceUrl"].rstrip("/"), secret.strip(), actor)
+    return Target(outputs[naming.OUTPUT_SERVICE_URL].rstrip("/"), secret.strip(), actor)
 
 
 def _none_or(kind: type) -> Any:

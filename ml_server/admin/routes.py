@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -27,6 +28,7 @@ from starlette.responses import Response
 
 from ml_server.admin import store
 from ml_server.api.deps import StateDep
+from ml_server.config import Settings, read_password_file
 from ml_server.errors import ApiError
 from ml_server.state import AppState
 
@@ -97,9 +99,18 @@ async def _audit(request: Request, action: str, status: int) -> None:
         )
 
 
+def current_admin_key(settings: Settings) -> str:
+    """The admin key as the ADMIN_API_KEY file in SECRETS_DIR holds it now (the instances refresh
+    that file, so a rotated key applies without a restart), else the setting; "" = none."""
+    path = Path(settings.secrets_dir) / "ADMIN_API_KEY"
+    if path.is_file():
+        return read_password_file(path) or ""
+    configured = settings.admin_api_key
+    return configured.get_secret_value().strip() if configured is not None else ""
+
+
 async def require_admin(request: Request, state: StateDep) -> str:
-    configured = state.settings.admin_api_key
-    expected = configured.get_secret_value().strip() if configured is not None else ""
+    expected = current_admin_key(state.settings)
     if not expected:
         raise ApiError(
             503,

@@ -117,3 +117,20 @@ async def test_expired_and_model_not_allowed() -> None:
 def test_next_month() -> None:
     assert next_month(date(2026, 12, 31)) == date(2027, 1, 1)
     assert next_month(date(2027, 1, 31)) == date(2027, 2, 1)
+
+
+def test_admin_key_file_is_reread_for_rotation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ml_server.admin.routes import current_admin_key
+
+    for k, v in BASE.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "DB_PASSWORD").write_text("a-real-password-42")
+    (tmp_path / "ADMIN_API_KEY").write_text("hsa-first-admin-key\n")
+    settings = load_settings(secrets_dir=str(tmp_path))
+    assert current_admin_key(settings) == "hsa-first-admin-key"
+    (tmp_path / "ADMIN_API_KEY").write_text("hsa-rotated-admin-key\n")  # the refresh timer
+    assert current_admin_key(settings) == "hsa-rotated-admin-key"
+    (tmp_path / "ADMIN_API_KEY").write_text("")
+    assert current_admin_key(settings) == ""  # back at the placeholder: admin API off

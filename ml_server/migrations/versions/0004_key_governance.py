@@ -20,20 +20,22 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_KEY_COLUMNS = (
-    sa.Column("owner", sa.String(200), nullable=True),
-    sa.Column("allowed_models", sa.Text(), nullable=True),
-    sa.Column("tpm", sa.BigInteger(), nullable=True),
-    sa.Column("max_concurrent", sa.Integer(), nullable=True),
-    sa.Column("budget_daily_usd", sa.Numeric(20, 6), nullable=True),
-    sa.Column("budget_monthly_usd", sa.Numeric(20, 6), nullable=True),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
-)
+
+def _key_columns() -> tuple[sa.Column[object], ...]:
+    return (
+        sa.Column("owner", sa.String(200), nullable=True),
+        sa.Column("allowed_models", sa.Text(), nullable=True),
+        sa.Column("tpm", sa.BigInteger(), nullable=True),
+        sa.Column("max_concurrent", sa.Integer(), nullable=True),
+        sa.Column("budget_daily_usd", sa.Numeric(20, 6), nullable=True),
+        sa.Column("budget_monthly_usd", sa.Numeric(20, 6), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def upgrade() -> None:
-    for column in _KEY_COLUMNS:
-        op.add_column("api_keys", column.copy())
+    for column in _key_columns():
+        op.add_column("api_keys", column)
     op.create_table(
         "admin_audit",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -92,5 +94,5 @@ def downgrade() -> None:
     op.drop_index("ix_admin_audit_at", table_name="admin_audit")
     op.drop_table("admin_audit")
     with op.batch_alter_table("api_keys") as batch:
-        for column in reversed(_KEY_COLUMNS):
+        for column in reversed(_key_columns()):
             batch.drop_column(column.name)
