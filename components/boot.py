@@ -303,6 +303,10 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["sh"] = _sh
     env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=True)
+    # The agent config as one compact line in the user data (EC2 allows 16 KB of user data).
+    env.filters["compact_json"] = lambda text: (
+        json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":")) + "\n"
+    )
     return env
 
 

@@ -58,8 +58,8 @@ class GitHubOidc(Construct):
     """The GitHub OIDC provider and the two roles GitHub Actions may assume.
 
     The deploy role is trusted only for jobs of ``github_repository`` that run in the
-    ``deploy_environment`` GitHub environment (token ``sub`` =
-    ``repo:<owner/name>:environment:<deploy_environment>``) and may only assume the CDK bootstrap
+    ``deploy_environments`` GitHub environments (token ``sub`` =
+    ``repo:<owner/name>:environment:<name>``) and may only assume the CDK bootstrap
     roles (deploy, file publishing, image publishing, lookup) of this account and region, so what
     it can change is exactly what `cdk deploy` can change, through CloudFormation.
 
@@ -77,7 +77,8 @@ class GitHubOidc(Construct):
         deploy_role_name: Name of the deploy role. Default ``humansa-github-actions-role`` (the
             name in the seed runbook).
         diff_role_name: Name of the diff role. Default ``humansa-github-diff-role``.
-        deploy_environment: GitHub environment whose jobs may deploy. Default ``production``.
+        deploy_environments: GitHub environments whose jobs may deploy (release.yml deploys
+            staging, then production). Default ``("staging", "production")``.
         stack_name_pattern: CloudFormation stack names the diff role may read. Default
             ``Humansa-*``.
         existing_provider_arn: ARN of a GitHub OIDC provider that already exists in the account
@@ -95,7 +96,7 @@ class GitHubOidc(Construct):
         bootstrap_qualifier: str = "hnb659fds",
         deploy_role_name: str = "humansa-github-actions-role",
         diff_role_name: str = "humansa-github-diff-role",
-        deploy_environment: str = "production",
+        deploy_environments: tuple[str, ...] = ("staging", "production"),
         stack_name_pattern: str = "Humansa-*",
         existing_provider_arn: str | None = None,
         max_session_duration: cdk.Duration | None = None,
@@ -107,10 +108,13 @@ class GitHubOidc(Construct):
                 f"bootstrap_qualifier: {bootstrap_qualifier!r} is not a CDK bootstrap qualifier "
                 "(1-10 letters, digits, '-' or '_'; the default is 'hnb659fds')"
             )
-        if not re.match(r"^[A-Za-z0-9._-]{1,255}$", deploy_environment):
-            raise ValueError(
-                f"deploy_environment: {deploy_environment!r} is not a GitHub environment name"
-            )
+        if not deploy_environments:
+            raise ValueError("deploy_environments: name at least one GitHub environment")
+        for deploy_environment in deploy_environments:
+            if not re.match(r"^[A-Za-z0-9._-]{1,255}$", deploy_environment):
+                raise ValueError(
+                    f"deploy_environments: {deploy_environment!r} is not a GitHub environment name"
+                )
         stack = cdk.Stack.of(self)
         self.github_repository = github_repository
         self.bootstrap_qualifier = bootstrap_qualifier
@@ -127,7 +131,10 @@ class GitHubOidc(Construct):
             )
             self.provider_arn = provider.oidc_provider_arn
 
-        self.deploy_subject = f"repo:{github_repository}:environment:{deploy_environment}"
+        # StringEquals with a list matches any one of them (IAM: multiple values of one key).
+        self.deploy_subjects = [
+            f"repo:{github_repository}:environment:{name}" for name in deploy_environments
+        ]
         self.diff_subject = f"repo:{github_repository}:pull_request"
 
         self.deploy_role = iam.Role(
@@ -135,8 +142,11 @@ class GitHubOidc(Construct):
             "DeployRole",
             role_name=deploy_role_name,
             description=f"GitHub Actions deploys of {github_repository} "
-            f"(environment {deploy_environment}): may only assume the CDK bootstrap roles",
-            assumed_by=self._github_principal(self.deploy_subject),
+            f"(environments {', '.join(deploy_environments)}): may only assume the CDK "
+            "bootstrap roles",
+            assumed_by=self._github_principal(
+                self.deploy_subjects[0] if len(self.deploy_subjects) == 1 else self.deploy_subjects
+            ),
             max_session_duration=max_session_duration or cdk.Duration.hours(DEPLOY_SESSION_HOURS),
         )
         self.deploy_role.add_to_policy(
@@ -206,7 +216,7 @@ class GitHubOidc(Construct):
             arn_format=cdk.ArnFormat.SLASH_RESOURCE_NAME,
         )
 
-    def _github_principal(self, subject: str) -> iam.WebIdentityPrincipal:
+    def _github_principal(self, subject: str | list[str]) -> iam.WebIdentityPrincipal:
         return iam.WebIdentityPrincipal(
             self.provider_arn,
             conditions={

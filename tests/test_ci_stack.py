@@ -97,12 +97,15 @@ def test_oidc_provider_for_github_with_sts_audience(templates: dict[str, Templat
 @pytest.mark.parametrize(
     ("role_name", "subject"),
     [
-        ("humansa-github-actions-role", f"repo:{REPO}:environment:production"),
+        (
+            "humansa-github-actions-role",
+            [f"repo:{REPO}:environment:staging", f"repo:{REPO}:environment:production"],
+        ),
         ("humansa-github-diff-role", f"repo:{REPO}:pull_request"),
     ],
 )
 def test_trust_pins_audience_and_subject_exactly(
-    templates: dict[str, Template], role_name: str, subject: str
+    templates: dict[str, Template], role_name: str, subject: str | list[str]
 ) -> None:
     template = templates["Humansa-CI"]
     role = template.find_resources("AWS::IAM::Role")[_role_id(template, role_name)]
