@@ -61,7 +61,7 @@ def test_admin_key_required(admin_server: ServerProcess, server: ServerProcess) 
         assert wrong.status_code == 401
         assert wrong.json()["error"]["code"] == "invalid_admin_key"
     # A server without ADMIN_API_KEY has the admin API switched off.
-    off = httpx.get(server.url + "/admin/keys", headers={"Authorization": "Bearer x"})
+    off = httpx.get(server.url + "/admin/keys", headers={"Authorization": "Bearer x"}, timeout=20)
     assert off.status_code == 503 and "ADMIN_API_KEY" in off.json()["error"]["message"]
 
 
@@ -166,7 +166,9 @@ def test_every_call_is_audited_without_keys(
     secret, key_id = created.json()["key"], created.json()["id"]
     admin.patch(f"/admin/keys/{key_id}", json={"tpm": 500})
     admin.delete(f"/admin/keys/{key_id}")
-    httpx.get(admin_server.url + "/admin/keys", headers={"Authorization": "Bearer nope"})
+    httpx.get(
+        admin_server.url + "/admin/keys", headers={"Authorization": "Bearer nope"}, timeout=20
+    )
     entries = admin.get("/admin/audit", params={"limit": 10}).json()["data"]
     mine = [e for e in entries if e["target"] == f"key:{key_id}"]
     actions = sorted(e["action"] for e in mine)

@@ -126,7 +126,9 @@ def test_make_keys_against_a_deployed_environment(cli_server: ServerProcess, mot
 
     # The audit log names the caller's AWS identity (moto's STS answer).
     audit = httpx.get(
-        cli_server.url + "/admin/audit", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        cli_server.url + "/admin/audit",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=20,
     ).json()["data"]
     mine = [e for e in audit if e["target"] == f"key:{key_id}"]
     assert len(mine) == 3 and all(e["actor"].startswith("arn:aws:") for e in mine)

@@ -82,7 +82,8 @@ def test_workers_share_the_port_and_the_limits(multi: ServerProcess) -> None:
     # One key, 3 workers: the fleet bucket (12 + refill) is shared, within the stated bound
     # (docs/ml-server.md), not 12 per worker.
     scrapes = [
-        httpx.get(multi.url + "/metrics", headers={"Connection": "close"}).text for _ in range(6)
+        httpx.get(multi.url + "/metrics", headers={"Connection": "close"}, timeout=20).text
+        for _ in range(6)
     ]
     d = max(
         float(m)
