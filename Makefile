@@ -88,8 +88,11 @@ typecheck: install
 	@test -d .mypy_cache || echo "typecheck: mypy --strict, first run ~2 min (later runs reuse .mypy_cache)"
 	$(BIN)/mypy .
 
+# Tests run in PYTEST_WORKERS processes (pytest-xdist), one test file per process at a time:
+# most tests wait on servers, PostgreSQL or moto, so two workers finish in about half the time.
+PYTEST_WORKERS ?= 2
 pytest: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck pytest ## ruff, mypy and every test (infra and server)
 

@@ -426,10 +426,15 @@ def test_ci_stack_is_created(endpoint: str, synth: Synth, deployed: dict[str, in
     assert _wait(cfn, stack_id) == "CREATE_COMPLETE"
     roles = {r["RoleName"]: r for r in _client(endpoint, "iam").list_roles()["Roles"]}
     repository = synth.account.github.repository
-    for name, subject in (
-        ("humansa-github-actions-role", f"repo:{repository}:environment:production"),
+    deploy_subjects = [
+        f"repo:{repository}:environment:staging",
+        f"repo:{repository}:environment:production",
+    ]
+    subjects: tuple[tuple[str, str | list[str]], ...] = (
+        ("humansa-github-actions-role", deploy_subjects),
         ("humansa-github-diff-role", f"repo:{repository}:pull_request"),
-    ):
+    )
+    for name, subject in subjects:
         (statement,) = roles[name]["AssumeRolePolicyDocument"]["Statement"]
         condition = statement["Condition"]["StringEquals"]
         assert condition["token.actions.githubusercontent.com:sub"] == subject

@@ -78,7 +78,7 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
     assert set(rows) == set(EXPECTED)
     assert rows["Humansa-Production-Data"][1:] == ["3", "0"]  # RDS11 + LogRetention IAM4, IAM5
     assert rows["Humansa-CI"][1:] == ["1", "0"]
-    # 4 foundation + the launch hook's group ARN (IAM5) + 10 provider secrets (SMG4) + EC26 of
-    # the spot group
-    assert rows["Humansa-Dev-Service"][1:] == ["16", "0"]
+    # 4 foundation + the launch hook's group ARN (IAM5) + 11 secrets (10 provider, the admin
+    # key: SMG4) + EC26 of the spot group
+    assert rows["Humansa-Dev-Service"][1:] == ["17", "0"]
     assert all(int(resources) > 5 for resources, _, _ in rows.values())
