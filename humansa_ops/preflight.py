@@ -28,6 +28,7 @@ from typing import Any
 
 _ROOT = Path(__file__).resolve().parent.parent
 
+from components.boot import RUNBOOK_PARAMETER_NAMES  # noqa: E402 (jinja2 only, no CDK)
 from config import (  # noqa: E402
     CI_SELECTOR,
     AccountConfig,
@@ -55,17 +56,7 @@ DEPLOY_ROLE_NAME = "humansa-github-actions-role"
 DIFF_ROLE_NAME = "humansa-github-diff-role"
 OIDC_HOST = "token.actions.githubusercontent.com"
 #: Parameters our Data and Service stacks create under /humansa/<env>/ (the runbook's nine).
-OUR_PARAMETERS = (
-    "alb_dns_name",
-    "asg_name",
-    "ml_tg_arn",
-    "vpc_id",
-    "db_host",
-    "db_port",
-    "db_username",
-    "db_name",
-    "ml_server_image_tag",
-)
+OUR_PARAMETERS = RUNBOOK_PARAMETER_NAMES
 NAT_INSTANCE_TYPE = "t4g.nano"
 #: EC2 quota codes (Service Quotas): EC2-VPC Elastic IPs; VPCs per Region.
 EIP_QUOTA = ("ec2", "L-0263D0A3")
