@@ -191,7 +191,7 @@ def prepare(world: World, env: str) -> tuple[Machine, BootSettings]:
     wants = machine.root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     (wants / "cloud-final.service").symlink_to("/etc/systemd/system/cloud-final.service")
-    for name in ("docker", "docker.service", "amazon-cloudwatch-agent-ctl"):
+    for name in ("docker", "docker.service", "amazon-cloudwatch-agent-ctl", "iptables"):
         machine.install_standin(name, f"/usr/local/lib/humansa-standins/{name}")
     machine.install_standin("dnf", "/usr/bin/dnf")
     aws = machine.root / "usr/local/bin/aws"
@@ -273,6 +273,9 @@ def test_first_boot_runs_the_user_data_and_the_rendered_units(production: Booted
     )
     assert m.show("cloud-final.service", "Result") == "success"
     assert "boot complete" in m.path("/var/log/user-data.log").read_text()
+    # The metadata firewall (user_data/imds-firewall.sh.j2), kept by the iptables stand-in.
+    rules = m.path("/run/humansa-standin/iptables.rules").read_text().splitlines()
+    assert "DOCKER-USER -d 169.254.169.254/32 -j REJECT" in rules
     for unit in ("humansa-ml.service", "humansa-health.timer", "humansa-secrets-refresh.timer"):
         assert m.show(unit, "ActiveState") == "active", unit
         assert m.show(unit, "UnitFileState") == "enabled", unit
