@@ -60,7 +60,7 @@ RUNBOOK_PARAMETERS = (
 MOTO_DEFAULT_ACCOUNT = "123456789012"  # the account the boot harness seeds (no header)
 PLANTED = {  # what the old runbook left under the path: SecureStrings
     "db_password": "planted-securestring-db-password-Xq71",
-    "github_pat": "ghp_plantedSecureStringNotARealToken0000",
+    "github_pat": "FAKE-planted-securestring-github-pat",
 }
 
 
