@@ -343,6 +343,8 @@ def main() -> None:
             server_env = {
                 "ENVIRONMENT": "staging",
                 "LOG_LEVEL": "INFO",
+                # No separate metrics port: staging would bind 9101, which another server may hold.
+                "METRICS_PORT": "0",
                 **pg.env(),
                 **provider_env(fake_url),
             }
