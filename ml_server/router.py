@@ -177,6 +177,16 @@ class _PrimedStream(ChatStream):
         await self._inner.aclose()
 
 
+def _split(name: str) -> tuple[str, str]:
+    provider, _, model = name.partition("/")
+    return provider, model
+
+
+def _retired(router: Router, name: str) -> bool:
+    entry = router.catalog.lifecycle(*_split(name))
+    return entry is not None and entry.is_retired()
+
+
 def build_providers(
     settings: Settings, catalog: model_catalog.Catalog | None = None
 ) -> dict[str, Provider]:
@@ -290,6 +300,12 @@ class Router:
                     )
             self._aliases[alias] = chain
         self._extra = list(extra_models or [])
+        # Aliases with a target that has a retirement date: resolved per request (catalog.py).
+        self._dated = {
+            alias
+            for alias, chain in self._aliases.items()
+            if any(self.catalog.lifecycle(*_split(x)) for x in chain)
+        }
         # Resolved target tuples: aliases up front, direct names as they are first seen.
         self._resolved: dict[str, tuple[Target, ...]] = {}
         for alias, chain in self._aliases.items():
@@ -339,7 +355,7 @@ class Router:
         """
         targets = self._resolved.get(name)
         if targets is not None:
-            return Route(targets)
+            return Route(self._live(name) if name in self._dated else targets)
         if name in self._aliases:
             providers = sorted({t.partition("/")[0] for t in self._aliases[name]})
             raise ModelNotFound(
@@ -359,23 +375,54 @@ class Router:
                 f"The model '{name}' is not available: provider '{prefix}' is not configured "
                 "on this server"
             )
-        if len(self._resolved) < 10_000:
+        dated = self.catalog.lifecycle(prefix, model)
+        if dated is not None:  # checked on every request: the date may pass while running
+            self.catalog.check_not_retired(name)
+        elif len(self._resolved) < 10_000:
             self._resolved[name] = (target,)
         return Route((target,))
+
+    def _live(self, alias: str) -> tuple[Target, ...]:
+        """An alias's targets today: retired ones redirected to their successor (when the
+        catalogue says so) or dropped; ``ModelRetired`` when none is left."""
+        chain = [self.catalog.redirect(x) for x in self._aliases[alias]]
+        live = [x for x in chain if not _retired(self, x)]
+        if not live:
+            self.catalog.check_not_retired(chain[0], via=alias)
+        targets = tuple(t for t in (self._target(x) for x in live) if t is not None)
+        if not targets:
+            raise ModelNotFound(
+                f"The model '{alias}' is not available: the providers of its current targets "
+                f"({', '.join(live)}) are not configured on this server"
+            )
+        return targets
 
     def list_models(self) -> list[dict[str, Any]]:
         ids: list[str] = []
         for name in self.providers:
             listed = FAKE_MODELS if name == "fake" else self.catalog.listed(name)
             ids.extend(f"{name}/{m}" for m in listed)
-        ids.extend(m for m in self._extra if m.partition("/")[0] in self.providers)
+        ids.extend(
+            m
+            for m in self._extra
+            if m.partition("/")[0] in self.providers and not _retired(self, m)
+        )
         ids.extend(a for a in self._aliases if a in self._resolved)
         seen: dict[str, None] = dict.fromkeys(ids)
         out = []
         for i in seen:
             chain = self._aliases.get(i)
-            owner = self._resolved[i][0].provider.name if chain else i.split("/")[0]
-            out.append({"id": i, "object": "model", "created": 0, "owned_by": owner})
+            first: Target | None = None
+            if chain and i in self._dated:
+                try:
+                    first = self._live(i)[0]
+                except ProviderError:
+                    continue  # every target retired: not offered
+            elif chain:
+                first = self._resolved[i][0]
+            owner = first.provider.name if first is not None else i.split("/")[0]
+            card = self.catalog.card(f"{first.provider.name}/{first.model}" if first else i)
+            out.append({"id": i, "object": "model", "created": 0, "owned_by": owner, **card})
         return out
 
     def _observe(self, name: str, started: float, error: ProviderError | None) -> None:

@@ -45,7 +45,7 @@ def test_model_globs() -> None:
     policy = KeyPolicy(allowed_models=("openai/*", "cheap", "anthropic/claude-*-4-5"))
     assert policy.allows("openai/gpt-4o")
     assert policy.allows("cheap", "openai/gpt-4o-mini")
-    assert policy.allows("smart", "anthropic/claude-sonnet-4-5")  # by what the alias resolves to
+    assert policy.allows("smart", "anthropic/claude-haiku-4-5")  # by what the alias resolves to
     assert not policy.allows("deepseek/deepseek-chat")
     assert not policy.allows("OPENAI/gpt-4o")  # case matters, as in model ids
     assert KeyPolicy().allows("anything/at-all")

@@ -34,7 +34,7 @@ class Place(pydantic.BaseModel):
 
 def test_parse_with_a_pydantic_schema(client: openai.OpenAI, fake: FakeProvider) -> None:
     completion = client.chat.completions.parse(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=[{"role": "user", "content": "Describe Oslo"}],
         response_format=Place,
         max_tokens=200,
@@ -59,7 +59,7 @@ def test_json_object_answers_json(client: openai.OpenAI) -> None:
 def test_n_above_one_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model="anthropic/claude-sonnet-4-5",
+            model="anthropic/claude-haiku-4-5",
             messages=[{"role": "user", "content": "hi"}],
             n=2,
         )
@@ -72,7 +72,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
     the next turn (the API refuses a tool-use turn without it when thinking is on)."""
     messages: list[Any] = [{"role": "user", "content": "Weather in Oslo?"}]
     first = client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=messages,
         tools=[WEATHER_TOOL],
         reasoning_effort="low",
@@ -88,7 +88,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
     messages.append(msg.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
     second = client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=messages,
         tools=[WEATHER_TOOL],
         reasoning_effort="low",
@@ -104,7 +104,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
 def test_streamed_tool_round_trip_with_thinking(client: openai.OpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": "Weather in Oslo?"}]
     kwargs: Any = {
-        "model": "anthropic/claude-sonnet-4-5",
+        "model": "anthropic/claude-haiku-4-5",
         "tools": [WEATHER_TOOL],
         "reasoning_effort": "low",
         "max_completion_tokens": 4000,
@@ -196,7 +196,7 @@ def test_sampling_outside_anthropic_ranges_is_refused(client: openai.OpenAI) -> 
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(
-                model="anthropic/claude-sonnet-4-5",
+                model="anthropic/claude-haiku-4-5",
                 messages=[{"role": "user", "content": "hi"}],
                 **kwargs,
             )
@@ -206,7 +206,7 @@ def test_sampling_outside_anthropic_ranges_is_refused(client: openai.OpenAI) -> 
 def test_wrong_tools_type_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model="anthropic/claude-sonnet-4-5",
+            model="anthropic/claude-haiku-4-5",
             messages=[{"role": "user", "content": "hi"}],
             tools="x",  # type: ignore[arg-type]
         )
@@ -217,7 +217,7 @@ def test_mid_conversation_system_message_stays_in_place(
     client: openai.OpenAI, fake: FakeProvider
 ) -> None:
     client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=[
             {"role": "system", "content": "S0"},
             {"role": "user", "content": "a"},
@@ -356,7 +356,7 @@ def test_missing_max_tokens_is_the_models_max_output(
 ) -> None:
     """OpenAI's "no max_tokens" means up to the model's limit: the catalogue's max output."""
     client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5-20250929",  # a dated snapshot of a catalogue entry
+        model="anthropic/claude-haiku-4-5-20251001",  # a dated snapshot of a catalogue entry
         messages=[{"role": "user", "content": "hi"}],
     )
     assert fake.last("/messages")["body"]["max_tokens"] == 64000

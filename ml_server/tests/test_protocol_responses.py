@@ -71,7 +71,7 @@ async def test_streamed_pass_through_with_usage(
 
 def test_other_providers_are_refused_with_the_reason(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        client.responses.create(model="anthropic/claude-sonnet-4-5", input="hi")
+        client.responses.create(model="anthropic/claude-haiku-4-5", input="hi")
     body = err.value.body
     assert body["param"] == "model"  # type: ignore[index]
     assert "/v1/messages" in body["message"] and "anthropic" in body["message"]  # type: ignore[index]
