@@ -39,6 +39,7 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -94,6 +95,7 @@ class FakeProvider:
         self.requests: list[dict[str, Any]] = []
         self._seen: dict[str, int] = {}  # model -> requests so far (for ``flaky-N``)
         self._cache_keys: set[bytes] = set()  # prompt-cache prefixes written (Anthropic)
+        self.stored: dict[str, dict[str, Any]] = {}  # Responses API: id -> response, input
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -226,12 +228,15 @@ class FakeProvider:
                 "code": "invalid_api_key",
             }
             return _json({"error": leak}, 401)
+        stored = re.fullmatch(r".*/responses/([^/]+)(/input_items|/cancel)?", path)
+        if stored is not None:
+            return self._stored_response(request.method, stored[1], stored[2] or "")
         if request.method == "GET" and path.endswith("/models"):
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
             return self._error(anthropic, 400, "body must be a JSON object")
         if path.endswith("/responses") and isinstance(body, dict):
-            return await _openai_responses(request, body)
+            return await _openai_responses(request, body, self.stored)
         if anthropic and not _well_formed_messages(body):
             return self._error(True, 400, "messages: each must be {role, content}")
         if path.endswith("/messages/count_tokens"):
@@ -245,6 +250,27 @@ class FakeProvider:
         if path.endswith("/embeddings"):
             return self._openai_embeddings(body)
         return self._error(anthropic, 404, f"unknown path {path}")
+
+    def _stored_response(self, method: str, rid: str, suffix: str) -> web.Response:
+        """OpenAI's retrieve / delete / input_items / cancel of a stored response."""
+        item = self.stored.get(rid)
+        if item is None:
+            err = {"message": f"Response with id '{rid}' not found.",
+                   "type": "invalid_request_error", "param": None, "code": None}  # fmt: skip
+            return _json({"error": err}, 404)
+        if method == "DELETE" and not suffix:
+            del self.stored[rid]
+            return _json({"id": rid, "object": "response", "deleted": True})
+        if suffix == "/input_items":
+            data = [{"id": f"msg_in_{i}", "type": "message", "role": "user", "status": "completed",
+                     "content": [{"type": "input_text", "text": t}]}
+                    for i, t in enumerate(item["input"])]  # fmt: skip
+            return _json({"object": "list", "data": data, "has_more": False,
+                          "first_id": data[0]["id"] if data else None,
+                          "last_id": data[-1]["id"] if data else None})  # fmt: skip
+        if suffix == "/cancel":
+            return _json({**item["response"], "status": "cancelled"})
+        return _json(item["response"])
 
     def _check_auth(self, request: web.Request, anthropic: bool) -> web.Response | None:
         bearer = request.headers.get("Authorization", "")
@@ -779,8 +805,11 @@ def _split(text: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-    """OpenAI's Responses API: a message echoing the last user input, plain or streamed."""
+async def _openai_responses(
+    request: web.Request, body: dict[str, Any], stored: dict[str, dict[str, Any]]
+) -> web.StreamResponse:
+    """OpenAI's Responses API: a message echoing the last user input, plain or streamed; kept
+    in ``stored`` unless ``store: false``."""
     items = body.get("input")
     if isinstance(items, str):
         said = items
@@ -801,11 +830,14 @@ async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.S
     }  # fmt: skip
     message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
                "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+    rid = "resp_" + uuid.uuid4().hex
     response: dict[str, Any] = {
-        "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+        "id": rid, "object": "response", "created_at": int(time.time()),
         "status": "completed", "model": body.get("model"), "output": [message],
         "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
     }  # fmt: skip
+    if body.get("store") is not False:
+        stored[rid] = {"response": response, "input": [said]}
     if not body.get("stream"):
         return _json(response)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

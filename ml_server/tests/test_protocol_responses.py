@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from ml_server.tests.fake_provider import FakeProvider
-from ml_server.tests.server_proc import FAKE_KEYS
+from ml_server.tests.server_proc import FAKE_KEYS, ServerProcess
 
 
 async def _row(db: asyncpg.Connection, rid: str) -> asyncpg.Record:
@@ -80,3 +80,68 @@ def test_other_providers_are_refused_with_the_reason(client: openai.OpenAI) -> N
 def test_provider_errors_keep_their_status(client: openai.OpenAI) -> None:
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model="openai/gpt-ratelimit-7", input="hi")
+
+
+# --- stored responses: GET / DELETE /v1/responses/{id}, input_items, cancel --------------------
+
+
+@pytest.fixture(scope="module")
+def other_client(server: ServerProcess) -> openai.OpenAI:
+    """A second key of the same server (key B)."""
+    result = server.cli("keys", "create", "--name", "pytest-other")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def _upstream_calls(fake: FakeProvider, response_id: str) -> int:
+    return sum(1 for r in fake.requests if str(r["path"]).endswith(response_id))
+
+
+def test_stored_response_is_the_creators_only(
+    client: openai.OpenAI, other_client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    created = client.responses.create(model="openai/gpt-4o", input="keep me")
+    # Key B: every operation on A's id is the 404 of an unknown id, and nothing reaches OpenAI.
+    before = _upstream_calls(fake, created.id)
+    for call in (
+        lambda: other_client.responses.retrieve(created.id),
+        lambda: other_client.responses.input_items.list(created.id),
+        lambda: other_client.responses.cancel(created.id),
+        lambda: other_client.responses.delete(created.id),
+    ):
+        with pytest.raises(openai.NotFoundError) as err:
+            call()
+        assert err.value.body["code"] == "response_not_found"  # type: ignore[index]
+    assert _upstream_calls(fake, created.id) == before
+    # Key A: passed through to OpenAI with the gateway's credential.
+    got = client.responses.retrieve(created.id)
+    assert got.id == created.id and got.output_text == "echo: keep me"
+    sent = fake.last("/responses/" + created.id)
+    assert sent["method"] == "GET" and sent["path"] == f"/openai/v1/responses/{created.id}"
+    assert sent["headers"]["authorization"] == "Bearer " + FAKE_KEYS["OPENAI_API_KEY"]
+    items = client.responses.input_items.list(created.id)
+    assert [i.content[0].text for i in items.data] == ["keep me"]  # type: ignore[union-attr,index]
+    assert client.responses.cancel(created.id).status == "cancelled"
+    client.responses.delete(created.id)
+    assert fake.last("/responses/" + created.id)["method"] == "DELETE"
+    with pytest.raises(openai.NotFoundError):  # forgotten by the gateway too
+        client.responses.retrieve(created.id)
+
+
+def test_a_streamed_response_is_recorded_at_its_first_event(
+    client: openai.OpenAI, other_client: openai.OpenAI
+) -> None:
+    stream = client.responses.create(model="openai/gpt-4o", input="streamed", stream=True)
+    ids = [e.response.id for e in stream if e.type == "response.created"]
+    assert len(ids) == 1
+    assert client.responses.retrieve(ids[0]).output_text == "echo: streamed"
+    with pytest.raises(openai.NotFoundError):
+        other_client.responses.retrieve(ids[0])
+
+
+def test_unknown_unstored_and_malformed_ids_are_not_found(client: openai.OpenAI) -> None:
+    unstored = client.responses.create(model="openai/gpt-4o", input="forget me", store=False)
+    for rid in (unstored.id, "resp_never_made", "x" * 200):
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(rid)
