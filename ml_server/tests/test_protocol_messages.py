@@ -253,3 +253,27 @@ def test_fallback_from_anthropic_to_openai(
         model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "and streamed"}]
     ) as stream:
         assert "".join(stream.text_stream) == "echo: and streamed"
+
+
+def test_retired_model_is_refused_in_anthropics_shape(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as err:
+        claude.messages.create(
+            model="anthropic/claude-sonnet-4-5", max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )  # fmt: skip
+    body: Any = err.value.body
+    assert body["type"] == "error"
+    assert "2026-11-30" in body["error"]["message"]
+    assert "anthropic/claude-sonnet-5-5" in body["error"]["message"]
+
+
+def test_translated_max_tokens_is_capped_to_the_models_max_output(
+    claude: anthropic.Anthropic, fake: FakeProvider
+) -> None:
+    """Claude Code asks for 32000 tokens; gpt-4o gives at most 16384 (catalogue): capped. A
+    model whose max output the catalogue does not know (xai/grok-4) gets the value as sent."""
+    msg = [{"role": "user", "content": "hi"}]
+    claude.messages.create(model="openai/gpt-4o", max_tokens=32000, messages=msg)  # type: ignore[arg-type]
+    assert fake.last("/openai/v1/chat/completions")["body"]["max_completion_tokens"] == 16384
+    claude.messages.create(model="xai/grok-4", max_tokens=32000, messages=msg)  # type: ignore[arg-type]
+    assert fake.last("/xai/v1/chat/completions")["body"]["max_tokens"] == 32000
