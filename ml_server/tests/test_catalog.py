@@ -128,7 +128,7 @@ def test_every_limit_is_sourced_dated_and_secondary_sources_are_labelled() -> No
             assert e.limits_checked is not None, e.id
             assert e.context_window is not None or e.max_output_tokens is not None, e.id
             # LiteLLM's table, Vercel's and OpenRouter's pages are not the provider's own.
-            if not any(d in e.limits_source for d in ("openai.com", "google", "x.ai")):
+            if not any(d in (e.limits_source or "") for d in ("openai.com", "google", "x.ai")):
                 assert e.limits_secondary, e.id
     gpt = shipped.find("openai", "gpt-4o")
     assert gpt is not None and (gpt.context_window, gpt.max_output_tokens) == (128000, 16384)
