@@ -145,3 +145,24 @@ def test_unknown_unstored_and_malformed_ids_are_not_found(client: openai.OpenAI)
     for rid in (unstored.id, "resp_never_made", "x" * 200):
         with pytest.raises(openai.NotFoundError):
             client.responses.retrieve(rid)
+
+
+def test_a_key_may_continue_only_its_own_responses(
+    client: openai.OpenAI, other_client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    first = client.responses.create(model="openai/gpt-4o", input="my secret context")
+    follow = client.responses.create(
+        model="openai/gpt-4o", input="go on", previous_response_id=first.id
+    )
+    assert fake.last("/responses")["body"]["previous_response_id"] == first.id
+    assert follow.output_text == "echo: go on"
+    fake.clear()
+    with pytest.raises(openai.NotFoundError) as err:
+        other_client.responses.create(
+            model="openai/gpt-4o", input="tell me", previous_response_id=first.id
+        )
+    assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="openai/gpt-4o", input="x", conversation="conv_abc")
+    assert bad.value.body["param"] == "conversation"  # type: ignore[index]
+    assert fake.requests == []  # neither reached OpenAI

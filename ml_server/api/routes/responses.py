@@ -141,6 +141,7 @@ async def create_response(
         raise invalid_request("'model' is required and must be a string", status=422, param="model")
     if not isinstance(body.get("stream", False), bool | None):
         raise invalid_request("'stream' must be a boolean", status=422, param="stream")
+    await _check_references(request, state, key.id, body)
     on_created: OnCreated | None = None
     if body.get("store") is not False:  # store: false -> nothing kept at OpenAI to read back
         owners = _owners(request, state)
@@ -161,6 +162,31 @@ async def create_response(
         relay(state, request, route, opening, started, endpoint="responses",
               keepalive_event=KEEPALIVE, error_event=_error_event, body=body)
     )  # fmt: skip
+
+
+async def _check_references(
+    request: Request, state: AppState, key_id: int, body: dict[str, object]
+) -> None:
+    """A new response may continue only this key's own stored responses: OpenAI would otherwise
+    hand another key's conversation to the model. Conversations are not offered (no route to
+    create them here, so no owner to check)."""
+    previous = body.get("previous_response_id")
+    if previous is not None:
+        if not isinstance(previous, str) or not _ID.fullmatch(previous):
+            raise invalid_request(
+                "'previous_response_id' must be a response id", param="previous_response_id"
+            )
+        found = await _owners(request, state).owner(previous)
+        if found is None or found[0] != key_id:
+            error = _not_found(previous)
+            error.param = "previous_response_id"
+            raise error
+    if body.get("conversation") is not None:
+        raise invalid_request(
+            "'conversation' is not offered: this gateway does not expose the Conversations API, "
+            "so it cannot check whose conversation it is; use previous_response_id",
+            param="conversation",
+        )
 
 
 def _not_found(response_id: str) -> ApiError:
