@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from ml_server.tests.fake_provider import FakeProvider
+from ml_server.tests.pg import TempPostgres
 from ml_server.tests.server_proc import FAKE_KEYS, ServerProcess
 
 
@@ -166,3 +167,35 @@ def test_a_key_may_continue_only_its_own_responses(
         client.responses.create(model="openai/gpt-4o", input="x", conversation="conv_abc")
     assert bad.value.body["param"] == "conversation"  # type: ignore[index]
     assert fake.requests == []  # neither reached OpenAI
+
+
+async def test_owner_rows_older_than_openais_retention_are_pruned(
+    server: ServerProcess, pg: TempPostgres, db: asyncpg.Connection
+) -> None:
+    from types import SimpleNamespace
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from ml_server.api.routes.responses import PRUNE_EVERY, ResponseOwners
+
+    engine = create_async_engine(pg.url)
+    owners = ResponseOwners(SimpleNamespace(sessions=async_sessionmaker(engine)))  # type: ignore[arg-type]
+    try:
+        old, new = "resp_old_" + uuid.uuid4().hex, "resp_new_" + uuid.uuid4().hex
+        await db.execute(
+            "INSERT INTO response_owners (response_id, key_id, provider, created_at) "
+            "VALUES ($1, 1, 'openai', now() - interval '31 days')",
+            old,
+        )
+        for i in range(PRUNE_EVERY - 1):
+            await owners.record(f"{new}_{i}", 7, "openai")
+        assert await owners.owner(old) == (1, "openai")  # not yet: every PRUNE_EVERY records
+        await owners.record(new, 7, "openai")
+        assert await owners.owner(old) is None
+        assert await owners.owner(new) == (7, "openai")
+        await owners.record(new, 8, "openai")  # an id twice: the first owner stays
+        assert await owners.owner(new) == (7, "openai")
+        await owners.forget(new)
+        assert await owners.owner(new) is None
+    finally:
+        await engine.dispose()
