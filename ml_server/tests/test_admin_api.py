@@ -280,3 +280,35 @@ def test_patch_refuses_the_same_inputs(admin: httpx.Client) -> None:
     )
     assert ok.status_code == 200, ok.text
     assert ok.json()["budget_daily_usd"] == 1e9
+
+
+def test_models_list_shows_only_the_keys_allowed_models(
+    admin: httpx.Client, admin_server: ServerProcess
+) -> None:
+    def key(models: list[str] | None) -> openai.OpenAI:
+        created = admin.post("/admin/keys", json={"name": "models", "allowed_models": models})
+        assert created.status_code == 201, created.text
+        return _sdk(admin_server, created.json()["key"])
+
+    everything = {m.id for m in key(None).models.list()}
+    assert {"openai/gpt-4o", "anthropic/claude-haiku-4-5", "smart", "cheap"} <= everything
+
+    claude = key(["claude-*"])  # a glob without a provider matches the model's own name
+    seen = {m.id for m in claude.models.list()}
+    # "smart" is an alias of anthropic/claude-sonnet-4-5: requests through it are admitted too.
+    assert seen == {m for m in everything if m.startswith("anthropic/claude-")} | {"smart"}
+    assert claude.chat.completions.create(model="anthropic/claude-haiku-4-5", messages=MSG)
+    assert claude.models.retrieve("anthropic/claude-haiku-4-5").id == "anthropic/claude-haiku-4-5"
+    with pytest.raises(openai.NotFoundError) as hidden:
+        claude.models.retrieve("openai/gpt-4o")
+    assert hidden.value.code == "model_not_found"
+    assert "does not exist or you do not have access to it" in hidden.value.message
+    with pytest.raises(openai.PermissionDeniedError):
+        claude.chat.completions.create(model="openai/gpt-4o", messages=MSG)
+
+    # An alias is listed when its target is allowed, as requests through it are admitted.
+    anthropic = {m.id for m in key(["anthropic/*"]).models.list()}
+    assert "smart" in anthropic and "cheap" not in anthropic
+    assert all(m == "smart" or m.startswith("anthropic/") for m in anthropic), anthropic
+    with pytest.raises(openai.NotFoundError):
+        key(["anthropic/*"]).models.retrieve("cheap")
