@@ -203,13 +203,17 @@ class _KeyFields(BaseModel):
     budget_daily_usd: Money | None = Field(default=None, description="USD per UTC day")
     budget_monthly_usd: Money | None = Field(default=None, description="USD per UTC month")
     expires_at: When | None = None
+    expires_in_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EXPIRES_IN_DAYS,
+        allow_inf_nan=False,
+        description="or expires_at (whole seconds from now)",
+    )
 
 
 class KeyCreate(_KeyFields):
     name: Text = Field(min_length=1, max_length=200)
-    expires_in_days: float | None = Field(
-        default=None, gt=0, le=MAX_EXPIRES_IN_DAYS, description="or expires_at"
-    )
 
 
 class KeyUpdate(_KeyFields):
@@ -228,19 +232,36 @@ def _state(request: Request) -> dict[str, Any]:
     return state
 
 
+def _expiry(fields: dict[str, Any]) -> None:
+    """expires_in_days (if given) becomes expires_at, in whole seconds."""
+    days = fields.pop("expires_in_days", None)
+    if days is None:
+        return
+    if fields.get("expires_at") is not None:
+        raise ApiError(
+            422,
+            "Give expires_at or expires_in_days, not both",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="expires_in_days",
+        )
+    fields["expires_at"] = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
+
+
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request, state: StateDep, _: AdminDep) -> Any:
-    fields = body.model_dump(exclude={"expires_in_days"}, exclude_none=True)
-    if body.expires_in_days is not None:
-        if body.expires_at is not None:
-            raise ApiError(
-                422,
-                "Give expires_at or expires_in_days, not both",
-                type="invalid_request_error",
-                code="invalid_request",
-                param="expires_in_days",
-            )
-        fields["expires_at"] = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+    fields = body.model_dump(exclude_none=True)
+    _expiry(fields)
+    expires = fields.get("expires_at")
+    if expires is not None and expires <= datetime.now(UTC):
+        raise ApiError(
+            422,
+            f"expires_at ({expires.isoformat()}) is in the past: the new key would be expired "
+            "already; give a future time (PATCH can expire an existing key now)",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="expires_at",
+        )
     async with state.sessions() as session:
         row, secret = await store.create_key(session, fields)
     view = store.key_view(row)
@@ -280,10 +301,12 @@ async def update_key(
     key_id: KeyId, body: KeyUpdate, request: Request, state: StateDep, _: AdminDep
 ) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True)
+    _expiry(fields)
     if not fields:
         raise ApiError(
             422,
-            f"Nothing to update: give one or more of {', '.join(store.KEY_FIELDS)}",
+            f"Nothing to update: give one or more of {', '.join(store.KEY_FIELDS)}, "
+            "expires_in_days",
             type="invalid_request_error",
             code="invalid_request",
         )

@@ -144,3 +144,10 @@ def test_admin_key_file_is_reread_for_rotation(
     assert current_admin_key(settings) == "hsa-rotated-admin-key"
     (tmp_path / "ADMIN_API_KEY").write_text("")
     assert current_admin_key(settings) == ""  # back at the placeholder: admin API off
+
+
+def test_the_cli_states_the_servers_limits() -> None:
+    from ml_server.admin import cli, routes
+
+    assert cli.MAX_EXPIRES_IN_DAYS == routes.MAX_EXPIRES_IN_DAYS
+    assert cli.MAX_BUDGET_USD == routes.MAX_BUDGET_USD
