@@ -237,7 +237,7 @@ class MemoryStore:
             return []
         cast = self._embedding_sql()  # one of two constants
         sql = (
-            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, memory, hash, "
+            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, memory, hash, "  # noqa: S608
             "metadata_json, created_at, updated_at, dims, embedding) VALUES (:id, :tenant, "
             ":user_id, :agent_id, :run_id, :memory, :hash, :metadata_json, :created_at, NULL, "
             ":dims, " + cast + ")"

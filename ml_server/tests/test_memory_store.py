@@ -1,0 +1,104 @@
+"""Migration 0005 on PostgreSQL with pgvector, without it (Debian's PostgreSQL 15), and on SQLite;
+the memory API's answer where the store is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from alembic.config import Config
+
+from ml_server.db.migrate import MIGRATIONS_DIR, upgrade_to_head
+from ml_server.tests.pg import TempPostgres
+from ml_server.tests.pgvector import PgvectorPostgres
+from ml_server.tests.server_proc import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def vector_cluster() -> Iterator[PgvectorPostgres]:
+    cluster = PgvectorPostgres()
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+async def _fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+def test_0005_enables_pgvector_and_downgrades(vector_cluster: PgvectorPostgres) -> None:
+    upgrade_to_head(vector_cluster.url)
+    dsn = vector_cluster.dsn
+    [ext] = asyncio.run(_fetch(dsn, "SELECT extversion FROM pg_extension WHERE extname='vector'"))
+    assert ext[0] == "0.6.2"
+    cols = asyncio.run(
+        _fetch(
+            dsn,
+            "SELECT column_name, udt_name FROM information_schema.columns "
+            "WHERE table_name = 'memories'",
+        )
+    )
+    assert dict((r[0], r[1]) for r in cols)["embedding"] == "vector"
+    indexes = asyncio.run(
+        _fetch(dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'memories'")
+    )
+    hnsw = [r[0] for r in indexes if "hnsw" in r[0]]
+    assert len(hnsw) == 1 and "vector_cosine_ops" in hnsw[0] and "1536" in hnsw[0]
+
+    command.downgrade(_cfg(vector_cluster.url), "0004")
+    assert asyncio.run(_fetch(dsn, "SELECT to_regclass('memories')"))[0][0] is None
+    upgrade_to_head(vector_cluster.url)
+    assert asyncio.run(_fetch(dsn, "SELECT to_regclass('memories')"))[0][0] == "memories"
+
+
+def test_0005_without_pgvector_creates_no_memory_table(pg: TempPostgres) -> None:
+    """Debian's PostgreSQL 15 here has no pgvector: the chain still reaches head."""
+    upgrade_to_head(pg.url)
+    assert asyncio.run(_fetch(pg.dsn, "SELECT version_num FROM alembic_version"))[0][0] >= "0005"
+    assert asyncio.run(_fetch(pg.dsn, "SELECT to_regclass('memories')"))[0][0] is None
+    available = asyncio.run(
+        _fetch(pg.dsn, "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    )
+    assert available == []
+
+
+def test_0005_on_sqlite_round_trips() -> None:
+    url = f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix='ml-mig-')) / 'm.db'}"
+    upgrade_to_head(url)
+    command.downgrade(_cfg(url), "0004")
+    upgrade_to_head(url)
+
+
+def test_memory_api_answers_503_naming_pgvector_where_it_is_missing(
+    server: ServerProcess, api_key: str
+) -> None:
+    r = httpx.post(
+        server.url + "/v1/memories/search/",
+        json={"query": "anything", "user_id": "u"},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=20,
+    )
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "memory_unavailable" and "pgvector" in error["message"]
