@@ -15,9 +15,12 @@ from alembic import command
 from alembic.config import Config
 
 from ml_server.db.migrate import MIGRATIONS_DIR, upgrade_to_head
+from ml_server.tests.conftest import TEST_SETTINGS
+from ml_server.tests.fake_provider import FakeProvider
 from ml_server.tests.pg import TempPostgres
 from ml_server.tests.pgvector import PgvectorPostgres
-from ml_server.tests.server_proc import ServerProcess
+from ml_server.tests.server_proc import ServerProcess, provider_env
+from ml_server.tests.test_openapi import _run
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +105,28 @@ def test_memory_api_answers_503_naming_pgvector_where_it_is_missing(
     assert r.status_code == 503, r.text
     error = r.json()["error"]
     assert error["code"] == "memory_unavailable" and "pgvector" in error["message"]
+
+
+def test_schemathesis_on_the_memory_api(
+    vector_cluster: PgvectorPostgres, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """The memory paths of the OpenAPI document, fuzzed against a working store (pgvector):
+    no 5xx, status codes and shapes as documented. (test_openapi.py's server has no pgvector,
+    so there the store is unavailable, a 503 by design; it leaves these paths to this test.)"""
+    env = {
+        **TEST_SETTINGS,
+        **vector_cluster.env(),
+        **provider_env(fake.url),
+        "ENVIRONMENT": "development",
+        "ENABLE_FAKE_PROVIDER": "true",
+        "MEMORY_EMBEDDINGS_MODEL": "fake/embed",
+        "MEMORY_EMBEDDING_DIMENSIONS": "64",
+    }
+    server = ServerProcess(env).start()
+    try:
+        key = server.cli("keys", "create", "--name", "schemathesis-memory").stdout.strip()
+        result = _run(server.url, key, ["--include-path-regex", "^/v1/memories"], tmp_path)
+    finally:
+        server.stop()
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
