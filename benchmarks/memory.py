@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ml_server.memory.store import search_sql
 from ml_server.tests.memory_labelled import FACTS, QUERIES, recall_at
 from ml_server.tests.pgvector import PgvectorPostgres
 from ml_server.tests.server_proc import ServerProcess
@@ -99,7 +100,8 @@ def run(kind: str, url_env: dict[str, str], args: argparse.Namespace, dsn: str |
         c = httpx.Client(
             base_url=server.url + "/v1", headers={"Authorization": f"Bearer {key}"}, timeout=120
         )
-        print(f"\n== {kind} ({args.dims} dimensions)")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n== {kind} ({args.dims} dimensions; load average {load} on {os.cpu_count()} CPUs)")
 
         r = c.post(
             "/memories/",
@@ -161,19 +163,18 @@ def run(kind: str, url_env: dict[str, str], args: argparse.Namespace, dsn: str |
 
 
 async def _plan(dsn: str, dims: int) -> str:
+    """The store's query as the server runs it: prepared, planned generically."""
     conn = await asyncpg.connect(dsn)
     try:
         tenant = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bench-memory'")
+        sql = search_sql(dims, "tenant_id = :tenant AND user_id = :user_id", 5)
+        sql = sql.replace(":q", "$1").replace(":tenant", "$2").replace(":user_id", "$3")
         q = "[" + ",".join(["0.05"] * dims) + "]"
-        rows: list[Any] = await conn.fetch(
-            f"EXPLAIN SELECT id FROM memories WHERE dims = {dims} AND tenant_id = $2 "  # noqa: S608
-            f"AND user_id = 'b' ORDER BY (embedding::vector({dims}) <=> "
-            f"CAST(CAST($1 AS text) AS vector({dims}))) LIMIT 5",
-            q,
-            tenant,
-        )
-        lines = [re.sub(r"'\[[^\]]*\]'", "'[q]'", r[0].strip()) for r in rows]
-        return " | ".join(lines[:4])
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE memory_search(text, int, text) AS {sql}")
+        rows: list[Any] = await conn.fetch(f"EXPLAIN EXECUTE memory_search('{q}', {tenant}, 'b')")
+        lines = [r[0].strip() for r in rows]
+        return " | ".join(line for line in lines if "Scan" in line or "Sort" in line)
     finally:
         await conn.close()
 
