@@ -130,3 +130,36 @@ def test_schemathesis_on_the_memory_api(
         server.stop()
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_an_extraction_model_that_answers_no_json_stores_nothing(fake: FakeProvider) -> None:
+    """MEMORY_EXTRACTION_MODEL=fake/echo answers "echo: ...", not {"facts": [...]}: 502 naming
+    the setting, nothing stored; "infer": false stores the user message as it is."""
+    folder = Path(tempfile.mkdtemp(prefix="ml-memory-extract-"))
+    env = {
+        **TEST_SETTINGS,
+        **provider_env(fake.url),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'ml_server.db'}",
+        "ENABLE_FAKE_PROVIDER": "true",
+        "MEMORY_EMBEDDINGS_MODEL": "fake/embed",
+        "MEMORY_EMBEDDING_DIMENSIONS": "32",
+        "MEMORY_EXTRACTION_MODEL": "fake/echo",
+    }
+    server = ServerProcess(env).start()
+    try:
+        key = server.cli("keys", "create", "--name", "extract").stdout.strip()
+        with httpx.Client(
+            base_url=server.url + "/v1", headers={"Authorization": f"Bearer {key}"}, timeout=20
+        ) as c:
+            body = {"messages": "I play the cello.", "user_id": "u"}
+            r = c.post("/memories/", json=body)
+            assert r.status_code == 502, r.text
+            error = r.json()["error"]
+            assert (
+                error["code"] == "bad_extraction" and "MEMORY_EXTRACTION_MODEL" in error["message"]
+            )
+            assert c.get("/memories/", params={"user_id": "u"}).json()["count"] == 0
+            r = c.post("/memories/", json={**body, "infer": False})
+            assert [m["memory"] for m in r.json()["results"]] == ["I play the cello."]
+    finally:
+        server.stop()
