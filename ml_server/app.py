@@ -18,11 +18,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
 from ml_server import catalog as model_catalog
+from ml_server import memory as memory_layer
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import links as links_route
+from ml_server.api.routes import memory as memory_route
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import responses as responses_route
@@ -192,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.sleep(0.05)
             await governor.stop()
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
+            await memory_layer.close(app)
             await router.close()
             await engine.dispose()
             if metrics_server is not None:
@@ -276,6 +279,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         messages_route,
         responses_route,
         links_route,
+        memory_route,
     ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)

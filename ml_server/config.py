@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -125,6 +125,20 @@ class Settings(BaseSettings):
     links_max_redirects: int = Field(default=5, ge=0, le=20)
     # Longest extracted text returned and handed to a model.
     links_max_chars: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Memory layer (ml_server/memory/): "local" stores memories in this server's database
+    # (pgvector on PostgreSQL, an exact search on SQLite); "mem0" forwards the same API to
+    # Mem0's cloud with MEM0_API_KEY. Local is the default: nothing leaves the stack unasked.
+    memory_backend: Literal["local", "mem0"] = "local"
+    mem0_base_url: str = "https://api.mem0.ai"
+    mem0_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    # The embeddings model (through the router); unset: fake/embed when the offline fake
+    # provider is on, else openai/text-embedding-3-small when OpenAI is configured.
+    memory_embeddings_model: str | None = None
+    # Sent as `dimensions`; the vectors stored and indexed (HNSW indexes up to 2,000).
+    memory_embedding_dimensions: int = Field(default=1536, ge=1, le=2000)
+    # Unset: one memory per user message (no LLM). A model name: that model extracts facts.
+    memory_extraction_model: str | None = None
+    memory_max_chars: int = Field(default=4000, ge=100, le=100_000)
     # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
     admin_api_key: SecretStr | None = None
 
@@ -284,6 +298,8 @@ class Settings(BaseSettings):
                 "LINKS_ALLOWED_CIDRS lifts the link fetcher's SSRF rule and is for tests only; "
                 "leave it empty in production"
             )
+        if self.memory_backend == "mem0" and self.mem0_api_key is None:
+            raise SettingsError("MEMORY_BACKEND=mem0 needs MEM0_API_KEY (or MEMORY_BACKEND=local)")
         return self
 
     @model_validator(mode="after")

@@ -144,7 +144,48 @@ class AnthropicErrorResponse(BaseModel):
     error: AnthropicErrorDetail
 
 
+class MemoryMessage(BaseModel):
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]]
+
+
+class MemoryAddRequest(BaseModel):
+    """Mem0 "Add Memories" (docs/ml-server.md, Memory): at least one of the entity ids."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"messages": [{"role": "user", "content": "I am vegetarian."}], "user_id": "alice"}
+        ]},
+    )  # fmt: skip
+    messages: str | list[MemoryMessage] = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    run_id: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = None
+    infer: bool = True
+
+
+class MemorySearchRequest(BaseModel):
+    """Mem0 "Search Memories": ``filters`` takes equality on the entity ids (optionally AND)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "food preferences", "user_id": "alice"}]},
+    )
+    query: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    run_id: str | None = Field(default=None, min_length=1, max_length=200)
+    filters: dict[str, Any] | None = None
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    limit: int | None = Field(default=None, ge=1, le=100)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
 _BODIES: dict[str, type[BaseModel]] = {
+    "/v1/memories/": MemoryAddRequest,
+    "/v1/memories/search/": MemorySearchRequest,
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/embeddings": EmbeddingsRequest,
     "/v1/messages": MessagesRequest,

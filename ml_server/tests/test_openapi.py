@@ -64,9 +64,11 @@ def _run(url: str, key: str, paths: list[str], tmp_path: Path) -> subprocess.Com
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     dev_server: ServerProcess, tmp_path: Path
 ) -> None:
-    """Every operation but the admin API's, with a client key."""
+    """Every operation but the admin API's (and the memory API's: no pgvector on this server,
+    so its store answers 503 by design; test_memory_store.py fuzzes it on pgvector), with a
+    client key."""
     key = dev_server.cli("keys", "create", "--name", "schemathesis").stdout.strip()
-    result = _run(dev_server.url, key, ["--exclude-path-regex", "^/admin"], tmp_path)
+    result = _run(dev_server.url, key, ["--exclude-path-regex", "^/admin|^/v1/memories"], tmp_path)
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
