@@ -7,7 +7,7 @@ per-process map: any instance of the fleet may get the follow-up request, and it
 restarts and deploys (OpenAI keeps stored responses 30 days; older rows are pruned).
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
