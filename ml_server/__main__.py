@@ -149,9 +149,10 @@ def _day(value: str) -> date:
 def cmd_serve(settings: Settings, *, local: bool) -> None:
     import uvicorn
 
-    from ml_server.app import create_app
+    from ml_server.app import SERVING_ENV, create_app
     from ml_server.logging import configure_logging
 
+    os.environ[SERVING_ENV] = "1"  # the app tunes the garbage collector once started
     host = settings.ml_server_host
     if local:
         host = "127.0.0.1"

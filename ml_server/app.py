@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -42,6 +43,26 @@ from ml_server.state import AppState
 log = logging.getLogger("ml_server")
 # After the drain: DRAIN_SECONDS (600) + this (4) stays inside Docker's stop grace (610 s).
 USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
+# Young-generation threshold of the garbage collector once the app is up (CPython's default: 700).
+GC_GEN0_THRESHOLD = 20_000
+# Set by `python -m ml_server serve` (inherited by its workers): this process only serves.
+SERVING_ENV = "ML_SERVER_SERVING"
+
+
+def tune_gc() -> None:
+    """Once started: move every object made so far (modules, the app, settings, the catalogue:
+    ~100,000) out of the collector's reach, and collect the young generation less often.
+
+    With CPython's defaults a request's short-lived objects (a few hundred) trigger a young
+    collection every couple of requests; objects alive at that moment (queued usage rows,
+    in-flight requests) are promoted and, in turn, trigger full collections that walk every
+    object of the process: measured at concurrency 64, a third of the server's CPU per request
+    (benchmarks/gateway_overhead.py; docs/ml-server.md, Performance).
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 async def _migrate_until_done(state: AppState) -> None:
@@ -170,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.effective_metrics_port, settings.metrics_host, registry=metrics.registry
             )
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
+        if os.environ.get(SERVING_ENV) == "1":  # not in a test process building many apps
+            tune_gc()
         log.info(
             "ml_server started",
             extra={
