@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # A request body not complete within this many seconds is answered 408.
     body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A request head (request line and headers) not complete within this many seconds of the
+    # connection opening or the head starting is answered 408 and the connection closed.
+    header_read_seconds: float = Field(default=20.0, gt=0, le=600)
     # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
     max_concurrency: int = Field(default=2000, ge=1)
     # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
