@@ -36,6 +36,7 @@ from ml_server.errors import ApiError, error_body, error_response
 from ml_server.limits import GovernedUsageRecorder, Governor, GovernorCollector
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
+from ml_server.provider_keys import ProviderKeyFiles
 from ml_server.resilience import RateLimiter
 from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
@@ -180,6 +181,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.registry.register(GovernorCollector(governor))
         app.state.ml = state
         await router.start()
+        key_files = ProviderKeyFiles(
+            settings.secrets_dir, router.providers, settings.provider_key_reload_seconds
+        )
+        router.on_auth_failure = key_files.check_after_auth_failure
+        key_files.start()
         usage.start()
         governor.start()
         metrics_server = None
@@ -213,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Requests cancelled at the end of the drain record their rows in their `finally`:
             # let them run before the queue is flushed.
             await asyncio.sleep(0.05)
+            await key_files.stop()
             await governor.stop()
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
             await router.close()

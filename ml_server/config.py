@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # A request head (request line and headers) not complete within this many seconds of the
     # connection opening or the head starting is answered 408 and the connection closed.
     header_read_seconds: float = Field(default=20.0, gt=0, le=600)
+    # Provider key files in SECRETS_DIR are looked at this often (and after a provider's 401);
+    # a changed file's key is used from then on (ml_server/provider_keys.py).
+    provider_key_reload_seconds: float = Field(default=10.0, gt=0)
     # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
     max_concurrency: int = Field(default=2000, ge=1)
     # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs

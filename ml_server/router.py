@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +275,9 @@ class Router:
             for name in providers
         }
         self.counters = ResilienceCounters()
+        # Called with a provider's name after its 401/403; True = a new key is in use, try again
+        # (ml_server/provider_keys.py).
+        self.on_auth_failure: Callable[[str], bool] | None = None
         self._watch = DeadlineWatch(tick=min(0.1, self.policy.deadline / 10))
         self.collector = ResilienceCollector(self.breakers.values(), self.counters)
         metrics.registry.register(self.collector)
@@ -438,6 +441,7 @@ class Router:
             name = target.provider.name
             has_next = index + 1 < len(targets)
             retries = 0
+            rekeyed = False
             while True:
                 if breaker.state != CLOSED and not breaker.allow():
                     if last is None or last.kind == "circuit_open":
@@ -466,6 +470,14 @@ class Router:
                     return result
                 self._observe(name, started, error)
                 kind = error.kind
+                if (
+                    kind == "auth"
+                    and not rekeyed
+                    and self.on_auth_failure is not None
+                    and self.on_auth_failure(name)
+                ):
+                    rekeyed = True  # the key file changed: the same target with the new key
+                    continue
                 verdict = breaker_verdict(kind)
                 if verdict == "failure":
                     breaker.failure()
