@@ -222,7 +222,9 @@ def build_providers(
             timeout=read_timeout("azure"),
             connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
-            stream_usage=False,
+            # Streams ask for the usage chunk like everyone else's (a model without it drops the
+            # parameter, as the extra-parameters header says); the estimate covers none coming.
+            stream_usage=True,
         )
     key = settings.anthropic_api_key
     if key is not None and key.get_secret_value():

@@ -114,6 +114,36 @@ def test_azure_gets_extra_parameters_drop(
     assert sent["headers"]["extra-parameters"] == "drop"
 
 
+async def test_azure_stream_records_its_usage(
+    server: ServerProcess, fake: FakeProvider, client: openai.OpenAI, db: asyncpg.Connection
+) -> None:
+    """Reproduction: Azure streams recorded no usage (0 tokens, later an estimate): the gateway
+    did not ask Azure for the usage chunk. The fake provider in Azure mode refuses parameters
+    outside Azure's schema unless extra-parameters is set, and honours include_usage."""
+    rid = "azure-stream-" + uuid.uuid4().hex
+    stream = client.chat.completions.create(
+        model="azure/Phi-4",
+        messages=[{"role": "user", "content": "three little words"}],
+        stream=True,
+        extra_headers={"X-Request-ID": rid},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.usage is None for c in chunks)  # the client did not ask for the usage chunk
+    sent = fake.last("/azure/models/chat/completions")
+    assert sent["query"].get("api-version")
+    row = None
+    end = time.monotonic() + 10
+    while row is None and time.monotonic() < end:
+        row = await db.fetchrow("SELECT * FROM usage WHERE request_id = $1", rid)
+        await asyncio.sleep(0.1)
+    assert row is not None
+    assert row["provider"] == "azure" and row["status_code"] == 200
+    assert row["tokens_estimated"] is False
+    assert row["prompt_tokens"] == 3  # the fake counts words: "three little words"
+    assert row["completion_tokens"] == 4  # "echo: three little words"
+
+
 class _CountingSessions:
     def __init__(self, inner: async_sessionmaker[AsyncSession]) -> None:
         self.inner = inner
