@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     retry_after_max_seconds: float = Field(default=20.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # A stream whose response head takes longer than this counts as a breaker failure even when
+    # it then succeeds (time to first byte is the provider's health, not a generation's length).
+    breaker_slow_first_byte_seconds: float = Field(default=30.0, gt=0)
+    # Calls in flight to one provider per process (0 = no limit); when all are taken, a freed
+    # slot goes to the waiting key holding the fewest (a fair share per key).
+    provider_max_concurrency: int = Field(default=256, ge=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are
