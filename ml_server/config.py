@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # A request body not complete within this many seconds is answered 408.
     body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A request head (request line and headers) not complete within this many seconds of the
+    # connection opening or the head starting is answered 408 and the connection closed.
+    header_read_seconds: float = Field(default=20.0, gt=0, le=600)
+    # Provider key files in SECRETS_DIR are looked at this often (and after a provider's 401);
+    # a changed file's key is used from then on (ml_server/provider_keys.py).
+    provider_key_reload_seconds: float = Field(default=10.0, gt=0)
     # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
     max_concurrency: int = Field(default=2000, ge=1)
     # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
@@ -190,6 +196,12 @@ class Settings(BaseSettings):
     retry_after_max_seconds: float = Field(default=20.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # A stream whose response head takes longer than this counts as a breaker failure even when
+    # it then succeeds (time to first byte is the provider's health, not a generation's length).
+    breaker_slow_first_byte_seconds: float = Field(default=30.0, gt=0)
+    # Calls in flight to one provider per process (0 = no limit); when all are taken, a freed
+    # slot goes to the waiting key holding the fewest (a fair share per key).
+    provider_max_concurrency: int = Field(default=256, ge=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are

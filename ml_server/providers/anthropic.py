@@ -88,6 +88,12 @@ class AnthropicProvider(Provider):
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
+    def set_credential(self, value: str) -> bool:
+        self._headers["x-api-key"] = value
+        if self._session is not None:  # the session's default headers, sent with every request
+            self._session.headers["x-api-key"] = value
+        return True
+
     async def start(self) -> None:
         self._session = make_session(
             self._headers, timeout=self._timeout, connect_timeout=self._connect_timeout

@@ -24,6 +24,12 @@ Behaviour is chosen per request through the model name (any provider prefix):
 - ``x-geminilist``: 400 with Gemini's list-shaped error body;
 - ``x-keyleak``: 401 whose message echoes a (fake) key fragment, as OpenAI's does.
 
+Azure mode (paths under ``/azure/``, Azure AI Model Inference): the key in ``api-key``, the
+``api-version`` query parameter required (400 without), and parameters outside that API's chat
+schema refused with 422 unless the ``extra-parameters`` header is ``drop`` (removed before the
+model sees them) or ``pass-through``; ``stream_options.include_usage`` gives the final usage chunk,
+as on OpenAI.
+
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
 in-process, use ``.requests``.
@@ -51,6 +57,26 @@ _NUM = re.compile(
     r"-(\d+)"
 )
 _FAILURES = ("hang", "slow", "ratelimit", "status", "streamerror", "nodone")
+# Azure AI Model Inference chat parameters (its "Create chat completion" reference); others are
+# "extra parameters".
+AZURE_CHAT_PARAMS = frozenset(
+    {
+        "messages",
+        "model",
+        "frequency_penalty",
+        "presence_penalty",
+        "max_tokens",
+        "response_format",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_p",
+    }
+)
 
 
 def _directives(model: str) -> dict[str, int]:
@@ -193,6 +219,10 @@ class FakeProvider:
         auth_error = self._check_auth(request, anthropic)
         if auth_error is not None:
             return auth_error
+        if path.startswith("/azure/") and isinstance(body, dict):
+            refusal = _azure_check(request, body)
+            if refusal is not None:
+                return refusal
         if "flaky" in d:
             seen = self._seen[model] = self._seen.get(model, 0) + 1
             if seen > d["flaky"]:
@@ -598,6 +628,24 @@ class FakeProvider:
 
 
 _RICH_WORDS = ("rich", "streamerror", "pause")
+
+
+def _azure_check(request: web.Request, body: dict[str, Any]) -> web.Response | None:
+    """Azure AI Model Inference's checks; drops extra parameters from ``body`` when told to."""
+    if "api-version" not in request.query:
+        return _json({"error": {"code": "BadRequest", "message": "api-version is required"}}, 400)
+    extra = sorted(k for k in body if k not in AZURE_CHAT_PARAMS)
+    mode = request.headers.get("extra-parameters", "error")
+    if extra and mode == "drop":
+        for k in extra:
+            del body[k]
+    elif extra and mode != "pass-through":
+        msg = (
+            f"Extra parameters {extra} are not allowed when extra-parameters is not set or set "
+            "to be 'error'. Set extra-parameters to 'drop' or 'pass-through'."
+        )
+        return _json({"error": {"code": "Extra parameters not allowed", "message": msg}}, 422)
+    return None
 
 
 def _well_formed_messages(body: dict[str, Any]) -> bool:
