@@ -4,8 +4,8 @@ in backticks (or as ``make X`` anywhere) exists in the repository: no dangling r
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -22,12 +22,19 @@ MAKE = re.compile(r"\bmake ([a-z][a-z-]*)")
 MODULE = re.compile(r"-m ([a-z_][\w.]*)")
 
 
+#: Not part of the sources: caches and the folders the build writes.
+SKIPPED = {".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__", *OUTPUTS}
+
+
 @cache
 def tracked() -> tuple[str, ...]:
-    listed = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    return tuple(listed)
+    """Every file of the working tree (relative, with /), outside caches and build outputs."""
+    found: list[str] = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIPPED]
+        base = Path(folder).relative_to(ROOT).as_posix()
+        found += [f if base == "." else f"{base}/{f}" for f in files]
+    return tuple(found)
 
 
 @cache
