@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from components.github_oidc import DEPLOY_SESSION_HOURS
 from components.load_balancer import DEREGISTRATION_DELAY_SECONDS
 from config import naming
 from config.monitoring import AlarmThresholds, AuditConfig, RotationConfig
+from humansa_ops.cost import DEFAULT_PRICES, PriceTable
 from ml_server.app import USAGE_FLUSH_AT_EXIT_SECONDS
 from ml_server.config import Settings
 from tests.conftest import ENVIRONMENTS, ROOT, Synth
@@ -327,6 +329,35 @@ CHECKS: list[Check] = [
         r"re-fetches the secret files\s+every (\d+) minutes",
         lambda f: (_timer_minutes(),),
     ),
+    # the price table (humansa_ops/pricing/prices.yaml): `make prices` moving a price moves these
+    Check(
+        "docs/infrastructure.md",
+        r"Cost: \+1 NAT gateway and its EIP, \*\*\+([\d.]+) USD/month\*\*",
+        lambda f: (_money(_nat_gateway("ap-east-1")),),
+    ),
+    Check(
+        "docs/cost.md",
+        r"\| NAT gateway \+ its EIP \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+        lambda f: (
+            _money(_nat_gateway("us-east-1")),
+            _price("us-east-1", "nat_gateway.gb"),
+            _money(_nat_gateway("ap-east-1")),
+            _price("ap-east-1", "nat_gateway.gb"),
+        ),
+    ),
+    Check(
+        "docs/cost.md",
+        r"\| NAT instance t4g\.nano \+ 8 GiB gp3 \+ public IPv4 \| ([\d.]+) \| 0 \| ([\d.]+) \|",
+        lambda f: (_money(_nat_instance("us-east-1")), _money(_nat_instance("ap-east-1"))),
+    ),
+    Check(
+        "docs/cost.md",
+        r"cheaper at every traffic level, by ([\d.]+) USD/month\s+per AZ in us-east-1"
+        r" \(([\d.]+) in",
+        lambda f: tuple(
+            _money(_nat_gateway(r) - _nat_instance(r)) for r in ("us-east-1", "ap-east-1")
+        ),
+    ),
     # README.md
     Check(
         "README.md",
@@ -383,6 +414,34 @@ def _timer_minutes() -> int:
     found = re.search(r"OnUnitActiveSec=(\d+)min", timer)
     assert found, timer
     return int(found[1])
+
+
+@cache
+def _prices() -> PriceTable:
+    return PriceTable(DEFAULT_PRICES)
+
+
+def _price(region: str, key: str) -> float:
+    return _prices().get(region, key, resource_type="doc", resource="figure").usd
+
+
+def _monthly(region: str, key: str) -> float:
+    return _price(region, key) * _prices().hours_per_month
+
+
+def _nat_gateway(region: str) -> float:
+    """A NAT gateway and its public IPv4 address, per month."""
+    return _monthly(region, "nat_gateway.hour") + _monthly(region, "ipv4.hour")
+
+
+def _nat_instance(region: str) -> float:
+    """The dev NAT instance: t4g.nano, an 8 GiB gp3 root volume, a public IPv4 address."""
+    volume = 8 * _price(region, "ebs.gp3.gb_month")
+    return _monthly(region, "ec2.instance.t4g.nano.hour") + volume + _monthly(region, "ipv4.hour")
+
+
+def _money(usd: float) -> str:
+    return f"{usd:.2f}"
 
 
 def _read(doc: str) -> str:
