@@ -22,6 +22,7 @@ from components.boot import BootSettings
 from components.github_oidc import DEPLOY_SESSION_HOURS
 from components.load_balancer import DEREGISTRATION_DELAY_SECONDS
 from config import naming
+from config.model import ServiceConfig
 from config.monitoring import AlarmThresholds, AuditConfig, RotationConfig
 from humansa_ops.cost import DEFAULT_PRICES, PriceTable
 from ml_server.app import USAGE_FLUSH_AT_EXIT_SECONDS
@@ -357,6 +358,33 @@ CHECKS: list[Check] = [
         lambda f: tuple(
             _money(_nat_gateway(r) - _nat_instance(r)) for r in ("us-east-1", "ap-east-1")
         ),
+    ),
+    # docs/security.md: the account trail's alarms, retention, ALB logs, WAF logs
+    Check(
+        "docs/security.md",
+        r"Cost: key \$1/month, (\d+) alarms \$([\d.]+)/month",
+        lambda f: (
+            f.ci_count("AWS::CloudWatch::Alarm"),
+            _money(
+                f.ci_count("AWS::CloudWatch::Alarm")
+                * _price("ap-east-1", "cloudwatch.alarm.standard_month")
+            ),
+        ),
+    ),
+    Check(
+        "docs/security.md",
+        r"\(retention `audit\.cloudwatch_logs_retention_days`, (\d+) days\)",
+        lambda f: (AuditConfig.model_fields["cloudwatch_logs_retention_days"].default,),
+    ),
+    Check(
+        "docs/security.md",
+        r"`service\.access_log_days` \((\d+)\)",
+        lambda f: (ServiceConfig.model_fields["access_log_days"].default,),
+    ),
+    Check(
+        "docs/security.md",
+        r"`aws-waf-logs-humansa-<env>` \((\d+) days\)",
+        lambda f: (f.log_retention("production", "aws-waf-logs-humansa-production"),),
     ),
     # README.md
     Check(
