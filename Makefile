@@ -21,6 +21,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
 .PHONY: status logs shell rollback
+.PHONY: prices
 .PHONY: preflight
 .PHONY: image image-test instance-test
 .PHONY: release-deploy
@@ -100,6 +101,9 @@ cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-eas
 	@if [ ! -f cdk.out/manifest.json ] || [ -n "$$(find app.py cdk.json config components stacks user_data ml_server -newer cdk.out/manifest.json -print -quit 2>/dev/null)" ]; then \
 	  echo "cost: cdk.out is missing or older than the sources: synthesizing first"; $(MAKE) synth; fi
 	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+prices: $(VENV)/.installed ## Rewrite humansa_ops/pricing/prices.yaml from the AWS Price List offer files (internet; REGION=…, OFFERS=dir for local copies)
+	$(PY) -m humansa_ops.prices $(if $(REGION),--region $(REGION),) $(if $(OFFERS),--offers $(OFFERS),)
 
 status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
 	@$(PY) -m humansa_ops.operate status --env "$(ENV)"
