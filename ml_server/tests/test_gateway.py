@@ -362,6 +362,11 @@ def test_metrics_exposes_requests_latency_provider_errors_tokens(
     client.chat.completions.create(
         model="openai/gpt-4o", messages=[{"role": "user", "content": "m"}]
     )
+    # Its own provider 5xx (one, no SDK retry): the test does not rely on an earlier test's.
+    with pytest.raises(openai.APIStatusError):
+        client.with_options(max_retries=0).chat.completions.create(
+            model="openai/gpt-status-500", messages=[{"role": "user", "content": "m"}]
+        )
     text = http.get(server.url + "/metrics").text
     assert (
         'mlserver_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
