@@ -72,7 +72,7 @@ def test_changed_key_file_is_used_without_restart(
         _write_atomically(secrets_dir / "ANTHROPIC_API_KEY", "sk-ant-test-rotation-second")
         time.sleep(1.0)  # a few reload intervals
         _chat(client, "openai/gpt-4o-mini")
-        _chat(client, "anthropic/claude-sonnet-4-5")
+        _chat(client, "anthropic/claude-haiku-4-5")
         assert fake.last("/openai/v1/chat/completions")["headers"]["authorization"] == (
             "Bearer sk-test-rotation-second"
         )
