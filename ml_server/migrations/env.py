@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ml_server.db.models import Base
+from ml_server.db.tls import split_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -26,7 +27,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+    url, tls_args = split_url(url)  # the server's sslmode / sslrootcert, as the engine's
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=tls_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
