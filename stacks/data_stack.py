@@ -67,6 +67,10 @@ class DataStack(Stack):
             environment=config.name,
             retain=config.database.deletion_protection,
         )
+        # The Service stack imported the master secret's ARN before it read the app secret; keep
+        # that export so a deployed Service stack still resolves it while Data updates first
+        # (CloudFormation refuses to delete an export in use). Remove in a later release.
+        self.export_value(self.database.secret.secret_arn)
         self.rotation: DatabaseSecretRotation | None = None
         self.app_rotation: AppUserSecretRotation | None = None
         if config.rotation.enabled:
