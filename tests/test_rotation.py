@@ -258,6 +258,10 @@ def test_the_app_user_resource_reads_both_secrets_in_the_vpc(synth: Synth, env: 
         for r in _by_type(data, "AWS::SSM::Parameter").values()
     }
     assert parameters[f"/humansa/{env}/db_username"] == "humansa_app"
+    # The master secret's ARN stays exported: a deployed Service stack (before this change)
+    # imports it until its own update (CloudFormation refuses to delete an export in use).
+    master = _attachment_of(data, f"humansa/{env}/db")
+    assert {"Ref": master} in [o["Value"] for o in data["Outputs"].values()]
 
 
 def _secret_arn(synth: Synth, env: str, name: str) -> str:
