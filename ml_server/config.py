@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         default="humansa", validation_alias=AliasChoices("DB_ACTIVE_DATABASE", "DB_NAME")
     )
     db_pool_size: int = Field(default=5, ge=1)
+    # TLS to PostgreSQL, libpq's names (ml_server/db/tls.py). "auto": verify-full with
+    # DB_SSLROOTCERT for an RDS endpoint (*.rds.amazonaws.com), else prefer (local PostgreSQL).
+    # Else one of disable, prefer, require, verify-ca, verify-full; production refuses any
+    # explicit mode but verify-full. DB_SSLROOTCERT: the CA file; default the Amazon RDS bundle
+    # shipped in ml_server/certs/.
+    db_sslmode: str = "auto"
+    db_sslrootcert: str | None = None
     local_data_dir: str = ".humansa"
 
     # Provider credentials.
@@ -338,6 +345,49 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_db_tls(self) -> Settings:
+        from ml_server.db import tls
+
+        if self.db_sslmode != "auto":
+            if self.db_sslmode not in tls.SSL_MODES:
+                raise SettingsError(
+                    f"DB_SSLMODE={self.db_sslmode!r}: allowed values are auto, "
+                    + ", ".join(tls.SSL_MODES)
+                )
+            if self.environment.lower() == "production" and self.db_sslmode != "verify-full":
+                raise SettingsError(
+                    f"DB_SSLMODE={self.db_sslmode} in production: the server verifies the "
+                    "database's certificate and name there; use verify-full (or unset it: auto)"
+                )
+        if self.db_host and self.database_url is None:
+            try:
+                tls.check(
+                    self.effective_db_sslmode,
+                    self.effective_db_sslrootcert,
+                    mode_name="DB_SSLMODE",
+                    cert_name="DB_SSLROOTCERT",
+                )
+            except tls.TlsSettingError as exc:
+                raise SettingsError(str(exc)) from None
+        return self
+
+    @property
+    def effective_db_sslmode(self) -> str:
+        """DB_SSLMODE, or for "auto": verify-full for an RDS endpoint, else prefer."""
+        if self.db_sslmode != "auto":
+            return self.db_sslmode
+        from ml_server.db import tls
+
+        return "verify-full" if self.db_host and tls.is_rds_endpoint(self.db_host) else "prefer"
+
+    @property
+    def effective_db_sslrootcert(self) -> str:
+        """DB_SSLROOTCERT, or the Amazon RDS CA bundle shipped in ml_server/certs/."""
+        from ml_server.db import tls
+
+        return self.db_sslrootcert or str(tls.RDS_CA_BUNDLE)
+
     @cached_property
     def sqlalchemy_url(self) -> str:
         """The async SQLAlchemy URL the server uses."""
@@ -355,6 +405,11 @@ class Settings(BaseSettings):
                 port=self.db_port,
                 database=self.db_active_database,
             )
+            mode = self.effective_db_sslmode
+            if mode != "prefer":  # asyncpg's default; the URL stays as it was
+                from ml_server.db import tls
+
+                url = tls.url_with_tls(url, mode, self.effective_db_sslrootcert)
             return url.render_as_string(hide_password=False)
         path = Path(self.local_data_dir) / "ml_server.db"
         return f"sqlite+aiosqlite:///{path}"
