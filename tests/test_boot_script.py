@@ -409,6 +409,26 @@ def test_put_secret_reads_stdin_and_keeps_the_value_off_the_command_line(
     )
 
 
+@pytest.mark.slow
+def test_put_secret_before_the_deploy_says_to_deploy_first(
+    moto: h.Moto, sandbox: h.Sandbox
+) -> None:
+    """The secrets are resources of the Service stack: none exists before the first deploy."""
+    done = subprocess.run(
+        [str(REPO / "scripts/put_secret.sh"), "staging", "XAI_API_KEY"],
+        input="xai-test-not-a-real-key",
+        env=sandbox.env(moto.endpoint),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "put_secret: /humansa/staging/XAI_API_KEY does not exist in ap-east-1 yet: "
+        "the Service stack creates it (make deploy ENV=staging first)"
+    )
+
+
 def test_put_secret_stores_the_ghcr_token_as_ecr_pull_through_cache_json(
     moto: h.Moto, sandbox: h.Sandbox
 ) -> None:
