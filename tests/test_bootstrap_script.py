@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -43,6 +44,7 @@ def test_bootstrap_takes_the_region_from_the_config(tmp_path: Path) -> None:
             AWS_SESSION_TOKEN=keys["SessionToken"],
             AWS_CONFIG_FILE=str(tmp_path / "none"),  # no region anywhere but config/dev.yaml
             AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the venv's aws
         )
         run = subprocess.run(
             ["scripts/bootstrap.sh", "dev"],
