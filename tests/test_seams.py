@@ -192,14 +192,38 @@ def pg() -> Iterator[TempPostgres]:
         cluster.cleanup()
 
 
-@pytest.fixture(scope="module", params=ENVIRONMENTS)
+#: The environments this module boots. tests/test_seams_staging.py and _production.py boot the
+#: others with the same tests: one module per boot, so pytest-xdist (--dist loadfile) spreads the
+#: three boots over its workers instead of queueing them in one.
+SEAM_ENVIRONMENTS: tuple[str, ...] = ("dev",)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seam_env" in metafunc.fixturenames:
+        envs = metafunc.module.SEAM_ENVIRONMENTS
+        assert set(envs) <= set(ENVIRONMENTS), envs
+        metafunc.parametrize("seam_env", envs, scope="module")
+
+
+def test_the_seam_modules_boot_every_environment_once() -> None:
+    from tests import test_seams_production, test_seams_staging
+
+    split = (
+        SEAM_ENVIRONMENTS,
+        test_seams_staging.SEAM_ENVIRONMENTS,
+        test_seams_production.SEAM_ENVIRONMENTS,
+    )
+    assert sorted(env for envs in split for env in envs) == sorted(ENVIRONMENTS)
+
+
+@pytest.fixture(scope="module")
 def booted(
-    request: pytest.FixtureRequest,
+    seam_env: str,
     synth: Synth,
     pg: TempPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Booted]:
-    env: str = request.param
+    env = seam_env
     cfg = synth.configs[env]
     names = _stacks(synth, env)
     with h.moto_server() as moto, recording_proxy(moto.port, cfg.account) as proxy:
