@@ -48,7 +48,13 @@ from components.boot import (
 from ml_server.tests.fake_provider import FakeProvider
 from ml_server.tests.pg import TempPostgres
 from system_tests import images
-from system_tests.machine import Machine, enter_private_network, machine_rootfs, python_binds
+from system_tests.machine import (
+    IMDS_ADDRESS,
+    Machine,
+    enter_private_network,
+    machine_rootfs,
+    python_binds,
+)
 from tests import boot_harness as h
 from tests.aws_proxy import RecordingProxy
 
@@ -62,7 +68,6 @@ MOTO_ACCOUNT = "123456789012"  # moto's default account, which the seeding uses
 #: An "environment" seeded with nothing: its boot fails fatally (no parameters under its path).
 BROKEN = "broken"
 HEALTH = "http://127.0.0.1:5001/health"
-INSTANCE_ID = "i-0123456789abcdef0"  # moto's instance metadata service answers this one
 IMAGE_INSIDE = "/var/lib/humansa-standin/image"
 # Shorter timer intervals, so the test does not wait minutes; the rendered units are unchanged.
 # One empty OnActiveSec= resets every On*Sec= of the unit, then the new ones. The health check
@@ -82,6 +87,13 @@ def health() -> int:
         return int(err.code)
     except OSError:
         return 0
+
+
+def instance_id() -> str:
+    """The instance id the metadata service (moto, on 169.254.169.254 here) gives the machine."""
+    url = f"http://{IMDS_ADDRESS}/latest/meta-data/instance-id"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 def wait_for(what: str, check: Any, timeout: float, machine: Machine | None = None) -> float:
@@ -323,7 +335,7 @@ def test_each_environment_boots_to_healthy(world: World, env: str) -> None:
         assert machine.path(f"/etc/systemd/system/{CONTAINER_NAME}.service").read_text() == (
             render_file("humansa-ml.service.j2", settings)
         )
-        assert world.proxy.hooks_of(env) == [("CONTINUE", INSTANCE_ID, 200)]
+        assert world.proxy.hooks_of(env) == [("CONTINUE", instance_id(), 200)]
         assert machine.poweroff() == 0
     finally:
         machine.destroy()
@@ -343,7 +355,7 @@ def test_a_fatal_boot_abandons_the_launch(world: World) -> None:
         )
         log = machine.path("/var/log/user-data.log").read_text()
         assert "FATAL" in log and "boot FAILED" in log, log[-2000:]
-        assert world.proxy.hooks_of(BROKEN) == [("ABANDON", INSTANCE_ID, 0)]
+        assert world.proxy.hooks_of(BROKEN) == [("ABANDON", instance_id(), 0)]
         assert machine.poweroff() == 0
     finally:
         machine.destroy()
@@ -381,7 +393,7 @@ def test_first_boot_runs_the_user_data_and_the_rendered_units(production: Booted
         on_disk = m.path(f"/etc/systemd/system/{unit}").read_text()
         assert on_disk == render_file(template, production.settings), unit
     # The launch hook: CONTINUE once, for this instance, while /health answered 200.
-    assert production.world.proxy.hooks_of("production") == [("CONTINUE", INSTANCE_ID, 200)]
+    assert production.world.proxy.hooks_of("production") == [("CONTINUE", instance_id(), 200)]
     status = m.run("cat", f"/proc/{production.main_pid()}/status").stdout
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(production.settings.container_uid)] * 4
@@ -529,4 +541,4 @@ def test_a_reboot_fetches_the_secrets_again(production: Booted) -> None:
     assert production.restarts() == 0
     assert took > 0
     hooks = production.world.proxy.hooks_of("production")
-    assert hooks == [("CONTINUE", INSTANCE_ID, 200)], "the reboot completes no launch hook"
+    assert hooks == [("CONTINUE", instance_id(), 200)], "the reboot completes no launch hook"
