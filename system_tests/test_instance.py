@@ -310,8 +310,15 @@ class Booted:
     def signal_unit(self, sig: str) -> None:
         """Every process of humansa-ml.service (with WEB_CONCURRENCY workers, stopping only the
         supervisor would leave its workers answering)."""
-        done = self.machine.run("systemctl", "kill", f"--signal=SIG{sig}", "humansa-ml.service")
-        assert done.returncode == 0, done.stderr
+        for _ in range(5):
+            # Right after a restart, systemd can fail a process of the cgroup with EIO
+            # ("Failed to send signal ... to auxiliary processes"); the signal is idempotent.
+            done = self.machine.run("systemctl", "kill", f"--signal=SIG{sig}", "humansa-ml.service")
+            if done.returncode == 0:
+                return
+            time.sleep(0.5)
+        self.machine.run("systemctl", "kill", "--signal=SIGCONT", "humansa-ml.service")
+        raise AssertionError(f"systemctl kill --signal=SIG{sig}: {done.stderr}")
 
     def signal(self, pid: int, sig: str) -> None:
         done = self.machine.run("/bin/sh", "-c", f"kill -{sig} {pid}")  # minbase has no kill(1)
