@@ -7,7 +7,9 @@ namespace, seeded as tests/boot_harness.py seeds it. Stand-ins (system_tests/sta
 only what cannot exist here: AL2023's dnf, the Docker engine (the built image's root filesystem
 runs as uid 10001 in a chroot), the CloudWatch agent, cloud-init. The units and timers are the
 rendered ones; drop-ins only shorten the timers' intervals (health check 60 s -> 6 s, refresh
-15 min -> 20 s).
+15 min -> 20 s). The machine's AWS calls pass through the recording proxy of tests/aws_proxy.py,
+which answers the launch hook's CompleteLifecycleAction (moto 5.2 does not implement it) and here
+also notes whether the machine's /health answered at that moment.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,15 @@ from components.boot import (
 from ml_server.tests.fake_provider import FakeProvider
 from ml_server.tests.pg import TempPostgres
 from system_tests import images
-from system_tests.machine import Machine, enter_private_network, machine_rootfs, python_binds
+from system_tests.machine import (
+    IMDS_ADDRESS,
+    Machine,
+    enter_private_network,
+    machine_rootfs,
+    python_binds,
+)
 from tests import boot_harness as h
+from tests.aws_proxy import RecordingProxy
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +64,9 @@ pytestmark = pytest.mark.slow
 PARAMETER_NAMES = (*RUNBOOK_PARAMETER_NAMES, "openai_base_url")
 
 MOTO_PORT = 80  # also answers the instance metadata service on 169.254.169.254:80
+MOTO_ACCOUNT = "123456789012"  # moto's default account, which the seeding uses
+#: An "environment" seeded with nothing: its boot fails fatally (no parameters under its path).
+BROKEN = "broken"
 HEALTH = "http://127.0.0.1:5001/health"
 IMAGE_INSIDE = "/var/lib/humansa-standin/image"
 # Shorter timer intervals, so the test does not wait minutes; the rendered units are unchanged.
@@ -77,6 +89,13 @@ def health() -> int:
         return 0
 
 
+def instance_id() -> str:
+    """The instance id the metadata service (moto, on 169.254.169.254 here) gives the machine."""
+    url = f"http://{IMDS_ADDRESS}/latest/meta-data/instance-id"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def wait_for(what: str, check: Any, timeout: float, machine: Machine | None = None) -> float:
     """Poll ``check()`` until truthy; returns the seconds it took."""
     start = time.monotonic()
@@ -92,8 +111,58 @@ def wait_for(what: str, check: Any, timeout: float, machine: Machine | None = No
 
 
 @dataclass
+class HookProxy(RecordingProxy):
+    """The recording proxy, also noting /health of the machine when each hook is completed."""
+
+    health_at_completion: list[int] = field(default_factory=list)
+
+    def _lifecycle(self, action: str, params: dict[str, Any], headers: dict[str, str]) -> bytes:
+        status = health() if action == "CompleteLifecycleAction" else 0
+        answer = super()._lifecycle(action, params, headers)
+        if action == "CompleteLifecycleAction":
+            self.health_at_completion.append(status)
+        return answer
+
+    def hooks_of(self, env: str) -> list[tuple[str, str, int]]:
+        """(result, instance id, /health status then) of each completion for ``env``'s group."""
+        return [
+            (c.result, c.instance_id, status)
+            for c, status in zip(self.completions, self.health_at_completion, strict=True)
+            if c.group == group_name(env)
+        ]
+
+
+def group_name(env: str) -> str:
+    return f"humansa-{env}-fleet"
+
+
+def add_group_with_launch_hook(moto: h.Moto, env: str) -> None:
+    """The environment's Auto Scaling group and its launch hook, as the Service stack makes them."""
+    asg = moto.client("autoscaling")
+    asg.create_launch_configuration(
+        LaunchConfigurationName=f"{env}-lc", ImageId="ami-12c6146b", InstanceType="t3.micro"
+    )
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=group_name(env),
+        LaunchConfigurationName=f"{env}-lc",
+        MinSize=0,
+        MaxSize=1,
+        DesiredCapacity=0,
+        AvailabilityZones=[f"{h.REGION}a"],
+    )
+    asg.put_lifecycle_hook(
+        AutoScalingGroupName=group_name(env),
+        LifecycleHookName=h.HOOK_NAME,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
+        HeartbeatTimeout=900,
+        DefaultResult="ABANDON",
+    )
+
+
+@dataclass
 class World:
     moto: h.Moto
+    proxy: HookProxy
     pg: TempPostgres
     fake: FakeProvider
     lower: Path
@@ -139,6 +208,8 @@ def make_world() -> Iterator[World]:
     server = ThreadedMotoServer(ip_address="0.0.0.0", port=MOTO_PORT, verbose=False)
     server.start()
     moto = h.Moto(port=MOTO_PORT, server=server)
+    proxy = HookProxy(upstream_port=MOTO_PORT, account=MOTO_ACCOUNT)
+    proxy.start()
     try:
         with (
             TempPostgres(password=h.DB_PASSWORD) as pg,
@@ -154,11 +225,17 @@ def make_world() -> Iterator[World]:
             }
             arns = {env: seed_environment(moto, env, extra) for env in ("production", "dev")}
             arns["staging"] = seed_environment(moto, "staging", extra)
-            yield World(moto, pg, fake, lower, mounted.stdout.strip(), config, Path(tmp), arns)
+            arns[BROKEN] = {"DB_PASSWORD": arns["production"]["DB_PASSWORD"]}
+            for env in arns:
+                add_group_with_launch_hook(moto, env)
+            yield World(
+                moto, proxy, pg, fake, lower, mounted.stdout.strip(), config, Path(tmp), arns
+            )
             fake.stop()
     finally:
         images.buildah("umount", name)
         images.remove_container(name)
+        proxy.stop()
         with contextlib.suppress(Exception):
             server.stop()
 
@@ -177,6 +254,8 @@ def settings_for(world: World, env: str) -> BootSettings:
         app_log_group=f"/aws/ec2/humansa-ml/{env}",
         setup_log_group=f"/aws/ec2/humansa-ml/{env}/setup",
         parameter_names=PARAMETER_NAMES,
+        auto_scaling_group_name=group_name(env),
+        lifecycle_hook_name=h.HOOK_NAME,
     )
 
 
@@ -199,7 +278,7 @@ def prepare(world: World, env: str) -> tuple[Machine, BootSettings]:
     aws.symlink_to(Path(sys.prefix).resolve() / "bin/aws")
     machine.write(
         "/etc/systemd/system.conf.d/humansa-emulator.conf",
-        f"[Manager]\nDefaultEnvironment=AWS_ENDPOINT_URL=http://127.0.0.1:{MOTO_PORT}\n",
+        f"[Manager]\nDefaultEnvironment=AWS_ENDPOINT_URL={world.proxy.endpoint}\n",
     )
     machine.write(IMAGE_INSIDE + ".json", json.dumps(world.image_config))
     for timer, body in TIMER_DROPINS.items():
@@ -231,8 +310,15 @@ class Booted:
     def signal_unit(self, sig: str) -> None:
         """Every process of humansa-ml.service (with WEB_CONCURRENCY workers, stopping only the
         supervisor would leave its workers answering)."""
-        done = self.machine.run("systemctl", "kill", f"--signal=SIG{sig}", "humansa-ml.service")
-        assert done.returncode == 0, done.stderr
+        for _ in range(5):
+            # Right after a restart, systemd can fail a process of the cgroup with EIO
+            # ("Failed to send signal ... to auxiliary processes"); the signal is idempotent.
+            done = self.machine.run("systemctl", "kill", f"--signal=SIG{sig}", "humansa-ml.service")
+            if done.returncode == 0:
+                return
+            time.sleep(0.5)
+        self.machine.run("systemctl", "kill", "--signal=SIGCONT", "humansa-ml.service")
+        raise AssertionError(f"systemctl kill --signal=SIG{sig}: {done.stderr}")
 
     def signal(self, pid: int, sig: str) -> None:
         done = self.machine.run("/bin/sh", "-c", f"kill -{sig} {pid}")  # minbase has no kill(1)
@@ -256,6 +342,27 @@ def test_each_environment_boots_to_healthy(world: World, env: str) -> None:
         assert machine.path(f"/etc/systemd/system/{CONTAINER_NAME}.service").read_text() == (
             render_file("humansa-ml.service.j2", settings)
         )
+        assert world.proxy.hooks_of(env) == [("CONTINUE", instance_id(), 200)]
+        assert machine.poweroff() == 0
+    finally:
+        machine.destroy()
+
+
+def test_a_fatal_boot_abandons_the_launch(world: World) -> None:
+    """No parameters under the path: the boot stops with FATAL and answers the hook ABANDON."""
+    assert health() == 0, "something already answers on the machine's port"
+    machine, _ = prepare(world, BROKEN)
+    try:
+        machine.boot()
+        wait_for(
+            "cloud-final failed",
+            lambda: machine.show("cloud-final.service", "ActiveState") == "failed",
+            120,
+            machine,
+        )
+        log = machine.path("/var/log/user-data.log").read_text()
+        assert "FATAL" in log and "boot FAILED" in log, log[-2000:]
+        assert world.proxy.hooks_of(BROKEN) == [("ABANDON", instance_id(), 0)]
         assert machine.poweroff() == 0
     finally:
         machine.destroy()
@@ -292,6 +399,8 @@ def test_first_boot_runs_the_user_data_and_the_rendered_units(production: Booted
     ):
         on_disk = m.path(f"/etc/systemd/system/{unit}").read_text()
         assert on_disk == render_file(template, production.settings), unit
+    # The launch hook: CONTINUE once, for this instance, while /health answered 200.
+    assert production.world.proxy.hooks_of("production") == [("CONTINUE", instance_id(), 200)]
     status = m.run("cat", f"/proc/{production.main_pid()}/status").stdout
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(production.settings.container_uid)] * 4
@@ -438,3 +547,5 @@ def test_a_reboot_fetches_the_secrets_again(production: Booted) -> None:
     assert "secrets: " in m.journal("humansa-ml.service")
     assert production.restarts() == 0
     assert took > 0
+    hooks = production.world.proxy.hooks_of("production")
+    assert hooks == [("CONTINUE", instance_id(), 200)], "the reboot completes no launch hook"

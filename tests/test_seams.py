@@ -192,14 +192,38 @@ def pg() -> Iterator[TempPostgres]:
         cluster.cleanup()
 
 
-@pytest.fixture(scope="module", params=ENVIRONMENTS)
+#: The environments this module boots. tests/test_seams_staging.py and _production.py boot the
+#: others with the same tests: one module per boot, so pytest-xdist (--dist loadfile) spreads the
+#: three boots over its workers instead of queueing them in one.
+SEAM_ENVIRONMENTS: tuple[str, ...] = ("dev",)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seam_env" in metafunc.fixturenames:
+        envs = metafunc.module.SEAM_ENVIRONMENTS
+        assert set(envs) <= set(ENVIRONMENTS), envs
+        metafunc.parametrize("seam_env", envs, scope="module")
+
+
+def test_the_seam_modules_boot_every_environment_once() -> None:
+    from tests import test_seams_production, test_seams_staging
+
+    split = (
+        SEAM_ENVIRONMENTS,
+        test_seams_staging.SEAM_ENVIRONMENTS,
+        test_seams_production.SEAM_ENVIRONMENTS,
+    )
+    assert sorted(env for envs in split for env in envs) == sorted(ENVIRONMENTS)
+
+
+@pytest.fixture(scope="module")
 def booted(
-    request: pytest.FixtureRequest,
+    seam_env: str,
     synth: Synth,
     pg: TempPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Booted]:
-    env: str = request.param
+    env = seam_env
     cfg = synth.configs[env]
     names = _stacks(synth, env)
     with h.moto_server() as moto, recording_proxy(moto.port, cfg.account) as proxy:
@@ -412,7 +436,12 @@ def test_the_boot_output_starts_the_real_server_with_every_provider_at_its_place
     server_env = {k: v for k, v in env.items() if k not in ("ML_SERVER_PORT",)}
     server = ServerProcess({**server_env, "SECRETS_DIR": str(secrets)})
     try:
-        server.start(wait_ready=True)  # polls /ready until 200 (the server's DB check is 3 s)
+        try:
+            server.start(wait_ready=True)  # polls /ready for 30 s (the server's DB check is 3 s)
+        except RuntimeError:
+            # Two workers importing the app on a loaded 2-core machine (the three boots run side
+            # by side under xdist) can take longer; an exited server fails here at once.
+            server.wait("/ready", deadline_s=60)
         for path in ("/health", "/ready"):
             assert _status_within(server.url + path, seconds=20) == 200, path
         assert server.proc is not None

@@ -138,11 +138,33 @@ def test_ci_tests_synthesizes_and_uploads_cdk_out() -> None:
     workflow = _load(WORKFLOWS / "ci.yml")
     assert set(workflow["on"]) == {"pull_request", "push"}
     assert workflow["on"]["push"]["branches"] == ["main"]
-    (job,) = workflow["jobs"].values()
+    assert list(workflow["jobs"]) == ["test-and-synth", "system-tests"]
+    job = workflow["jobs"]["test-and-synth"]
     runs = [s.get("run") for s in job["steps"] if "run" in s]
     assert runs.index("make test") < runs.index("make synth")
     upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-"))
     assert upload["with"]["path"] == "cdk.out"
+
+
+def test_ci_runs_the_image_and_instance_tests_as_root_on_podman() -> None:
+    job = _load(WORKFLOWS / "ci.yml")["jobs"]["system-tests"]
+    assert job["runs-on"].startswith("ubuntu-")
+    runs = [s["run"] for s in job["steps"] if "run" in s]
+    assert runs[0] == "make install"
+    apt = next(r for r in runs if "apt-get install" in r)
+    ci_run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for package in ("podman", "buildah", "runc", "debootstrap", "systemd-container", "iproute2"):
+        assert f" {package}" in apt, package
+        assert package in ci_run, f".ci/run does not install {package}"
+    # scripts/image.sh prefers a Docker engine; the system tests read buildah's storage.
+    assert any("systemctl stop docker" in r for r in runs)
+    last = runs[-1].split()
+    assert last[:2] == ["sudo", "env"] and last[-4:] == [
+        "make",
+        "image",
+        "image-test",
+        "instance-test",
+    ]
 
 
 def test_diff_comments_once_with_the_formatters_marker() -> None:
