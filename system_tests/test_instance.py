@@ -365,7 +365,7 @@ def test_the_refresh_timer_rewrites_a_rotated_secret(production: Booted) -> None
     new = "sk-test-not-a-real-key-rotated-7c1d"
     sm = production.world.moto.client("secretsmanager")
     sm.put_secret_value(
-        SecretId=production.settings.secret_files["OPENAI_API_KEY"].arn, SecretString=new
+        SecretId=production.settings.secret_files["OPENAI_API_KEY"].secret_id, SecretString=new
     )
     path = m.path(f"{SECRETS_DIR}/OPENAI_API_KEY")
     took = wait_for("rotated secret file", lambda: path.read_text() == new, 120, m)
