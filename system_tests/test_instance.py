@@ -39,6 +39,9 @@ from components.boot import (
     PROVIDER_SECRET_NAMES,
     RUNBOOK_PARAMETER_NAMES,
     SECRETS_DIR,
+    USAGE_ALARM_METRICS,
+    USAGE_GAUGE_METRICS,
+    USAGE_SPOOL_DIR,
     BootSettings,
     render_file,
     render_user_data,
@@ -428,13 +431,32 @@ def test_systemctl_stop_drains_a_stream(production: Booted) -> None:
     wait_for("healthy after start", lambda: health() == 200, 60, m)
 
 
+def test_the_agents_scrape_target_serves_the_usage_metrics(production: Booted) -> None:
+    # The scrape config the boot wrote for the CloudWatch agent (which is a stand-in here): its
+    # target answers with every metric the agent's EMF declaration selects.
+    m = production.machine
+    scrape = json.loads(m.path("/opt/aws/amazon-cloudwatch-agent/etc/prometheus.yaml").read_text())
+    (target,) = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for name in (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS):
+        assert any(line.split("{")[0].split(" ")[0] == name for line in text.splitlines()), name
+
+
 def test_a_reboot_fetches_the_secrets_again(production: Booted) -> None:
     m = production.machine
+    # The usage spool is on the root volume: what the server left there survives the reboot.
+    probe = m.path(USAGE_SPOOL_DIR) / "reboot-probe"
+    probe.write_text("kept\n")
     assert m.poweroff() == 0
     assert not (m.root / SECRETS_DIR.lstrip("/")).exists(), "/run must not survive a reboot"
     took = boot_to_healthy(m, "production reboot")
     assert m.show("cloud-final.service", "ConditionResult") == "no", "user data runs once"
     assert len(list(m.path(SECRETS_DIR).iterdir())) == len(production.settings.secret_files)
     assert "secrets: " in m.journal("humansa-ml.service")
+    assert probe.read_text() == "kept\n"
+    st = m.path(USAGE_SPOOL_DIR).stat()
+    uid = production.settings.container_uid
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, uid, uid)
     assert production.restarts() == 0
     assert took > 0

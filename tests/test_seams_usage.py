@@ -2,9 +2,9 @@
 
 The CloudWatch agent scrapes the server's Prometheus port and writes the usage metrics as
 embedded-metric-format events into the log group of its ``prometheus`` section, in a stream it
-names after the scrape job (CloudWatch extracts the metrics from those events; no PutMetricData). Those writes
-are evaluated against the synthesized instance-role policy with IAM's rules
-(tests/iam_contract.py), as tests/test_seams.py does for the boot's own calls.
+names after the scrape job (CloudWatch extracts the metrics from those events; no
+PutMetricData). Those writes are evaluated against the synthesized instance-role policy with
+IAM's rules (tests/iam_contract.py), as tests/test_seams.py does for the boot's own calls.
 """
 
 from __future__ import annotations
