@@ -97,8 +97,10 @@ def test_the_usage_spool_is_a_host_folder_mounted_read_write_and_the_rest_read_o
     assert spool.host == USAGE_SPOOL_DIR and not spool.host.startswith(("/run/", "/tmp/"))
     st = (sandbox.root / spool.host.lstrip("/")).stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, run.uid, run.gid)
-    # AND every other mount stays read-only (the secrets)
+    # AND every other mount stays read-only (the secrets), as does the container's own root
+    # (only a tmpfs /tmp besides the spool is writable)
     assert [v.read_only for v in run.volumes if v is not spool] == [True]
+    assert "--read-only" in run.flags and run.tmpfs == ["/tmp"]
     # AND the metrics port is published on the instance's loopback only (never to the ALB)
     assert env["METRICS_PORT"] == str(METRICS_PORT)
     metrics = [p for p in run.publish if p.endswith(f":{METRICS_PORT}")]
