@@ -435,10 +435,20 @@ def test_the_agents_scrape_target_serves_the_usage_metrics(production: Booted) -
     # The scrape config the boot wrote for the CloudWatch agent (which is a stand-in here): its
     # target answers with every metric the agent's EMF declaration selects.
     m = production.machine
+    if m.show("humansa-ml.service", "ActiveState") != "active":  # an earlier test stopped it
+        m.run("systemctl", "start", "humansa-ml.service")
+    wait_for("healthy", lambda: health() == 200, 60, m)
     scrape = json.loads(m.path("/opt/aws/amazon-cloudwatch-agent/etc/prometheus.yaml").read_text())
     (target,) = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
-    with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+
+    def scrape_text() -> str:
+        url = f"http://{target}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+        return ""
+
+    wait_for(f"{target}/metrics", scrape_text, 30, m)
+    text = scrape_text()
     for name in (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS):
         assert any(line.split("{")[0].split(" ")[0] == name for line in text.splitlines()), name
 
@@ -454,7 +464,8 @@ def test_a_reboot_fetches_the_secrets_again(production: Booted) -> None:
     assert m.show("cloud-final.service", "ConditionResult") == "no", "user data runs once"
     assert len(list(m.path(SECRETS_DIR).iterdir())) == len(production.settings.secret_files)
     assert "secrets: " in m.journal("humansa-ml.service")
-    assert probe.read_text() == "kept\n"
+    # m.path goes through the machine's leader process, a new one after the reboot.
+    assert (m.path(USAGE_SPOOL_DIR) / probe.name).read_text() == "kept\n"
     st = m.path(USAGE_SPOOL_DIR).stat()
     uid = production.settings.container_uid
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, uid, uid)
