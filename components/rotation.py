@@ -96,3 +96,65 @@ class DatabaseSecretRotation(Construct):
             database.connections.allow_default_port_from(self.security_group, description)
         else:
             database.connections.allow_from(self.security_group, ec2.Port.tcp(port), description)
+
+
+class AppUserSecretRotation(Construct):
+    """Rotates the app secret with Secrets Manager's alternating-users strategy (hosted function).
+
+    Each rotation sets a new password on the user the secret does NOT name now
+    (``humansa_app`` / ``humansa_app_clone``, logging in with the master secret) and then makes that
+    user current; the previous credentials stay valid until the next rotation, so a client holding
+    them keeps connecting (AWS Secrets Manager User Guide, "Lambda function rotation strategies",
+    "Rotation strategy: alternating users"). The clone exists already (``DatabaseAppUser``).
+
+    Args:
+        secret: the app secret (its JSON carries ``masterarn``).
+        master_secret: the instance's master secret, read by the rotation function only.
+        database: the instance (for the ingress rule).
+        vpc, vpc_subnets: where the function runs (as ``DatabaseSecretRotation``).
+        config: the rotation period.
+        port: the database port, written literally into the ingress rule.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        secret: secretsmanager.ISecret,
+        master_secret: secretsmanager.ISecret,
+        database: rds.DatabaseInstance,
+        vpc: ec2.IVpc,
+        vpc_subnets: ec2.SubnetSelection,
+        config: RotationConfig,
+        port: int,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if not config.enabled:
+            raise ValueError(
+                "AppUserSecretRotation: rotation.enabled is false; do not create the rotation"
+            )
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="Database app secret rotation function",
+            allow_all_outbound=True,  # Secrets Manager API over HTTPS and the database port
+        )
+        self.hosted_rotation = secretsmanager.HostedRotation.postgre_sql_multi_user(
+            master_secret=master_secret,
+            vpc=vpc,
+            vpc_subnets=vpc_subnets,
+            security_groups=[self.security_group],
+        )
+        self.schedule = secretsmanager.RotationSchedule(
+            self,
+            "Schedule",
+            secret=secret,
+            hosted_rotation=self.hosted_rotation,
+            automatically_after=Duration.days(config.database_secret_days),
+            rotate_immediately_on_update=False,
+        )
+        database.connections.allow_from(
+            self.security_group, ec2.Port.tcp(port), "Database app secret rotation function"
+        )

@@ -979,9 +979,14 @@ def estimate(
     for stack in stacks:
         by_env.setdefault(environment_of(stack.name), []).append(stack)
     if env is not None:
-        wanted = {name: s for name, s in by_env.items() if name.lower() == env.lower()}
+        # The config file name (dev-alice) or the stacks' label (DevAlice): config/naming.py.
+        key = env.replace("-", "").lower()
+        wanted = {name: s for name, s in by_env.items() if name.lower() == key}
         if not wanted:
-            raise CostError(f"--env {env}: no such environment; found: {', '.join(sorted(by_env))}")
+            raise CostError(
+                f"--env {env}: no such environment; found: {', '.join(sorted(by_env))}"
+                f" (make synth ENV={env} first)"
+            )
         by_env = wanted
     result: dict[str, Estimate] = {}
     for name, env_stacks in by_env.items():

@@ -1,9 +1,12 @@
-"""The README's architecture diagram (Mermaid), generated from a synthesized cloud assembly.
+"""Pictures generated from a synthesized cloud assembly (Mermaid, which GitHub renders).
 
-``python -m humansa_ops.diagram cdk.out --env dev`` prints it; ``tests/test_diagram.py`` checks
-that the README's copy equals what the session's synth gives, so the picture cannot drift.
-Stacks are drawn with their main resources (counted by type) and the dependencies CDK recorded
-in ``manifest.json``; the environment's title is replaced by ``<Env>``.
+``python -m humansa_ops.diagram cdk.out --env dev`` prints the README's architecture diagram:
+stacks with their main resources (counted by type) and the dependencies CDK recorded in
+``manifest.json``; the environment's title is replaced by ``<Env>``.
+``python -m humansa_ops.diagram cdk.out --rollout --env production`` prints the rollout timeline
+of docs/releasing.md: the instance refresh of the Service template with every wait at its limit.
+``tests/test_diagram.py`` checks that the committed copies equal what the session's synth gives,
+so the pictures cannot drift.
 """
 
 from __future__ import annotations
@@ -72,12 +75,106 @@ def mermaid(assembly: Path, environment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _service_template(assembly: Path, environment: str) -> dict[str, Any]:
+    manifest = _load(assembly / "manifest.json")["artifacts"]
+    stack = next(s for s in naming.stack_names(environment) if s.endswith("-Service"))
+    template: dict[str, Any] = _load(assembly / manifest[stack]["properties"]["templateFile"])
+    return template
+
+
+def _only(resources: dict[str, Any], rtype: str) -> dict[str, Any]:
+    (found,) = [r for r in resources.values() if r["Type"] == rtype]
+    return dict(found)
+
+
+_ATTRIBUTES = "TargetGroupAttributes"
+
+
+def rollout_timeline(assembly: Path, environment: str) -> str:
+    """The Mermaid gantt of ``environment``'s instance refresh, each wait at its limit.
+
+    Read from the Service template: the refresh preferences (min/max healthy, checkpoints and
+    their delay, warm-up, bake time), the launch hook's heartbeat, the health-check grace period,
+    the group's minimum size and the target group's deregistration delay; the server's drain
+    (``DRAIN_SECONDS``) from its settings. Times are seconds from the deploy's refresh start.
+    """
+    from ml_server.config import Settings  # the server's default, not in any template
+
+    resources = _load_resources(assembly, environment)
+    group = _only(resources, "AWS::AutoScaling::AutoScalingGroup")
+    prefs = group["UpdatePolicy"]["AutoScalingInstanceRefresh"]["Preferences"]
+    (hook,) = group["Properties"]["LifecycleHookSpecificationList"]
+    target_group = _only(resources, "AWS::ElasticLoadBalancingV2::TargetGroup")
+    attributes = {a["Key"]: a["Value"] for a in target_group["Properties"][_ATTRIBUTES]}
+    deregistration = int(attributes["deregistration_delay.timeout_seconds"])
+    heartbeat = int(hook["HeartbeatTimeout"])
+    grace = int(group["Properties"]["HealthCheckGracePeriod"])
+    warmup = int(prefs["InstanceWarmup"])
+    bake = int(prefs.get("BakeTime", 0))
+    checkpoints = [int(p) for p in prefs.get("CheckpointPercentages", [])] or [100]
+    delay = int(prefs.get("CheckpointDelay", 0)) if len(checkpoints) > 1 else 0
+    size = int(group["Properties"]["MinSize"])
+    drain = int(Settings.model_fields["drain_seconds"].default)
+    title = naming.title(environment)
+    lines = [
+        "```mermaid",
+        "gantt",
+        f"  title {title} instance refresh at {size} {'instance' if size == 1 else 'instances'}, "
+        "min healthy "
+        f"{prefs['MinHealthyPercentage']} %, max healthy {prefs['MaxHealthyPercentage']} %, "
+        "each wait at its limit",
+        "  dateFormat X",
+        "  axisFormat %H:%M",
+    ]
+    start, done = 0, 0
+    for number, percentage in enumerate(checkpoints, start=1):
+        count = max(1, -(-size * percentage // 100) - done)
+        done += count
+        lines.append(f"  section batch {number}, {count} new, up to {percentage} %")
+        boot_end = start + heartbeat
+        lines.append(
+            f"    boot, launch hook (heartbeat {heartbeat} s) :b{number}, {start}, {boot_end}"
+        )
+        lines.append(
+            f"    InService, warm-up {warmup} s :w{number}, {boot_end}, {boot_end + warmup}"
+        )
+        lines.append(f"    health-check grace {grace} s :g{number}, {boot_end}, {boot_end + grace}")
+        healthy = boot_end + warmup
+        lines.append(f"  section batch {number}, {count} old")
+        lines.append(
+            f"    ALB deregistration {deregistration} s, server drain {drain} s inside it "
+            f":d{number}, {healthy}, {healthy + deregistration}"
+        )
+        start = healthy + deregistration
+        if delay and number < len(checkpoints):
+            lines.append(f"  section checkpoint {percentage} %")
+            lines.append(
+                f"    pause {delay} s, alarms watched :p{number}, {start}, {start + delay}"
+            )
+            start += delay
+    if bake:
+        lines.append("  section bake")
+        lines.append(f"    bake time {bake} s, alarms watched :bake, {start}, {start + bake}")
+        start += bake
+    total = f"{start // 60} min {start % 60} s"
+    lines.append(f"    refresh done, worst case {total} :milestone, finish, {start}, {start}")
+    lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def _load_resources(assembly: Path, environment: str) -> dict[str, Any]:
+    resources: dict[str, Any] = _service_template(assembly, environment)["Resources"]
+    return resources
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Mermaid diagram of one environment's stacks")
     parser.add_argument("cdk_out", type=Path, nargs="?", default=Path("cdk.out"))
     parser.add_argument("--env", default="dev")
+    parser.add_argument("--rollout", action="store_true", help="the rollout timeline instead")
     args = parser.parse_args(argv)
-    sys.stdout.write(mermaid(args.cdk_out, args.env))
+    draw = rollout_timeline if args.rollout else mermaid
+    sys.stdout.write(draw(args.cdk_out, args.env))
     return 0
 
 

@@ -171,9 +171,14 @@ def synth_base(
             ["git", "worktree", "add", "--detach", "--quiet", str(checkout), ref], cwd=repo, env=env
         )
         try:
-            for shared in (".venv", "node_modules"):
+            # + the Lambda asset's vendored packages (make install; not in git)
+            for shared in (".venv", "node_modules", "components/db_bootstrap_handler/vendor"):
                 source = TOOLS_ROOT / shared
-                if source.exists() and not (checkout / shared).exists():
+                if (
+                    source.exists()
+                    and not (checkout / shared).exists()
+                    and (checkout / shared).parent.is_dir()
+                ):
                     (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
             if not (checkout / "cdk.json").exists():
                 notes.append(f"The base `{ref}` has no CDK app: every stack is new.")

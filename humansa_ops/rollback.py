@@ -80,9 +80,14 @@ def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | N
             env=env,
         )
         try:
-            for shared in (".venv", "node_modules"):
+            # + the Lambda asset's vendored packages (make install; not in git)
+            for shared in (".venv", "node_modules", "components/db_bootstrap_handler/vendor"):
                 source = TOOLS_ROOT / shared
-                if source.exists() and not (checkout / shared).exists():
+                if (
+                    source.exists()
+                    and not (checkout / shared).exists()
+                    and (checkout / shared).parent.is_dir()
+                ):
                     (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
             if not (checkout / "config" / f"{environment}.yaml").is_file():
                 raise MakeDiffError(

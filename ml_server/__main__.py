@@ -149,9 +149,14 @@ def _day(value: str) -> date:
 def cmd_serve(settings: Settings, *, local: bool) -> None:
     import uvicorn
 
-    from ml_server.app import create_app
+    from ml_server.app import SERVING_ENV, create_app
+    from ml_server.http_protocol import HEADER_READ_ENV, HeaderDeadlineProtocol
     from ml_server.logging import configure_logging
 
+    os.environ[SERVING_ENV] = "1"  # the app tunes the garbage collector once started
+    # The request-head deadline, for this process and (through the environment) its workers.
+    os.environ[HEADER_READ_ENV] = f"{settings.header_read_seconds:g}"
+    HeaderDeadlineProtocol.header_seconds = settings.header_read_seconds
     host = settings.ml_server_host
     if local:
         host = "127.0.0.1"
@@ -186,7 +191,7 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         "host": host,
         "port": settings.ml_server_port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HeaderDeadlineProtocol,
         "log_config": None,
         "access_log": False,
         "proxy_headers": True,

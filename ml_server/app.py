@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -18,11 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml_server import __version__
 from ml_server import catalog as model_catalog
+from ml_server import memory as memory_layer
 from ml_server.admin import routes as admin_routes
 from ml_server.api.fastpath import endpoint_app
 from ml_server.api.openapi import install as install_openapi
 from ml_server.api.routes import chat, embeddings, health, models
 from ml_server.api.routes import links as links_route
+from ml_server.api.routes import memory as memory_route
 from ml_server.api.routes import messages as messages_route
 from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import responses as responses_route
@@ -35,6 +38,7 @@ from ml_server.errors import ApiError, error_body, error_response
 from ml_server.limits import GovernedUsageRecorder, Governor, GovernorCollector
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
+from ml_server.provider_keys import ProviderKeyFiles
 from ml_server.resilience import RateLimiter
 from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
@@ -42,6 +46,26 @@ from ml_server.state import AppState
 log = logging.getLogger("ml_server")
 # After the drain: DRAIN_SECONDS (600) + this (4) stays inside Docker's stop grace (610 s).
 USAGE_FLUSH_AT_EXIT_SECONDS = 4.0
+# Young-generation threshold of the garbage collector once the app is up (CPython's default: 700).
+GC_GEN0_THRESHOLD = 20_000
+# Set by `python -m ml_server serve` (inherited by its workers): this process only serves.
+SERVING_ENV = "ML_SERVER_SERVING"
+
+
+def tune_gc() -> None:
+    """Once started: move every object made so far (modules, the app, settings, the catalogue:
+    ~100,000) out of the collector's reach, and collect the young generation less often.
+
+    With CPython's defaults a request's short-lived objects (a few hundred) trigger a young
+    collection every couple of requests; objects alive at that moment (queued usage rows,
+    in-flight requests) are promoted and, in turn, trigger full collections that walk every
+    object of the process: measured at concurrency 64, a third of the server's CPU per request
+    (benchmarks/gateway_overhead.py; docs/ml-server.md, Performance).
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 async def _migrate_until_done(state: AppState) -> None:
@@ -159,6 +183,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.registry.register(GovernorCollector(governor))
         app.state.ml = state
         await router.start()
+        key_files = ProviderKeyFiles(
+            settings.secrets_dir, router.providers, settings.provider_key_reload_seconds
+        )
+        router.on_auth_failure = key_files.check_after_auth_failure
+        key_files.start()
         usage.start()
         governor.start()
         metrics_server = None
@@ -170,6 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.effective_metrics_port, settings.metrics_host, registry=metrics.registry
             )
         migration = asyncio.create_task(_migrate_until_done(state), name="migrations")
+        if os.environ.get(SERVING_ENV) == "1":  # not in a test process building many apps
+            tune_gc()
         log.info(
             "ml_server started",
             extra={
@@ -190,8 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Requests cancelled at the end of the drain record their rows in their `finally`:
             # let them run before the queue is flushed.
             await asyncio.sleep(0.05)
+            await key_files.stop()
             await governor.stop()
             await usage.stop(flush_seconds=USAGE_FLUSH_AT_EXIT_SECONDS)
+            await memory_layer.close(app)
             await router.close()
             await engine.dispose()
             if metrics_server is not None:
@@ -276,6 +309,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         messages_route,
         responses_route,
         links_route,
+        memory_route,
     ):
         app.include_router(module.router)
     app.include_router(admin_routes.router)

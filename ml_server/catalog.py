@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ml_server.providers.base import ProviderError
 
 DEFAULT_CATALOG_FILE = Path(__file__).resolve().parent / "catalog" / "models.yaml"
 _MILLION = Decimal(1_000_000)
@@ -27,7 +29,8 @@ _PRICE_FIELDS = frozenset({*_CATEGORIES, "tiers", "source", "checked"})
 _TIER_FIELDS = frozenset({*_CATEGORIES, "above_prompt_tokens"})
 _ENTRY_FIELDS = frozenset(
     {"listed", "aliases", "context_window", "max_output_tokens", "price", "provider"}
-    | {"thinking", "limits_source", "limits_checked"}
+    | {"thinking", "limits_source", "limits_checked", "limits_secondary"}
+    | {"retired", "successor", "retired_source", "alias_to_successor"}
 )
 THINKING_KINDS = ("budget", "adaptive")
 
@@ -104,6 +107,49 @@ class ModelEntry:
     thinking: str | None = None
     limits_source: str | None = None  # where context_window / max_output_tokens were read
     limits_checked: date | None = None
+    limits_secondary: bool = False  # the limits come from a secondary source (not the provider)
+    # Lifecycle: from ``retired`` (UTC date) on the provider refuses the model; ``successor`` is
+    # the catalogue id to use instead; ``alias_to_successor``: MODEL_ALIASES naming this model
+    # route to the successor from that date (direct names are refused either way).
+    retired: date | None = None
+    successor: str | None = None
+    retired_source: str | None = None
+    alias_to_successor: bool = False
+
+    def is_retired(self, today: date | None = None) -> bool:
+        return self.retired is not None and self.retired <= (today or _today())
+
+    def card(self) -> dict[str, Any]:
+        """The entry's facts shown by GET /v1/models (absent when not known)."""
+        out: dict[str, Any] = {}
+        if self.context_window is not None:
+            out["context_window"] = self.context_window
+        if self.max_output_tokens is not None:
+            out["max_output_tokens"] = self.max_output_tokens
+        if self.retired is not None:
+            out["retires"] = self.retired.isoformat()
+            if self.successor is not None:
+                out["successor"] = self.successor
+        return out
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+class ModelRetired(ProviderError):
+    """A request named a model its provider has retired (404, as the providers answer)."""
+
+    def __init__(self, name: str, entry: ModelEntry, *, via: str | None = None) -> None:
+        assert entry.retired is not None
+        shown = f"'{name}'" if via is None else f"'{name}' (alias '{via}')"
+        message = f"The model {shown} was retired by its provider on {entry.retired.isoformat()}"
+        if entry.successor is not None:
+            message += f"; use its successor '{entry.successor}'"
+        super().__init__(
+            404, message, type="invalid_request_error", code="model_retired", kind="http_4xx",
+            param="model",
+        )  # fmt: skip
 
 
 @dataclass
@@ -117,6 +163,7 @@ class Catalog:
         for e in self.entries.values():
             for alias in e.aliases:
                 self._index.setdefault((e.provider, alias), e)
+        self._check_successors()
 
     def lookup(self, provider: str, model: str) -> ModelEntry | None:
         """The entry for ``provider``'s model id (or one of its aliases)."""
@@ -131,9 +178,59 @@ class Catalog:
                 entry = self._index.get((provider, base))
         return entry
 
-    def listed(self, provider: str) -> list[str]:
-        """Model ids (without the provider prefix) listed for ``provider``, in file order."""
-        return [e.model for e in self.entries.values() if e.provider == provider and e.listed]
+    def listed(self, provider: str, today: date | None = None) -> list[str]:
+        """Model ids (without the provider prefix) listed for ``provider``, in file order;
+        retired models are never listed."""
+        return [
+            e.model
+            for e in self.entries.values()
+            if e.provider == provider and e.listed and not e.is_retired(today)
+        ]
+
+    def card(self, name: str) -> dict[str, Any]:
+        """``ModelEntry.card`` of ``provider/model`` ({} when the catalogue does not know it)."""
+        provider, _, model = name.partition("/")
+        entry = self.find(provider, model)
+        return entry.card() if entry is not None else {}
+
+    def lifecycle(self, provider: str, model: str) -> ModelEntry | None:
+        """The entry of a model that has a retirement date (past or future), else None."""
+        entry = self.find(provider, model)
+        return entry if entry is not None and entry.retired is not None else None
+
+    def check_not_retired(
+        self, name: str, today: date | None = None, *, via: str | None = None
+    ) -> None:
+        """Raise ``ModelRetired`` when ``provider/model`` (reached through alias ``via``)
+        names a retired model."""
+        provider, _, model = name.partition("/")
+        entry = self.lifecycle(provider, model)
+        if entry is not None and entry.is_retired(today):
+            raise ModelRetired(name, entry, via=via)
+
+    def redirect(self, name: str, today: date | None = None) -> str:
+        """An alias target: the successor's id when the target is retired and its entry says
+        ``alias_to_successor``, else ``name`` unchanged."""
+        provider, _, model = name.partition("/")
+        entry = self.lifecycle(provider, model)
+        if entry is not None and entry.is_retired(today) and entry.alias_to_successor:
+            return entry.successor or name
+        return name
+
+    def _check_successors(self) -> None:
+        for e in self.entries.values():
+            if e.successor is None:
+                continue
+            target = self.entries.get(e.successor)
+            if target is None:
+                raise CatalogError(
+                    f"model {e.id!r}, field 'successor': {e.successor!r} is not in the catalogue"
+                )
+            if target.retired is not None and e.retired is not None and target.retired <= e.retired:
+                raise CatalogError(
+                    f"model {e.id!r}, field 'successor': {e.successor!r} retires on "
+                    f"{target.retired.isoformat()}, not after this model"
+                )
 
 
 def _where(path: Path, model: str | None, fld: str | None = None) -> str:
@@ -262,7 +359,53 @@ def _entry(path: Path, name: Any, data: Any) -> ModelEntry:
         ),
         price=_price(path, name, data.get("price")),
         **_limits_meta(path, name, data),
+        **_lifecycle(path, name, data),
     )
+
+
+def _date(path: Path, name: str, fld: str, value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, date):
+        raise CatalogError(f"{_where(path, name, fld)}: must be a date (YYYY-MM-DD)")
+    return value
+
+
+def _lifecycle(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    retired = _date(path, name, "retired", data.get("retired"))
+    successor = data.get("successor")
+    if successor is not None and (
+        not isinstance(successor, str) or "/" not in successor or successor == name
+    ):
+        raise CatalogError(
+            f"{_where(path, name, 'successor')}: must be another catalogue id 'provider/model'"
+        )
+    source = data.get("retired_source")
+    if source is not None and (not isinstance(source, str) or not source.startswith("https://")):
+        raise CatalogError(f"{_where(path, name, 'retired_source')}: must be an https:// address")
+    if retired is not None and source is None:
+        raise CatalogError(
+            f"{_where(path, name, 'retired_source')}: a retirement date needs the https:// "
+            "address of the provider's page it was read from"
+        )
+    if retired is None and (successor is not None or source is not None):
+        raise CatalogError(
+            f"{_where(path, name, 'retired')}: required with successor/retired_source"
+        )
+    redirect = data.get("alias_to_successor", False)
+    if not isinstance(redirect, bool):
+        raise CatalogError(f"{_where(path, name, 'alias_to_successor')}: must be true or false")
+    if redirect and successor is None:
+        raise CatalogError(f"{_where(path, name, 'alias_to_successor')}: needs a successor")
+    return {
+        "retired": retired, "successor": successor, "retired_source": source,
+        "alias_to_successor": redirect,
+    }  # fmt: skip
 
 
 def _limits_meta(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +428,15 @@ def _limits_meta(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
             f"{_where(path, name, 'limits_checked')}: limits from a source need the date "
             "(YYYY-MM-DD) they were read"
         )
-    return {"thinking": thinking, "limits_source": source, "limits_checked": checked}
+    secondary = data.get("limits_secondary", False)
+    if not isinstance(secondary, bool):
+        raise CatalogError(f"{_where(path, name, 'limits_secondary')}: must be true or false")
+    if secondary and source is None:
+        raise CatalogError(f"{_where(path, name, 'limits_secondary')}: needs limits_source")
+    return {
+        "thinking": thinking, "limits_source": source, "limits_checked": checked,
+        "limits_secondary": secondary,
+    }  # fmt: skip
 
 
 def parse(path: Path, text: str) -> dict[str, ModelEntry]:

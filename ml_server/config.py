@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         default="humansa", validation_alias=AliasChoices("DB_ACTIVE_DATABASE", "DB_NAME")
     )
     db_pool_size: int = Field(default=5, ge=1)
+    # TLS to PostgreSQL, libpq's names (ml_server/db/tls.py). "auto": verify-full with
+    # DB_SSLROOTCERT for an RDS endpoint (*.rds.amazonaws.com), else prefer (local PostgreSQL).
+    # Else one of disable, prefer, require, verify-ca, verify-full; production refuses any
+    # explicit mode but verify-full. DB_SSLROOTCERT: the CA file; default the Amazon RDS bundle
+    # shipped in ml_server/certs/.
+    db_sslmode: str = "auto"
+    db_sslrootcert: str | None = None
     local_data_dir: str = ".humansa"
 
     # Provider credentials.
@@ -125,6 +132,20 @@ class Settings(BaseSettings):
     links_max_redirects: int = Field(default=5, ge=0, le=20)
     # Longest extracted text returned and handed to a model.
     links_max_chars: int = Field(default=20_000, ge=100, le=1_000_000)
+    # Memory layer (ml_server/memory/): "local" stores memories in this server's database
+    # (pgvector on PostgreSQL, an exact search on SQLite); "mem0" forwards the same API to
+    # Mem0's cloud with MEM0_API_KEY. Local is the default: nothing leaves the stack unasked.
+    memory_backend: Literal["local", "mem0"] = "local"
+    mem0_base_url: str = "https://api.mem0.ai"
+    mem0_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    # The embeddings model (through the router); unset: fake/embed when the offline fake
+    # provider is on, else openai/text-embedding-3-small when OpenAI is configured.
+    memory_embeddings_model: str | None = None
+    # Sent as `dimensions`; the vectors stored and indexed (HNSW indexes up to 2,000).
+    memory_embedding_dimensions: int = Field(default=1536, ge=1, le=2000)
+    # Unset: one memory per user message (no LLM). A model name: that model extracts facts.
+    memory_extraction_model: str | None = None
+    memory_max_chars: int = Field(default=4000, ge=100, le=100_000)
     # Admin API (/admin/): its bearer key; unset or empty = the admin API answers 503.
     admin_api_key: SecretStr | None = None
 
@@ -148,6 +169,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # A request body not complete within this many seconds is answered 408.
     body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A request head (request line and headers) not complete within this many seconds of the
+    # connection opening or the head starting is answered 408 and the connection closed.
+    header_read_seconds: float = Field(default=20.0, gt=0, le=600)
+    # Provider key files in SECRETS_DIR are looked at this often (and after a provider's 401);
+    # a changed file's key is used from then on (ml_server/provider_keys.py).
+    provider_key_reload_seconds: float = Field(default=10.0, gt=0)
     # Connections + requests served at once (uvicorn limit_concurrency); more get 503.
     max_concurrency: int = Field(default=2000, ge=1)
     # X-Forwarded-For / X-Forwarded-Proto are trusted only from these peers: comma-separated IPs
@@ -176,6 +203,12 @@ class Settings(BaseSettings):
     retry_after_max_seconds: float = Field(default=20.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    # A stream whose response head takes longer than this counts as a breaker failure even when
+    # it then succeeds (time to first byte is the provider's health, not a generation's length).
+    breaker_slow_first_byte_seconds: float = Field(default=30.0, gt=0)
+    # Calls in flight to one provider per process (0 = no limit); when all are taken, a freed
+    # slot goes to the waiting key holding the fewest (a fair share per key).
+    provider_max_concurrency: int = Field(default=256, ge=0)
     # Requests per minute per API key (per process); 0 = no limit. `keys set-rpm` overrides.
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Fleet-wide limits and budgets (ml_server/limits.py): shared counters in PostgreSQL are
@@ -284,6 +317,8 @@ class Settings(BaseSettings):
                 "LINKS_ALLOWED_CIDRS lifts the link fetcher's SSRF rule and is for tests only; "
                 "leave it empty in production"
             )
+        if self.memory_backend == "mem0" and self.mem0_api_key is None:
+            raise SettingsError("MEMORY_BACKEND=mem0 needs MEM0_API_KEY (or MEMORY_BACKEND=local)")
         return self
 
     @model_validator(mode="after")
@@ -310,6 +345,49 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_db_tls(self) -> Settings:
+        from ml_server.db import tls
+
+        if self.db_sslmode != "auto":
+            if self.db_sslmode not in tls.SSL_MODES:
+                raise SettingsError(
+                    f"DB_SSLMODE={self.db_sslmode!r}: allowed values are auto, "
+                    + ", ".join(tls.SSL_MODES)
+                )
+            if self.environment.lower() == "production" and self.db_sslmode != "verify-full":
+                raise SettingsError(
+                    f"DB_SSLMODE={self.db_sslmode} in production: the server verifies the "
+                    "database's certificate and name there; use verify-full (or unset it: auto)"
+                )
+        if self.db_host and self.database_url is None:
+            try:
+                tls.check(
+                    self.effective_db_sslmode,
+                    self.effective_db_sslrootcert,
+                    mode_name="DB_SSLMODE",
+                    cert_name="DB_SSLROOTCERT",
+                )
+            except tls.TlsSettingError as exc:
+                raise SettingsError(str(exc)) from None
+        return self
+
+    @property
+    def effective_db_sslmode(self) -> str:
+        """DB_SSLMODE, or for "auto": verify-full for an RDS endpoint, else prefer."""
+        if self.db_sslmode != "auto":
+            return self.db_sslmode
+        from ml_server.db import tls
+
+        return "verify-full" if self.db_host and tls.is_rds_endpoint(self.db_host) else "prefer"
+
+    @property
+    def effective_db_sslrootcert(self) -> str:
+        """DB_SSLROOTCERT, or the Amazon RDS CA bundle shipped in ml_server/certs/."""
+        from ml_server.db import tls
+
+        return self.db_sslrootcert or str(tls.RDS_CA_BUNDLE)
+
     @cached_property
     def sqlalchemy_url(self) -> str:
         """The async SQLAlchemy URL the server uses."""
@@ -327,6 +405,11 @@ class Settings(BaseSettings):
                 port=self.db_port,
                 database=self.db_active_database,
             )
+            mode = self.effective_db_sslmode
+            if mode != "prefer":  # asyncpg's default; the URL stays as it was
+                from ml_server.db import tls
+
+                url = tls.url_with_tls(url, mode, self.effective_db_sslrootcert)
             return url.render_as_string(hide_password=False)
         path = Path(self.local_data_dir) / "ml_server.db"
         return f"sqlite+aiosqlite:///{path}"

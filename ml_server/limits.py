@@ -89,10 +89,21 @@ class KeyPolicy:
         )
 
     def allows(self, *names: str) -> bool:
-        """True when any of ``names`` (as asked, as resolved) matches an allowed glob."""
+        """True when any of ``names`` (as asked, as resolved) matches an allowed glob.
+
+        A glob without ``/`` (``claude-*``) also matches the model's name after its provider
+        (``anthropic/claude-haiku-4-5``); one with ``/`` (``openai/*``) matches the full name.
+        """
         if not self.allowed_models:
             return True
-        return any(fnmatch.fnmatchcase(n, p) for p in self.allowed_models for n in names if n)
+        candidates = [n for n in names if n]
+        candidates += [n.partition("/")[2] for n in candidates if "/" in n]
+        return any(
+            fnmatch.fnmatchcase(n, p)
+            for p in self.allowed_models
+            for n in (candidates if "/" not in p else names)
+            if n
+        )
 
 
 def parse_models(value: str | None) -> list[str]:

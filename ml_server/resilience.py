@@ -12,7 +12,9 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -172,9 +174,19 @@ def decide(
     return Decision("retry", delay)
 
 
-def breaker_verdict(kind: str) -> str:
+def breaker_verdict(kind: str, *, before_first_byte: bool = True) -> str:
     """How a failure of this kind counts for the provider's breaker: ``failure`` (the provider
-    is unhealthy), ``none`` (429: busy, not down) or ``success`` (it answered: it is up)."""
+    is unhealthy), ``none`` (429: busy, not down; or a timeout that says nothing about health)
+    or ``success`` (it answered: it is up).
+
+    A timeout (the read timeout or the request deadline) counts only while the provider has not
+    sent its first byte (``before_first_byte``): a stream's response head comes at once from a
+    healthy provider, so a slow one is a slow provider. A non-streamed answer's head comes with
+    the whole answer, so there the wait measures the request's own generation, not the provider:
+    the router passes ``before_first_byte=False`` and such a timeout counts for nothing.
+    """
+    if kind == "timeout" and not before_first_byte:
+        return "none"
     if kind in BREAKER_KINDS:
         return "failure"
     if kind == "rate_limited":
@@ -316,6 +328,91 @@ class ResilienceCollector(Collector):
         )
         limited.add_metric([], self._limiter.limited if self._limiter is not None else 0)
         yield limited
+
+
+# The API key (its id) of the request being served: set once the key is verified
+# (``api.deps.require_key``), read by the router for the per-key fair share of a provider.
+current_key: ContextVar[Hashable] = ContextVar("current_key", default=None)
+
+
+class FairShare:
+    """A provider's concurrency slots, shared fairly between keys.
+
+    Up to ``capacity`` calls run at once. While nobody waits a call takes a free slot at once
+    (one dict update). When all slots are taken, calls wait; a freed slot goes to the waiting key
+    that holds the fewest slots (oldest first among equals), so a key that fills the provider
+    with slow requests keeps what it holds but gets no new slot while another key waits: every
+    waiting key converges to at least ``capacity / keys`` slots. ``capacity`` 0 = no limit.
+
+    Args:
+        name: the provider's name (messages, metrics).
+        capacity: PROVIDER_MAX_CONCURRENCY.
+    """
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.in_use = 0
+        self.held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        self.waited = 0  # calls that had to wait (a metric)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def _take(self, key: Hashable) -> None:
+        self.in_use += 1
+        self.held[key] = self.held.get(key, 0) + 1
+
+    async def acquire(self, key: Hashable) -> None:
+        if not self.capacity:
+            return
+        if self.in_use < self.capacity and not self._waiting:
+            self._take(key)
+            return
+        self.waited += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(fut)
+        self._grant()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # granted, but the caller left: give the slot on
+            else:
+                queue = self._waiting.get(key)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(fut)
+                    if not queue:
+                        del self._waiting[key]
+            raise
+
+    def release(self, key: Hashable) -> None:
+        if not self.capacity:
+            return
+        self.in_use -= 1
+        n = self.held.get(key, 0) - 1
+        if n > 0:
+            self.held[key] = n
+        else:
+            self.held.pop(key, None)
+        if self._waiting:
+            self._grant()
+
+    def _grant(self) -> None:
+        while self.in_use < self.capacity and self._waiting:
+            # dicts keep insertion order: among equals the key that started waiting first.
+            key = min(self._waiting, key=lambda k: self.held.get(k, 0))
+            queue = self._waiting[key]
+            fut = queue.popleft()
+            if not queue:
+                del self._waiting[key]
+            if fut.done():  # cancelled meanwhile
+                continue
+            self._take(key)
+            fut.set_result(None)
 
 
 class DeadlineWatch:

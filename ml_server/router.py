@@ -8,11 +8,12 @@ The routes call only ``Router.resolve`` and then ``Router.chat``, ``Router.chat_
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ml_server import catalog as model_catalog
@@ -35,9 +36,11 @@ from ml_server.resilience import (
     STATE_NAMES,
     CircuitBreaker,
     DeadlineWatch,
+    FairShare,
     ResilienceCollector,
     ResilienceCounters,
     breaker_verdict,
+    current_key,
     decide,
 )
 
@@ -61,11 +64,13 @@ class ModelNotFound(ProviderError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One ``provider/model`` of a route, with the provider's breaker."""
+    """One ``provider/model`` of a route, with the provider's breaker and concurrency slots."""
 
     provider: Provider
     model: str
     breaker: CircuitBreaker
+    # Routes built around adapters (/v1/messages, /v1/responses) may leave it out: no limit.
+    slots: FairShare = field(default_factory=lambda: FairShare("", 0))
 
 
 class Route:
@@ -109,6 +114,8 @@ class RoutingPolicy:
     retry_after_max: float = 20.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    slow_first_byte: float = 30.0
+    provider_concurrency: int = 256
 
     @classmethod
     def from_settings(cls, s: Settings) -> RoutingPolicy:
@@ -120,6 +127,8 @@ class RoutingPolicy:
             retry_after_max=s.retry_after_max_seconds,
             breaker_threshold=s.breaker_failure_threshold,
             breaker_cooldown=s.breaker_cooldown_seconds,
+            slow_first_byte=s.breaker_slow_first_byte_seconds,
+            provider_concurrency=s.provider_max_concurrency,
         )
 
 
@@ -146,11 +155,13 @@ class _PrimedStream(ChatStream):
         events: AsyncIterator[bytes],
         held: list[bytes],
         breaker: CircuitBreaker,
+        release: Callable[[], None],
     ) -> None:
         self._inner = inner
         self._events = events
         self._held = held
         self._breaker = breaker
+        self._release: Callable[[], None] | None = release
 
     @property
     def usage(self) -> Usage:
@@ -173,8 +184,27 @@ class _PrimedStream(ChatStream):
                 self._breaker.failure()
             raise
 
+    def _give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
     async def aclose(self) -> None:
+        self._give_back()  # the provider's concurrency slot
         await self._inner.aclose()
+
+    def __del__(self) -> None:  # a stream dropped without aclose() must not keep its slot
+        self._give_back()
+
+
+def _split(name: str) -> tuple[str, str]:
+    provider, _, model = name.partition("/")
+    return provider, model
+
+
+def _retired(router: Router, name: str) -> bool:
+    entry = router.catalog.lifecycle(*_split(name))
+    return entry is not None and entry.is_retired()
 
 
 def build_providers(
@@ -222,7 +252,9 @@ def build_providers(
             timeout=read_timeout("azure"),
             connect_timeout=connect_timeout("azure"),
             query=f"api-version={settings.azure_inference_api_version}",
-            stream_usage=False,
+            # Streams ask for the usage chunk like everyone else's (a model without it drops the
+            # parameter, as the extra-parameters header says); the estimate covers none coming.
+            stream_usage=True,
         )
     key = settings.anthropic_api_key
     if key is not None and key.get_secret_value():
@@ -274,7 +306,11 @@ class Router:
             )
             for name in providers
         }
+        self.slots = {name: FairShare(name, self.policy.provider_concurrency) for name in providers}
         self.counters = ResilienceCounters()
+        # Called with a provider's name after its 401/403; True = a new key is in use, try again
+        # (ml_server/provider_keys.py).
+        self.on_auth_failure: Callable[[str], bool] | None = None
         self._watch = DeadlineWatch(tick=min(0.1, self.policy.deadline / 10))
         self.collector = ResilienceCollector(self.breakers.values(), self.counters)
         metrics.registry.register(self.collector)
@@ -290,6 +326,12 @@ class Router:
                     )
             self._aliases[alias] = chain
         self._extra = list(extra_models or [])
+        # Aliases with a target that has a retirement date: resolved per request (catalog.py).
+        self._dated = {
+            alias
+            for alias, chain in self._aliases.items()
+            if any(self.catalog.lifecycle(*_split(x)) for x in chain)
+        }
         # Resolved target tuples: aliases up front, direct names as they are first seen.
         self._resolved: dict[str, tuple[Target, ...]] = {}
         for alias, chain in self._aliases.items():
@@ -307,7 +349,7 @@ class Router:
         provider = self.providers.get(prefix)
         if not sep or not model or provider is None:
             return None
-        return Target(provider, model, self.breakers[prefix])
+        return Target(provider, model, self.breakers[prefix], self.slots[prefix])
 
     async def start(self) -> None:
         for p in self.providers.values():
@@ -339,7 +381,7 @@ class Router:
         """
         targets = self._resolved.get(name)
         if targets is not None:
-            return Route(targets)
+            return Route(self._live(name) if name in self._dated else targets)
         if name in self._aliases:
             providers = sorted({t.partition("/")[0] for t in self._aliases[name]})
             raise ModelNotFound(
@@ -359,23 +401,54 @@ class Router:
                 f"The model '{name}' is not available: provider '{prefix}' is not configured "
                 "on this server"
             )
-        if len(self._resolved) < 10_000:
+        dated = self.catalog.lifecycle(prefix, model)
+        if dated is not None:  # checked on every request: the date may pass while running
+            self.catalog.check_not_retired(name)
+        elif len(self._resolved) < 10_000:
             self._resolved[name] = (target,)
         return Route((target,))
+
+    def _live(self, alias: str) -> tuple[Target, ...]:
+        """An alias's targets today: retired ones redirected to their successor (when the
+        catalogue says so) or dropped; ``ModelRetired`` when none is left."""
+        chain = [self.catalog.redirect(x) for x in self._aliases[alias]]
+        live = [x for x in chain if not _retired(self, x)]
+        if not live:
+            self.catalog.check_not_retired(chain[0], via=alias)
+        targets = tuple(t for t in (self._target(x) for x in live) if t is not None)
+        if not targets:
+            raise ModelNotFound(
+                f"The model '{alias}' is not available: the providers of its current targets "
+                f"({', '.join(live)}) are not configured on this server"
+            )
+        return targets
 
     def list_models(self) -> list[dict[str, Any]]:
         ids: list[str] = []
         for name in self.providers:
             listed = FAKE_MODELS if name == "fake" else self.catalog.listed(name)
             ids.extend(f"{name}/{m}" for m in listed)
-        ids.extend(m for m in self._extra if m.partition("/")[0] in self.providers)
+        ids.extend(
+            m
+            for m in self._extra
+            if m.partition("/")[0] in self.providers and not _retired(self, m)
+        )
         ids.extend(a for a in self._aliases if a in self._resolved)
         seen: dict[str, None] = dict.fromkeys(ids)
         out = []
         for i in seen:
             chain = self._aliases.get(i)
-            owner = self._resolved[i][0].provider.name if chain else i.split("/")[0]
-            out.append({"id": i, "object": "model", "created": 0, "owned_by": owner})
+            first: Target | None = None
+            if chain and i in self._dated:
+                try:
+                    first = self._live(i)[0]
+                except ProviderError:
+                    continue  # every target retired: not offered
+            elif chain:
+                first = self._resolved[i][0]
+            owner = first.provider.name if first is not None else i.split("/")[0]
+            card = self.catalog.card(f"{first.provider.name}/{first.model}" if first else i)
+            out.append({"id": i, "object": "model", "created": 0, "owned_by": owner, **card})
         return out
 
     def _observe(self, name: str, started: float, error: ProviderError | None) -> None:
@@ -386,15 +459,29 @@ class Router:
             self._metrics.provider_errors.labels(name, error.kind).inc()
 
     @staticmethod
-    async def _attempt(target: Target, op: str, body: dict[str, Any]) -> Any:
+    async def _attempt(
+        target: Target, op: str, body: dict[str, Any], key: Hashable, head: list[float]
+    ) -> Any:
+        """One call to ``target``, holding the provider slot the caller took for ``key`` (given
+        back when the call ends; a stream's when the stream is closed). ``head`` gets the time
+        a stream's response head arrived."""
         provider = target.provider
-        if op == "chat":
-            return await provider.chat(target.model, body)
-        if op == "embeddings":
-            return await provider.embeddings(target.model, body)
+        slots = target.slots
+        if op != "stream":
+            try:
+                if op == "chat":
+                    return await provider.chat(target.model, body)
+                return await provider.embeddings(target.model, body)
+            finally:
+                slots.release(key)
+        try:
+            stream = await provider.chat_stream(target.model, body)
+        except BaseException:
+            slots.release(key)
+            raise
+        head.append(time.perf_counter())
         # A stream is opened up to its first CONTENT (the role-only opening chunk is held back):
         # failures before it, in-stream errors included, can still be retried or fall back.
-        stream = await provider.chat_stream(target.model, body)
         events = stream.events().__aiter__()
         held: list[bytes] = []
         try:
@@ -407,9 +494,12 @@ class Router:
                 if has_content(event) or len(held) >= _MAX_HELD_EVENTS:
                     break
         except BaseException:
+            slots.release(key)
             await stream.aclose()
             raise
-        return _PrimedStream(stream, events, held, target.breaker)
+        return _PrimedStream(
+            stream, events, held, target.breaker, functools.partial(slots.release, key)
+        )
 
     async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
         deadline = time.monotonic() + self.policy.deadline
@@ -433,11 +523,13 @@ class Router:
         policy = self.policy
         last: ProviderError | None = None
         targets = route.targets
+        key = current_key.get()
         for index, target in enumerate(targets):
             breaker = target.breaker
             name = target.provider.name
             has_next = index + 1 < len(targets)
             retries = 0
+            rekeyed = False
             while True:
                 if breaker.state != CLOSED and not breaker.allow():
                     if last is None or last.kind == "circuit_open":
@@ -447,9 +539,16 @@ class Router:
                 route.model = target.model
                 if time.monotonic() >= deadline:
                     raise last or _deadline_error(route, policy.deadline)
+                try:  # a slot of the provider's concurrency, shared fairly between keys
+                    await target.slots.acquire(key)
+                except asyncio.CancelledError:
+                    if task is None or not self._watch.claim(task):
+                        raise
+                    raise last or _deadline_error(route, policy.deadline) from None
                 started = time.perf_counter()
+                head: list[float] = []
                 try:
-                    result = await self._attempt(target, op, body)
+                    result = await self._attempt(target, op, body, key, head)
                 except ProviderError as exc:
                     error = exc
                 except asyncio.CancelledError:
@@ -457,16 +556,27 @@ class Router:
                         raise  # the client went away, or shutdown
                     error = _deadline_error(route, policy.deadline)
                     self._observe(name, started, error)
-                    breaker.failure()
+                    if op == "stream" and not head:  # no first byte: the provider is slow
+                        breaker.failure()
                     raise error from None
                 else:
-                    if breaker.failures or breaker.state != CLOSED:
+                    if op == "stream" and head[0] - started > policy.slow_first_byte:
+                        breaker.failure()  # answered, but its first byte came too late
+                    elif breaker.failures or breaker.state != CLOSED:
                         breaker.success()
                     self._observe(name, started, None)
                     return result
                 self._observe(name, started, error)
                 kind = error.kind
-                verdict = breaker_verdict(kind)
+                if (
+                    kind == "auth"
+                    and not rekeyed
+                    and self.on_auth_failure is not None
+                    and self.on_auth_failure(name)
+                ):
+                    rekeyed = True  # the key file changed: the same target with the new key
+                    continue
+                verdict = breaker_verdict(kind, before_first_byte=op == "stream" and not head)
                 if verdict == "failure":
                     breaker.failure()
                 elif verdict == "success":

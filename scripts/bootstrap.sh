@@ -21,6 +21,8 @@ else:
     print(env.account, env.region, account.bootstrap_qualifier)
 PYEOF
 )
+# IAM is global, but the AWS CLI still refuses to run without a region: use the environment's.
+export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$region}"
 workdir="$(mktemp -d)"
 trap 'rm -rf "$workdir"' EXIT
 

@@ -43,6 +43,14 @@ if [ "$name" = GHCR_TOKEN ]; then
   value=$(printf '%s' "$value" | python3 -c \
     'import json, os, sys; print(json.dumps({"username": os.environ["GHCR_USERNAME"], "accessToken": sys.stdin.read()}))')
 fi
-printf '%s' "$value" | aws secretsmanager put-secret-value --region "$region" --secret-id "$secret_id" \
-  --secret-string file:///dev/stdin --query VersionId --output text >/dev/null
+if ! failed=$(printf '%s' "$value" | aws secretsmanager put-secret-value --region "$region" \
+  --secret-id "$secret_id" --secret-string file:///dev/stdin --query VersionId --output text 2>&1 >/dev/null); then
+  echo "$failed" >&2
+  deploy="make deploy ENV=$env_name"
+  [ "$name" != GHCR_TOKEN ] || deploy="image.source ghcr: make release-deploy ENV=$env_name VERSION=<version>"
+  case "$failed" in *ResourceNotFoundException*)
+    echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+  esac
+  exit 1
+fi
 echo "put_secret: stored a new version of $secret_id in $region" >&2

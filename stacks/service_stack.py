@@ -110,7 +110,9 @@ class ServiceStack(Stack):
             image_uri=self.image.image_uri,
             registry=self.image.registry,
             secret_files={
-                "DB_PASSWORD": SecretFile(cfn_secret_name(database.generated_secret), "password"),
+                "DB_PASSWORD": SecretFile(
+                    cfn_secret_name(data.app_user.generated_secret), "password"
+                ),
                 **self.provider_secrets.secret_files(),
             },
             app_log_group=self.logs.app.log_group_name,
@@ -184,7 +186,7 @@ class ServiceStack(Stack):
         # (docs/boot.md): the DB secret and the provider secrets by ARN, the parameter path,
         # the two log groups, metrics in the agent's namespace, the image.
         role = self.fleet.role
-        database.secret.grant_read(role)
+        data.app_user.secret.grant_read(role)  # the app's login; never the master secret
         self.provider_secrets.grant_read(role)
         # The boot reads the runbook's parameters by name (GetParameters, no decryption); IAM
         # authorizes each name as arn:...:parameter/<name without its leading slash>. ARNs from

@@ -178,14 +178,19 @@ def check_dashboard(template: Template, environment_title: str) -> None:
 
 def check_rotation(template: Template, days: int) -> None:
     """Asserts the hosted single-user rotation every ``days`` and its network path to the DB."""
-    assert template.to_json().get("Transform") == "AWS::SecretsManager-2024-09-16"
-    _, schedule = only_resource(template, "AWS::SecretsManager::RotationSchedule")
+    # One transform however many hosted rotations (CDK writes it as a one-item list then).
+    transform = template.to_json().get("Transform")
+    assert transform in ("AWS::SecretsManager-2024-09-16", ["AWS::SecretsManager-2024-09-16"])
+    single = {"HostedRotationLambda": {"RotationType": "PostgreSQLSingleUser"}}
+    _, schedule = only_resource(template, "AWS::SecretsManager::RotationSchedule", single)
     assert schedule["RotationRules"] == {"ScheduleExpression": f"rate({days} days)"}
     assert schedule["RotateImmediatelyOnUpdate"] is False
     hosted = schedule["HostedRotationLambda"]
-    assert hosted["RotationType"] == "PostgreSQLSingleUser"
-    attachment_id, _ = only_resource(template, "AWS::SecretsManager::SecretTargetAttachment")
-    assert schedule["SecretId"] == {"Ref": attachment_id}
+    # the master secret's attachment (the app secret has its own, rotated by alternating users)
+    attachment_id = schedule["SecretId"]["Ref"]
+    attachment = template.to_json()["Resources"][attachment_id]
+    assert attachment["Type"] == "AWS::SecretsManager::SecretTargetAttachment"
+    assert attachment["Properties"]["TargetType"] == "AWS::RDS::DBInstance"
     sg_ref = hosted["VpcSecurityGroupIds"]
     sg_id = sg_ref["Fn::GetAtt"][0]
     template.has_resource_properties(

@@ -33,7 +33,7 @@ def copy_project(dest: Path) -> None:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    for shared in (".venv", "node_modules"):
+    for shared in (".venv", "node_modules", "components/db_bootstrap_handler/vendor"):
         (dest / shared).symlink_to((ROOT / shared).resolve(), target_is_directory=True)
     git(dest, "init", "-q", "-b", "main")
     commit(dest, "base")

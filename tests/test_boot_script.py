@@ -36,7 +36,7 @@ def realistic(environment: str, **overrides: object) -> BootSettings:
     """Settings with literal values as long as the deployed ones (tokens resolve longer)."""
     account, region = "992382528744", "ap-east-1"
     # By name, as the stacks pass them (components/secrets.py).
-    files = {"DB_PASSWORD": SecretFile(f"humansa/{environment}/db", "password")}
+    files = {"DB_PASSWORD": SecretFile(f"humansa/{environment}/db-app", "password")}
     files.update({n: SecretFile(secret_name(environment, n)) for n in PROVIDER_SECRET_NAMES})
     registry = f"{account}.dkr.ecr.{region}.amazonaws.com"
     base: dict[str, object] = {
@@ -400,6 +400,37 @@ def test_put_secret_reads_stdin_and_keeps_the_value_off_the_command_line(
     moto.client("secretsmanager").put_secret_value(
         SecretId="/humansa/production/DEEPSEEK_API_KEY",
         SecretString=h.provider_values()["DEEPSEEK_API_KEY"],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "secret_id", "deploy"),
+    [
+        ("XAI_API_KEY", "/humansa/staging/XAI_API_KEY", "make deploy ENV=staging"),
+        (
+            "GHCR_TOKEN",
+            "ecr-pullthroughcache/humansa/staging/GHCR_TOKEN",
+            "image.source ghcr: make release-deploy ENV=staging VERSION=<version>",
+        ),
+    ],
+)
+def test_put_secret_before_the_deploy_says_to_deploy_first(
+    moto: h.Moto, sandbox: h.Sandbox, name: str, secret_id: str, deploy: str
+) -> None:
+    """The secrets are resources of the Service stack: none exists before the first deploy."""
+    done = subprocess.run(
+        [str(REPO / "scripts/put_secret.sh"), "staging", name],
+        input="test-not-a-real-key",
+        env=sandbox.env(moto.endpoint, GHCR_USERNAME="alice"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"put_secret: {secret_id} does not exist in ap-east-1 yet: "
+        f"the Service stack creates it ({deploy} first)"
     )
 
 

@@ -419,6 +419,22 @@ def test_unknown_env_and_missing_assembly(table: cost.PriceTable, tmp_path: Path
         cost.estimate(tmp_path, table)
 
 
+def test_env_is_the_config_file_name(table: cost.PriceTable, tmp_path: Path) -> None:
+    """`make cost ENV=dev-alice` finds the stacks `Humansa-DevAlice-*` of config/dev-alice.yaml."""
+    dest = tmp_path / "dev-alice"
+    dest.mkdir()
+    for source in (FIXTURES / "dev").iterdir():
+        text = source.read_text().replace("Humansa-Dev-", "Humansa-DevAlice-")
+        (dest / source.name.replace("Humansa-Dev-", "Humansa-DevAlice-")).write_text(text)
+    stacks = [f"Humansa-DevAlice-{layer}" for layer in ("Network", "Data", "Service")]
+    for name in ("dev-alice", "DevAlice", "devalice"):
+        (estimate,) = cost.estimate(dest, table, env=name).values()
+        assert estimate.name == "DevAlice" and estimate.stacks == stacks
+        assert estimate.total_usd > 0
+    with pytest.raises(cost.CostError, match=r"found: DevAlice \(make synth ENV=dev first\)"):
+        cost.estimate(dest, table, env="dev")
+
+
 def test_environment_names_from_stack_names() -> None:
     assert cost.environment_of("Humansa-Dev-Network") == "Dev"
     assert cost.environment_of("Humansa-CI") == "CI"

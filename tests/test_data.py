@@ -61,7 +61,8 @@ def test_tls_forced_and_generated_secret(synth: Synth, env: str) -> None:
             ),
         },
     )
-    template.resource_count_is("AWS::SecretsManager::SecretTargetAttachment", 1)
+    # the master secret and the app secret (humansa_app, components/db_bootstrap.py)
+    template.resource_count_is("AWS::SecretsManager::SecretTargetAttachment", 2)
 
 
 @pytest.mark.parametrize("env", sorted(EXPECTED))
@@ -70,7 +71,7 @@ def test_database_parameters(synth: Synth, env: str) -> None:
     values = {
         "db_host": {"Fn::GetAtt": [Match.any_value(), "Endpoint.Address"]},
         "db_port": {"Fn::GetAtt": [Match.any_value(), "Endpoint.Port"]},
-        "db_username": "humansa",
+        "db_username": "humansa_app",  # the server's own login, not the master
         "db_name": "humansa",
     }
     for name, value in values.items():
@@ -107,14 +108,17 @@ def test_production_secret_is_retained_with_the_snapshot(synth: Synth) -> None:
     for env in ("dev", "staging", "production"):
         template = synth.template_json(env, "Data")
         (db,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::RDS::DBInstance"]
-        (secret,) = [
+        # the master secret and the app secret (humansa_app)
+        secrets = [
             r for r in template["Resources"].values() if r["Type"] == "AWS::SecretsManager::Secret"
         ]
-        if env == "production":
-            assert db["DeletionPolicy"] == "Snapshot"
-            assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
-        else:
-            assert secret.get("DeletionPolicy", "Delete") == "Delete"
+        assert len(secrets) == 2
+        for secret in secrets:
+            if env == "production":
+                assert db["DeletionPolicy"] == "Snapshot"
+                assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+            else:
+                assert secret.get("DeletionPolicy", "Delete") == "Delete"
 
 
 def test_rds_log_groups_get_a_retention(synth: Synth) -> None:

@@ -375,7 +375,7 @@ def test_parameters_read_back(endpoint: str, deployed: dict[str, int]) -> None:
             "vpc_id",
         ]
     )
-    assert values["db_name"] == "humansa" and values["db_username"] == "humansa"
+    assert values["db_name"] == "humansa" and values["db_username"] == "humansa_app"
     assert values["ml_server_image_tag"] == "latest"
     assert values["vpc_id"].startswith("vpc-")
     elb = _client(endpoint, "elbv2")

@@ -76,7 +76,8 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
         line.split()[0]: line.split()[1:4] for line in lines[1:] if not line.startswith(transport)
     }
     assert set(rows) == set(EXPECTED)
-    assert rows["Humansa-Production-Data"][1:] == ["3", "0"]  # RDS11 + LogRetention IAM4, IAM5
+    # RDS11 + LogRetention IAM4, IAM5 + the app-user function IAM4 (basic, VPC access)
+    assert rows["Humansa-Production-Data"][1:] == ["5", "0"]
     assert rows["Humansa-CI"][1:] == ["1", "0"]
     # 4 foundation + the launch hook's group ARN (IAM5) + 11 secrets (10 provider, the admin
     # key: SMG4) + EC26 of the spot group

@@ -21,6 +21,7 @@ from humansa_ops.synth_summary import acknowledgments
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from tests.conftest import ENVIRONMENTS, Synth, cdk_context
+from tests.iam_contract import Call, Templates, evaluate, instance_role_statements
 from tests.ops_checks import check_rotation, only_resource
 from tests.test_config import _config_dir
 
@@ -44,7 +45,7 @@ def _exports(network: dict[str, Any]) -> dict[str, str]:
 def _rotation_subnets(synth: Synth, env: str) -> list[str]:
     """Logical IDs (in the Network template) of the rotation function's subnets."""
     data = synth.template(env, "Data")
-    _, schedule = only_resource(data, "AWS::SecretsManager::RotationSchedule")
+    _, schedule = only_resource(data, "AWS::SecretsManager::RotationSchedule", SINGLE_USER)
     joined = schedule["HostedRotationLambda"]["VpcSubnetIds"]["Fn::Join"][1]
     imports = [part["Fn::ImportValue"] for part in joined if isinstance(part, dict)]
     exports = _exports(synth.template_json(env, "Network"))
@@ -185,4 +186,146 @@ def test_database_without_generated_secret_is_refused() -> None:
             database=database,
             vpc=vpc,
             config=RotationConfig(enabled=False),
+        )
+
+
+SINGLE_USER = {"HostedRotationLambda": {"RotationType": "PostgreSQLSingleUser"}}
+
+
+# --- the app secret: alternating users, the fleet's only database credential -----------------
+
+
+def _by_type(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _attachment_of(template: dict[str, Any], name: str) -> str:
+    """Logical ID of the attachment of the secret named ``name``."""
+    resources = template["Resources"]
+    for lid, res in _by_type(template, "AWS::SecretsManager::SecretTargetAttachment").items():
+        secret = resources[res["Properties"]["SecretId"]["Ref"]]
+        if secret["Properties"]["Name"] == name:
+            return lid
+    raise AssertionError(f"no attachment of the secret {name}")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_app_secret_rotates_with_alternating_users(synth: Synth, env: str) -> None:
+    """GIVEN rotation enabled WHEN synthesized THEN the app secret has a hosted multi-user rotation
+    that logs in with the master secret, and runs only after the app user exists."""
+    data = synth.template_json(env, "Data")
+    app = _attachment_of(data, f"humansa/{env}/db-app")
+    master = _attachment_of(data, f"humansa/{env}/db")
+    schedules = [
+        (lid, r)
+        for lid, r in _by_type(data, "AWS::SecretsManager::RotationSchedule").items()
+        if r["Properties"]["HostedRotationLambda"]["RotationType"] == "PostgreSQLMultiUser"
+    ]
+    assert len(schedules) == 1, schedules
+    _, schedule = schedules[0]
+    props = schedule["Properties"]
+    assert props["SecretId"] == {"Ref": app}
+    assert props["HostedRotationLambda"]["MasterSecretArn"] == {"Ref": master}
+    assert props["RotateImmediatelyOnUpdate"] is False
+    days = synth.configs[env].rotation.database_secret_days
+    assert props["RotationRules"] == {"ScheduleExpression": f"rate({days} days)"}
+    (user,) = _by_type(data, "Custom::HumansaDbAppUser")
+    assert user in schedule["DependsOn"]
+    # The app secret names the master (the rotation function reads "masterarn" from it).
+    (secret,) = [
+        r
+        for r in _by_type(data, "AWS::SecretsManager::Secret").values()
+        if r["Properties"]["Name"] == f"humansa/{env}/db-app"
+    ]
+    template = secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"]
+    assert "humansa_app" in json.dumps(template) and "masterarn" in json.dumps(template)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_app_user_resource_reads_both_secrets_in_the_vpc(synth: Synth, env: str) -> None:
+    data = synth.template_json(env, "Data")
+    ((_, user),) = _by_type(data, "Custom::HumansaDbAppUser").items()
+    props = user["Properties"]
+    assert props["AppUsername"] == "humansa_app" and props["DatabaseName"] == "humansa"
+    assert props["MasterSecretArn"] == {"Ref": _attachment_of(data, f"humansa/{env}/db")}
+    assert props["AppSecretArn"] == {"Ref": _attachment_of(data, f"humansa/{env}/db-app")}
+    fn_id = props["ServiceToken"]["Fn::GetAtt"][0]
+    fn = data["Resources"][fn_id]["Properties"]
+    assert fn["Runtime"] == "python3.14" and fn["Handler"] == "index.handler"
+    assert fn["VpcConfig"]["SubnetIds"] and fn["VpcConfig"]["SecurityGroupIds"]
+    parameters = {
+        r["Properties"]["Name"]: r["Properties"]["Value"]
+        for r in _by_type(data, "AWS::SSM::Parameter").values()
+    }
+    assert parameters[f"/humansa/{env}/db_username"] == "humansa_app"
+    # The master secret's ARN stays exported: a deployed Service stack (before this change)
+    # imports it until its own update (CloudFormation refuses to delete an export in use).
+    master = _attachment_of(data, f"humansa/{env}/db")
+    assert {"Ref": master} in [o["Value"] for o in data["Outputs"].values()]
+
+
+def _secret_arn(synth: Synth, env: str, name: str) -> str:
+    cfg = synth.configs[env]
+    return f"arn:aws:secretsmanager:{cfg.region}:{cfg.account}:secret:{name}-AbC123"
+
+
+def _iam_templates(synth: Synth, env: str) -> tuple[Templates, str]:
+    cfg = synth.configs[env]
+    stacks = {
+        kind: synth.stacks[env].__getattribute__(kind.lower()).stack_name
+        for kind in ("Network", "Data", "Service")
+    }
+
+    def secret_arn(stack: str, logical: str, props: dict[str, Any]) -> str:
+        return _secret_arn(synth, env, props["Name"])
+
+    t = Templates(
+        templates={n: synth.template_json(env, k) for k, n in stacks.items()},
+        region=cfg.region,
+        account=cfg.account,
+        secret_arn=secret_arn,
+    )
+    return t, stacks["Service"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_fleet_reads_the_app_secret_and_never_the_master(synth: Synth, env: str) -> None:
+    """The instance role, as IAM evaluates it (tests/iam_contract.py)."""
+    t, service = _iam_templates(synth, env)
+    statements = instance_role_statements(t, service)
+    app = _secret_arn(synth, env, f"humansa/{env}/db-app")
+    master = _secret_arn(synth, env, f"humansa/{env}/db")
+    read = "secretsmanager:GetSecretValue"
+    assert evaluate(statements, Call(read, app, {}, "boot")).allowed
+    decision = evaluate(statements, Call(read, master, {}, "boot"))
+    assert not decision.allowed, decision.reason
+    assert not evaluate(statements, Call("secretsmanager:DescribeSecret", master, {}, "x")).allowed
+
+
+def test_synth_without_the_vendored_driver_says_make_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import components.db_bootstrap as db_bootstrap
+
+    monkeypatch.setattr(db_bootstrap, "HANDLER_DIR", tmp_path)
+    stack = Stack(App(), "T", env=Environment(account="123456789012", region="ap-east-1"))
+    vpc = ec2.Vpc(stack, "Vpc", availability_zones=["ap-east-1a", "ap-east-1b"])
+    db = rds.DatabaseInstance(
+        stack,
+        "Db",
+        engine=rds.DatabaseInstanceEngine.POSTGRES,
+        vpc=vpc,
+        credentials=rds.Credentials.from_generated_secret("humansa"),
+    )
+    with pytest.raises(FileNotFoundError, match="run `make install`"):
+        db_bootstrap.DatabaseAppUser(
+            stack,
+            "AppUser",
+            instance=db,
+            vpc=vpc,
+            subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
+            database_name="humansa",
+            port=5432,
+            environment="test",
+            retain=False,
         )

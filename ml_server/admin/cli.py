@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ import httpx
 LOCAL_URL = "http://127.0.0.1:5001"
 LOCAL_KEY_FILE = Path(".humansa") / "admin_api_key"
 PLACEHOLDER = "UNSET"  # components/boot.py PLACEHOLDER_SECRET_VALUE
+# As ml_server/admin/routes.py allows (checked here first for an error naming the option).
+MAX_EXPIRES_IN_DAYS = 36_500
+MAX_BUDGET_USD = 1_000_000_000
 
 
 class CliError(Exception):
@@ -102,18 +106,54 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
     return Target(outputs[naming.OUTPUT_SERVICE_URL].rstrip("/"), secret.strip(), actor)
 
 
-def _none_or(kind: type) -> Any:
+def _none_or(kind: type, allowed: str) -> Any:
+    """An argparse type: ``kind`` (finite), or none/null for "no such limit"; else an error
+    that argparse prints after the option's name."""
+
     def parse(value: str) -> Any:
-        return None if value.lower() in ("none", "null", "") else kind(value)
+        if value.strip().lower() in ("none", "null"):
+            return None
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{allowed}, or 'none'; not {value!r}") from None
+        if kind is float and not math.isfinite(parsed):
+            raise argparse.ArgumentTypeError(f"{allowed}, or 'none'; not {value!r}")
+        return parsed
 
     return parse
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and 0 < days <= MAX_EXPIRES_IN_DAYS):
+        raise argparse.ArgumentTypeError(
+            f"a number of days above 0 and at most {MAX_EXPIRES_IN_DAYS}; not {value!r}"
+        )
+    return days
+
+
+def _day(value: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a UTC day as YYYY-MM-DD; not {value!r}") from None
 
 
 def _models(value: str) -> list[str] | None:
     if value.strip().lower() in ("none", "null", "*"):
         return None
     items = [x.strip() for x in value.split(",") if x.strip()]
-    return items or None
+    if not items:
+        raise argparse.ArgumentTypeError(
+            "comma-separated model globs such as 'openai/*,claude-*', or 'none' for every model"
+        )
+    return items
 
 
 def _key_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,6 +166,7 @@ def _key_fields(args: argparse.Namespace) -> dict[str, Any]:
         "budget_daily": "budget_daily_usd",
         "budget_monthly": "budget_monthly_usd",
         "expires_at": "expires_at",
+        "expires_in_days": "expires_in_days",
     }
     fields = {api: getattr(args, arg) for arg, api in names.items() if hasattr(args, arg)}
     fields = {k: v for k, v in fields.items() if v is not _UNSET}
@@ -138,16 +179,41 @@ _UNSET: Any = object()
 
 
 def _add_key_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--owner", default=_UNSET, type=_none_or(str))
+    whole = "a whole number"
+    usd = f"a number of USD from 0 to {MAX_BUDGET_USD}"
+    p.add_argument("--owner", default=_UNSET, type=_none_or(str, "a name"))
     p.add_argument(
-        "--models", default=_UNSET, type=_models, help="comma-separated globs (none = every model)"
+        "--models",
+        default=_UNSET,
+        type=_models,
+        help="comma-separated globs ('openai/*', 'claude-*'; none = every model)",
     )
-    p.add_argument("--rpm", default=_UNSET, type=_none_or(int), help="0 = none, none = default")
-    p.add_argument("--tpm", default=_UNSET, type=_none_or(int))
-    p.add_argument("--max-concurrent", default=_UNSET, type=_none_or(int))
-    p.add_argument("--budget-daily", default=_UNSET, type=_none_or(float), help="USD per UTC day")
-    p.add_argument("--budget-monthly", default=_UNSET, type=_none_or(float), help="USD per month")
-    p.add_argument("--expires-at", default=_UNSET, type=_none_or(str), help="ISO 8601 with zone")
+    p.add_argument(
+        "--rpm",
+        default=_UNSET,
+        type=_none_or(int, f"{whole} of requests per minute (0 = no limit)"),
+        help="0 = no limit, none = the server's RATE_LIMIT_RPM",
+    )
+    p.add_argument("--tpm", default=_UNSET, type=_none_or(int, f"{whole} of tokens per minute"))
+    p.add_argument("--max-concurrent", default=_UNSET, type=_none_or(int, f"{whole} of requests"))
+    p.add_argument(
+        "--budget-daily", default=_UNSET, type=_none_or(float, usd), help="USD per UTC day"
+    )
+    p.add_argument(
+        "--budget-monthly", default=_UNSET, type=_none_or(float, usd), help="USD per UTC month"
+    )
+    p.add_argument(
+        "--expires-at",
+        default=_UNSET,
+        type=_none_or(str, "ISO 8601 with a zone"),
+        help="ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z",
+    )
+    p.add_argument(
+        "--expires-in-days",
+        default=_UNSET,
+        type=_days,
+        help=f"from now (above 0, at most {MAX_EXPIRES_IN_DAYS})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     ks = keys.add_subparsers(dest="action", required=True)
     create = ks.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True)
-    create.add_argument("--expires-in-days", type=float, default=None)
     _add_key_options(create)
     listing = ks.add_parser("list", help="list keys")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
@@ -172,23 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     update = ks.add_parser("update", help="change a key's fields ('none' clears one)")
     update.add_argument("id", type=int)
     update.add_argument("--name", default=_UNSET)
-    update.add_argument("--expires-in-days", type=float, default=None)
     _add_key_options(update)
     revoke = ks.add_parser("revoke", help="revoke a key")
     revoke.add_argument("id", type=int)
     usage = sub.add_parser("usage", help="spend by key, model and UTC day")
-    usage.add_argument("--start", help="first day, YYYY-MM-DD (default: 30 days ago)")
-    usage.add_argument("--end", help="last day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--start", type=_day, help="first day, YYYY-MM-DD (default: 30 days ago)")
+    usage.add_argument("--end", type=_day, help="last day, YYYY-MM-DD (default: today)")
     usage.add_argument("--key", type=int, help="one key id")
     return parser
-
-
-def _expiry(args: argparse.Namespace, fields: dict[str, Any]) -> None:
-    days = getattr(args, "expires_in_days", None)
-    if days is not None:
-        from datetime import UTC, datetime, timedelta
-
-        fields["expires_at"] = (datetime.now(UTC) + timedelta(days=days)).isoformat()
 
 
 def run(args: argparse.Namespace, target: Target, out: Any = sys.stdout) -> int:
@@ -206,7 +262,6 @@ def run(args: argparse.Namespace, target: Target, out: Any = sys.stdout) -> int:
             return 0
         if args.action == "create":
             fields = _key_fields(args)
-            _expiry(args, fields)
             r = client.post("/admin/keys", json=fields)
             _check(r)
             body = r.json()
@@ -222,7 +277,6 @@ def run(args: argparse.Namespace, target: Target, out: Any = sys.stdout) -> int:
             r = client.get(f"/admin/keys/{args.id}")
         elif args.action == "update":
             fields = _key_fields(args)
-            _expiry(args, fields)
             r = client.patch(f"/admin/keys/{args.id}", json=fields)
         else:
             r = client.delete(f"/admin/keys/{args.id}")
@@ -234,15 +288,48 @@ def run(args: argparse.Namespace, target: Target, out: Any = sys.stdout) -> int:
 def _check(r: httpx.Response) -> None:
     if r.is_success:
         return
+    option = ""
     try:
-        message = r.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+        error = r.json()["error"]
+        message = error["message"]
+        field = str(error.get("param") or "").split(".")
+        name = field[1] if len(field) > 1 and field[0] in ("body", "query") else field[0]
+        if name in OPTIONS:
+            option = f" (option {OPTIONS[name]})"
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = r.text[:300]
-    raise CliError(f"{r.request.method} {r.request.url.path}: HTTP {r.status_code}: {message}")
+    raise CliError(
+        f"{r.request.method} {r.request.url.path}: HTTP {r.status_code}: {message}{option}"
+    )
+
+
+# The admin API's field names and this command's options.
+OPTIONS = {
+    "name": "--name",
+    "owner": "--owner",
+    "allowed_models": "--models",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "max_concurrent": "--max-concurrent",
+    "budget_daily_usd": "--budget-daily",
+    "budget_monthly_usd": "--budget-monthly",
+    "expires_at": "--expires-at",
+    "expires_in_days": "--expires-in-days",
+    "start": "--start",
+    "end": "--end",
+    "key_id": "id",
+}
 
 
 def _limit(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _short_time(value: str | None) -> str:
+    """2026-12-31T13:21:20.174420Z -> 2026-12-31T13:21:20Z (the list's column)."""
+    if not value:
+        return "-"
+    return value.split(".")[0].removesuffix("Z") + "Z" if "." in value else value
 
 
 def _print_keys(keys: list[dict[str, Any]], out: Any) -> None:
@@ -256,7 +343,7 @@ def _print_keys(keys: list[dict[str, Any]], out: Any) -> None:
             f"{k['id']:>4}  {k['prefix']:<11} {k['status']:<8} {_limit(k['rpm']):>6} "
             f"{_limit(k['tpm']):>8} {_limit(k['max_concurrent']):>5} "
             f"{_limit(k['budget_daily_usd']):>8} {_limit(k['budget_monthly_usd']):>8} "
-            f"{k['expires_at'] or '-':<21} {(k['owner'] or '-')[:16]:<16} {k['name']}  "
+            f"{_short_time(k['expires_at']):<21} {(k['owner'] or '-')[:16]:<16} {k['name']}  "
             f"{','.join(k['allowed_models']) or '*'}",
             file=out,
         )
@@ -283,6 +370,7 @@ def _print_usage(report: dict[str, Any], out: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    target: Target | None = None
     try:
         target = deployed_target(args.env, region=args.region) if args.env else local_target()
         return run(args, target)
@@ -290,7 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"error: cannot reach the admin API: {exc}", file=sys.stderr)
+        where = target.url if target is not None else "?"
+        hint = (
+            f"is the {args.env} service up?"
+            if args.env
+            else "is `make serve` running? (HUMANSA_URL sets another URL)"
+        )
+        print(f"error: cannot reach the admin API at {where}: {exc}; {hint}", file=sys.stderr)
         return 1
 
 

@@ -16,13 +16,21 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -102,7 +110,7 @@ async def _audit(request: Request, action: str, status: int) -> None:
 def current_admin_key(settings: Settings) -> str:
     """The admin key as the ADMIN_API_KEY file in SECRETS_DIR holds it now (the instances refresh
     that file, so a rotated key applies without a restart), else the setting; "" = none."""
-    path = Path(settings.secrets_dir) / "ADMIN_API_KEY"
+    path = FilePath(settings.secrets_dir) / "ADMIN_API_KEY"
     if path.is_file():
         return read_password_file(path) or ""
     configured = settings.admin_api_key
@@ -136,28 +144,80 @@ AdminDep = Annotated[str, Depends(require_admin)]
 router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuditedRoute)
 
 
+# What the database columns hold (api_keys.id, rate_limit_rpm and max_concurrent are INTEGER),
+# and a sane ceiling for money: the API refuses more with 422 naming the field, never a 500.
+MAX_KEY_ID = 2**31 - 1
+MAX_RPM = 2**31 - 1
+MAX_TPM = 10**12
+MAX_CONCURRENT = 1_000_000
+MAX_BUDGET_USD = 1_000_000_000.0
+MAX_EXPIRES_IN_DAYS = 36_500  # 100 years
+
+
+def _valid_text(value: Any) -> Any:
+    """PostgreSQL text is valid UTF-8 without NUL; JSON can carry both (\\u0000, \\ud800)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must be valid UTF-8 text without NUL characters (\\u0000 found)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                "must be valid UTF-8 text without NUL characters "
+                f"(a lone surrogate at position {exc.start})"
+            ) from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_valid_text)]
+KeyId = Annotated[int, Path(ge=1, le=MAX_KEY_ID, description="the key's id (from the list)")]
+Money = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must lie between 0001-01-01 and 9999-12-31 once converted to UTC"
+        ) from None
+
+
+When = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
 class _KeyFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    owner: str | None = Field(default=None, max_length=200)
-    allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+    owner: Text | None = Field(default=None, max_length=200)
+    allowed_models: list[Annotated[Text, Field(min_length=1, max_length=200)]] | None = Field(
         default=None, description="globs such as 'openai/*'; empty or null = every model"
     )
-    rpm: int | None = Field(default=None, ge=0, description="null = RATE_LIMIT_RPM; 0 = none")
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrent: int | None = Field(default=None, ge=1)
-    budget_daily_usd: float | None = Field(default=None, ge=0)
-    budget_monthly_usd: float | None = Field(default=None, ge=0)
-    expires_at: AwareDatetime | None = None
+    rpm: int | None = Field(
+        default=None, ge=0, le=MAX_RPM, description="null = RATE_LIMIT_RPM; 0 = none"
+    )
+    tpm: int | None = Field(default=None, ge=1, le=MAX_TPM)
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+    budget_daily_usd: Money | None = Field(default=None, description="USD per UTC day")
+    budget_monthly_usd: Money | None = Field(default=None, description="USD per UTC month")
+    expires_at: When | None = None
+    expires_in_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EXPIRES_IN_DAYS,
+        allow_inf_nan=False,
+        description="or expires_at (whole seconds from now)",
+    )
 
 
 class KeyCreate(_KeyFields):
-    name: str = Field(min_length=1, max_length=200)
-    expires_in_days: float | None = Field(default=None, gt=0, description="or expires_at")
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class KeyUpdate(_KeyFields):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("name")
     @classmethod
@@ -172,19 +232,36 @@ def _state(request: Request) -> dict[str, Any]:
     return state
 
 
+def _expiry(fields: dict[str, Any]) -> None:
+    """expires_in_days (if given) becomes expires_at, in whole seconds."""
+    days = fields.pop("expires_in_days", None)
+    if days is None:
+        return
+    if fields.get("expires_at") is not None:
+        raise ApiError(
+            422,
+            "Give expires_at or expires_in_days, not both",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="expires_in_days",
+        )
+    fields["expires_at"] = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
+
+
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request, state: StateDep, _: AdminDep) -> Any:
-    fields = body.model_dump(exclude={"expires_in_days"}, exclude_none=True)
-    if body.expires_in_days is not None:
-        if body.expires_at is not None:
-            raise ApiError(
-                422,
-                "Give expires_at or expires_in_days, not both",
-                type="invalid_request_error",
-                code="invalid_request",
-                param="expires_in_days",
-            )
-        fields["expires_at"] = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+    fields = body.model_dump(exclude_none=True)
+    _expiry(fields)
+    expires = fields.get("expires_at")
+    if expires is not None and expires <= datetime.now(UTC):
+        raise ApiError(
+            422,
+            f"expires_at ({expires.isoformat()}) is in the past: the new key would be expired "
+            "already; give a future time (PATCH can expire an existing key now)",
+            type="invalid_request_error",
+            code="invalid_request",
+            param="expires_at",
+        )
     async with state.sessions() as session:
         row, secret = await store.create_key(session, fields)
     view = store.key_view(row)
@@ -211,7 +288,7 @@ def _not_found(key_id: int) -> ApiError:
 
 
 @router.get("/keys/{key_id}")
-async def show_key(key_id: int, state: StateDep, _: AdminDep) -> dict[str, Any]:
+async def show_key(key_id: KeyId, state: StateDep, _: AdminDep) -> dict[str, Any]:
     async with state.sessions() as session:
         row = await store.get_key(session, key_id)
         if row is None:
@@ -221,13 +298,15 @@ async def show_key(key_id: int, state: StateDep, _: AdminDep) -> dict[str, Any]:
 
 @router.patch("/keys/{key_id}")
 async def update_key(
-    key_id: int, body: KeyUpdate, request: Request, state: StateDep, _: AdminDep
+    key_id: KeyId, body: KeyUpdate, request: Request, state: StateDep, _: AdminDep
 ) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True)
+    _expiry(fields)
     if not fields:
         raise ApiError(
             422,
-            f"Nothing to update: give one or more of {', '.join(store.KEY_FIELDS)}",
+            f"Nothing to update: give one or more of {', '.join(store.KEY_FIELDS)}, "
+            "expires_in_days",
             type="invalid_request_error",
             code="invalid_request",
         )
@@ -248,7 +327,7 @@ async def update_key(
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(key_id: int, state: StateDep, _: AdminDep) -> dict[str, Any]:
+async def revoke_key(key_id: KeyId, state: StateDep, _: AdminDep) -> dict[str, Any]:
     async with state.sessions() as session:
         row = await store.get_key(session, key_id)
         if row is None:
@@ -263,7 +342,7 @@ async def usage(
     _: AdminDep,
     start: Annotated[date | None, Query(description="first UTC day (default: 30 days ago)")] = None,
     end: Annotated[date | None, Query(description="last UTC day (default: today)")] = None,
-    key_id: int | None = None,
+    key_id: Annotated[int | None, Query(ge=1, le=MAX_KEY_ID)] = None,
 ) -> dict[str, Any]:
     today = datetime.now(UTC).date()
     last = end or today

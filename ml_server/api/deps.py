@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from ml_server.db.keys import KeyInfo
 from ml_server.errors import ApiError, invalid_request
+from ml_server.resilience import current_key
 from ml_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ async def require_key(request: Request, state: StateDep) -> KeyInfo:
             code="invalid_api_key",
         )
     request.scope["state"]["api_key_id"] = info.id
+    current_key.set(info.id)  # the router's per-key fair share of a provider's concurrency
     await state.governor.admit(request, info)  # expiry, models, budgets, RPM/TPM, concurrency
     return info
 

@@ -96,6 +96,29 @@ class ResponsesRequest(_Open):
     stream: bool | None = None
 
 
+class StoredResponse(_Open):
+    """OpenAI's Response object, as stored at OpenAI (retrieve, cancel)."""
+
+    id: str
+    object: Literal["response"]
+    status: str | None = None
+    output: list[dict[str, Any]] | None = None
+
+
+class DeletedResponse(_Open):
+    id: str
+    object: str
+    deleted: bool
+
+
+class InputItemList(_Open):
+    """The input items of a stored response (OpenAI's list shape)."""
+
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -121,7 +144,48 @@ class AnthropicErrorResponse(BaseModel):
     error: AnthropicErrorDetail
 
 
+class MemoryMessage(BaseModel):
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]]
+
+
+class MemoryAddRequest(BaseModel):
+    """Mem0 "Add Memories" (docs/ml-server.md, Memory): at least one of the entity ids."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"messages": [{"role": "user", "content": "I am vegetarian."}], "user_id": "alice"}
+        ]},
+    )  # fmt: skip
+    messages: str | list[MemoryMessage] = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    run_id: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = None
+    infer: bool = True
+
+
+class MemorySearchRequest(BaseModel):
+    """Mem0 "Search Memories": ``filters`` takes equality on the entity ids (optionally AND)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "food preferences", "user_id": "alice"}]},
+    )
+    query: str = Field(min_length=1)
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_id: str | None = Field(default=None, min_length=1, max_length=200)
+    run_id: str | None = Field(default=None, min_length=1, max_length=200)
+    filters: dict[str, Any] | None = None
+    top_k: int | None = Field(default=None, ge=1, le=100)
+    limit: int | None = Field(default=None, ge=1, le=100)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
 _BODIES: dict[str, type[BaseModel]] = {
+    "/v1/memories/": MemoryAddRequest,
+    "/v1/memories/search/": MemorySearchRequest,
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/embeddings": EmbeddingsRequest,
     "/v1/messages": MessagesRequest,
@@ -129,13 +193,40 @@ _BODIES: dict[str, type[BaseModel]] = {
     "/v1/responses": ResponsesRequest,
 }
 _STREAMING = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses"})
+_STORED = "/v1/responses/{response_id}"
+# 200 answers of the stored-response operations (documentation only, like the bodies).
+_OK: dict[tuple[str, str], type[BaseModel]] = {
+    (_STORED, "get"): StoredResponse,
+    (_STORED, "delete"): DeletedResponse,
+    (_STORED + "/input_items", "get"): InputItemList,
+    (_STORED + "/cancel", "post"): StoredResponse,
+}
+# Query parameters the stored-response operations pass on to OpenAI.
+_QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    (_STORED, "get"): [
+        {"name": "include[]", "in": "query", "required": False,
+         "schema": {"type": "array", "items": {"type": "string"}},
+         "description": "extra output to include (OpenAI's include[])"},
+        {"name": "stream", "in": "query", "required": False, "schema": {"type": "boolean"},
+         "description": "not offered: true gives 400"},
+    ],
+    (_STORED + "/input_items", "get"): [
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "order", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["asc", "desc"]}},
+    ],
+}  # fmt: skip
 _PUBLIC = frozenset({"/health", "/ready", "/metrics"})
 _ERRORS = {
     "400": "Invalid request: malformed JSON, or a parameter the model's provider cannot honour "
     "(param names it)",
     "401": "Missing or wrong API key",
     "403": "This key may not use the model (or the admin API)",
-    "404": "Unknown model, or its provider is not configured",
+    "404": "Unknown model, or its provider is not configured; a retired model (code "
+    "model_retired: the message names the date and the successor); a response id this key did "
+    "not create (code response_not_found)",
     "405": "Method not allowed",
     "409": "The provider refused the request (conflict)",
     "413": "Body over MAX_BODY_BYTES",
@@ -157,7 +248,9 @@ def build(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    models: list[type[BaseModel]] = [*_BODIES.values(), ErrorResponse, AnthropicErrorResponse]
+    models: list[type[BaseModel]] = [
+        *_BODIES.values(), *dict.fromkeys(_OK.values()), ErrorResponse, AnthropicErrorResponse
+    ]  # fmt: skip
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
@@ -179,7 +272,11 @@ def build(app: FastAPI) -> dict[str, Any]:
                 }
             responses = op.setdefault("responses", {})
             ok = responses.setdefault("200", {"description": "OK"})
-            if path == "/metrics":
+            if (path, method) in _QUERY:
+                op["parameters"] = [*op.get("parameters", []), *_QUERY[(path, method)]]
+            if (path, method) in _OK:
+                ok["content"] = {"application/json": {"schema": _ref(_OK[(path, method)].__name__)}}
+            elif path == "/metrics":
                 ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
             elif path in _STREAMING:
                 ok["content"] = {

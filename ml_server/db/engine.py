@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from ml_server.config import read_password_file
+from ml_server.db.tls import split_url
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +37,95 @@ def make_engine(url: str, *, pool_size: int = 5, password_file: Path | None = No
         password_file: read for every NEW connection (credential rotation): pooled connections
             survive a password change, new ones use the file's current content, so nothing has
             to be disposed when the secret rotates.
+
+    A PostgreSQL URL's ``sslmode``/``sslrootcert`` become asyncpg's ``ssl`` (ml_server/db/tls.py).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
         return create_async_engine(url)
+    url, tls_args = split_url(url)
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"timeout": 5, "command_timeout": 10},
+        connect_args={"timeout": 5, "command_timeout": 10, **tls_args},
     )
-    if password_file is not None:
-        _read_password_per_connection(engine, password_file)
+    _login_per_connection(engine, password_file)
     return engine
 
 
-def _read_password_per_connection(engine: AsyncEngine, path: Path) -> None:
-    state = {"password": None if engine.url.password is None else str(engine.url.password)}
+# Secrets Manager's alternating-users rotation: the secret's user is <user> or <user>_clone, and
+# each rotation moves it to the other one (AWS Secrets Manager User Guide, "Lambda function
+# rotation strategies"). The password file holds the current user's password; the username
+# setting holds the first user's name.
+CLONE_SUFFIX = "_clone"
+_AUTH_FAILURES = frozenset({"28P01", "28000"})  # invalid_password, invalid_authorization
+
+
+def alternate_username(name: str) -> str:
+    """``x`` <-> ``x_clone``."""
+    return name.removesuffix(CLONE_SUFFIX) if name.endswith(CLONE_SUFFIX) else name + CLONE_SUFFIX
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """The server refused the login (wrong password or no such role), through any wrapping."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in _AUTH_FAILURES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
+
+
+def _login_per_connection(engine: AsyncEngine, password_file: Path | None) -> None:
+    """Each new connection: the password file's current content (rotation), and on a refused
+    login one attempt as the alternate user (kept for the next connections)."""
+    state = {
+        "password": None if engine.url.password is None else str(engine.url.password),
+        "user": engine.url.username,
+    }
 
     @event.listens_for(engine.sync_engine, "do_connect")
-    def _current_password(_dialect: Any, _rec: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
-        password = read_password_file(path)
-        if password is None:
-            log.warning(
-                "database password file unreadable; using the last known password",
-                extra={"fields": {"file": str(path)}},
+    def _connect(dialect: Any, _rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if password_file is not None:
+            password = read_password_file(password_file)
+            if password is None:
+                log.warning(
+                    "database password file unreadable; using the last known password",
+                    extra={"fields": {"file": str(password_file)}},
+                )
+                password = state["password"]
+            elif password != state["password"]:
+                if state["password"] is not None:
+                    log.info("database password changed on disk; new connections use it")
+                state["password"] = password
+            if password is not None:
+                cparams["password"] = password
+        user = state["user"]
+        if not user:
+            return None  # the default connect
+        cparams["user"] = user
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            if not is_auth_failure(exc):
+                raise
+            other = alternate_username(user)
+            try:
+                conn = dialect.connect(*cargs, **{**cparams, "user": other})
+            except Exception:
+                raise exc from None
+            log.info(
+                "database login moved to the alternate user (alternating-users rotation)",
+                extra={"fields": {"refused": user, "accepted": other}},
             )
-            password = state["password"]
-        elif password != state["password"]:
-            if state["password"] is not None:
-                log.info("database password changed on disk; new connections use it")
-            state["password"] = password
-        if password is not None:
-            cparams["password"] = password
+            state["user"] = other
+            return conn
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -80,3 +80,16 @@ class UsageQuarantine(Base):
     row_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
     reason: Mapped[str] = mapped_column(Text)
     row_json: Mapped[str] = mapped_column(Text)
+
+
+class ResponseOwner(Base):
+    """Which key created which stored OpenAI response (migration 0008; routes/responses.py)."""
+
+    __tablename__ = "response_owners"
+
+    response_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ml_server.db.engine import alternate_username, is_auth_failure
 from ml_server.db.models import Base
+from ml_server.db.tls import split_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -26,7 +28,22 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+    url, tls_args = split_url(url)  # the server's sslmode / sslrootcert, as the engine's
+    try:
+        await _migrate(url, tls_args)
+    except Exception as exc:
+        # Alternating-users rotation: the password may be <user>_clone's now (or <user>'s).
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql" or not parsed.username:
+            raise
+        if not is_auth_failure(exc):
+            raise
+        other = parsed.set(username=alternate_username(parsed.username))
+        await _migrate(other.render_as_string(hide_password=False), tls_args)
+
+
+async def _migrate(url: str, tls_args: dict[str, object]) -> None:
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=tls_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -33,10 +33,15 @@ __all__ = ["AnthropicProvider", "from_anthropic", "to_anthropic"]
 
 
 def _translate_request(
-    model: str, body: dict[str, Any], max_output: int, *, adaptive_thinking: bool = False
+    model: str,
+    body: dict[str, Any],
+    max_output: int,
+    *,
+    adaptive_thinking: bool = False,
+    cap: int | None = None,
 ) -> dict[str, Any]:
     try:
-        return to_anthropic(model, body, max_output, adaptive_thinking=adaptive_thinking)
+        return to_anthropic(model, body, max_output, adaptive_thinking=adaptive_thinking, cap=cap)
     except ProviderError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -83,6 +88,12 @@ class AnthropicProvider(Provider):
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
+    def set_credential(self, value: str) -> bool:
+        self._headers["x-api-key"] = value
+        if self._session is not None:  # the session's default headers, sent with every request
+            self._session.headers["x-api-key"] = value
+        return True
+
     async def start(self) -> None:
         self._session = make_session(
             self._headers, timeout=self._timeout, connect_timeout=self._connect_timeout
@@ -102,7 +113,7 @@ class AnthropicProvider(Provider):
         limit = self._max_output(model) if self._max_output is not None else None
         adaptive = self._adaptive(model) if self._adaptive is not None else False
         return _translate_request(
-            model, body, limit or self._max_tokens, adaptive_thinking=adaptive
+            model, body, limit or self._max_tokens, adaptive_thinking=adaptive, cap=limit
         )
 
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:

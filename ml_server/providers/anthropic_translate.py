@@ -400,13 +400,15 @@ def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["top_k"] = body["top_k"]
 
 
-def _max_tokens(body: dict[str, Any], limit: int) -> int:
+def _max_tokens(body: dict[str, Any], limit: int, cap: int | None = None) -> int:
+    """The client's max tokens (capped to the model's max output ``cap`` when known: an upper
+    bound that the model cannot exceed anyway), else ``limit``."""
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is not None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(f"'{key}' must be a positive integer", key)
-            return value
+            return min(value, cap) if cap is not None else value
     return limit
 
 
@@ -483,12 +485,15 @@ def to_anthropic(
     max_output: int,
     *,
     adaptive_thinking: bool = False,
+    cap: int | None = None,
 ) -> dict[str, Any]:
     """OpenAI chat request -> Anthropic Messages request.
 
     Args:
         max_output: max_tokens when the client sets none (OpenAI's "up to the model's limit":
             the model's max output from the catalogue).
+        cap: the model's max output from the catalogue (None: unknown); a client's larger
+            max_tokens is capped to it.
         adaptive_thinking: the model takes ``thinking: adaptive`` with an effort (catalogue).
     Raises:
         ProviderError: 400 naming the parameter that has no faithful translation.
@@ -518,7 +523,7 @@ def to_anthropic(
     out: dict[str, Any] = {
         "model": model,
         "messages": messages,
-        "max_tokens": _max_tokens(body, max_output),
+        "max_tokens": _max_tokens(body, max_output, cap),
     }
     if system:
         if any("cache_control" in b for b in system):

@@ -352,6 +352,10 @@ class Provider(abc.ABC):
             kind="http_4xx",
         )
 
+    def set_credential(self, value: str) -> bool:
+        """Use a new API key from now on (rotation); False when this provider has none."""
+        return False
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Create connection pools (called inside the running event loop)."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,8 +32,38 @@ def _count(text: str) -> int:
     return max(1, len(text.split()))
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+# Words too common to say what a text is about.
+_STOPWORD_TEXT = (
+    "a an and are as at be but by do does for from had has have how i in is it its me my of "
+    "on or our so that the their them they this to was we were what when where which who why "
+    "will with you your"
+)
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def _bag_of_words(text: str, dims: int) -> list[float]:
+    """A stand-in for a real embedding: each word (lowercased, stopwords dropped, a plural "s"
+    cut) hashed to one signed bucket, the sum L2-normalized. Texts that share words come out
+    close in cosine terms; synonyms do not (no model behind it). Deterministic."""
+    vec = [0.0] * dims
+    for word in _WORD.findall(text.lower()):
+        if word in _STOPWORDS:
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        digest = hashlib.sha256(word.encode()).digest()
+        vec[int.from_bytes(digest[:4], "big") % dims] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vec))
+    if norm == 0:
+        digest = hashlib.sha256(text.encode()).digest()  # no words: a fixed vector per text
+        vec = [(digest[j % len(digest)] - 128) / 128 for j in range(dims)]
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
 class FakeProvider(Provider):
-    """Echoes the last user message back; embeddings are deterministic hash vectors."""
+    """Echoes the last user message back; embeddings are deterministic bag-of-words hash vectors."""
 
     name = "fake"
 
@@ -79,9 +111,7 @@ class FakeProvider(Provider):
         for i, item in enumerate(items):
             text = str(item)
             tokens += _count(text)
-            digest = hashlib.sha256(text.encode()).digest()
-            vec = [(digest[j % len(digest)] - 128) / 128 for j in range(dims)]
-            data.append({"object": "embedding", "index": i, "embedding": vec})
+            data.append({"object": "embedding", "index": i, "embedding": _bag_of_words(text, dims)})
         out = {
             "object": "list",
             "data": data,

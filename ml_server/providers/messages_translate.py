@@ -124,7 +124,9 @@ def _assistant(blocks: list[Any], where: str) -> dict[str, Any]:
     return msg
 
 
-def to_openai(model: str, body: dict[str, Any], provider: str) -> dict[str, Any]:
+def to_openai(
+    model: str, body: dict[str, Any], provider: str, cap: int | None = None
+) -> dict[str, Any]:
     """Anthropic Messages request -> OpenAI chat request."""
     for key, value in body.items():
         if key not in _ACCEPTED and value is not None:
@@ -162,6 +164,8 @@ def to_openai(model: str, body: dict[str, Any], provider: str) -> dict[str, Any]
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise bad("'max_tokens' is required and must be a positive integer", "max_tokens")
     out: dict[str, Any] = {"model": model, "messages": messages}
+    if cap is not None:  # the model's max output (catalogue): max_tokens is an upper bound
+        max_tokens = min(max_tokens, cap)
     out["max_completion_tokens" if provider in ("openai", "azure") else "max_tokens"] = max_tokens
     for key in ("temperature", "top_p"):
         if body.get(key) is not None:
@@ -365,15 +369,18 @@ class MessagesAdapter(Provider):
     like any provider call.
     """
 
-    def __init__(self, inner: Provider, headers: dict[str, str]) -> None:
+    def __init__(
+        self, inner: Provider, headers: dict[str, str], max_output: int | None = None
+    ) -> None:
         self.name = inner.name
         self.inner = inner
         self._headers = headers  # anthropic-version / anthropic-beta from the client
+        self._cap = max_output  # the model's max output (catalogue) for translated requests
 
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
         if isinstance(self.inner, AnthropicProvider):
             return await self.inner.messages(model, body, self._headers)
-        translated = to_openai(model, body, self.inner.name)
+        translated = to_openai(model, body, self.inner.name, self._cap)
         translated.pop("stream", None)
         result = await self.inner.chat(model, translated)
         try:
@@ -387,6 +394,6 @@ class MessagesAdapter(Provider):
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
         if isinstance(self.inner, AnthropicProvider):
             return await self.inner.messages_stream(model, body, self._headers)
-        translated = to_openai(model, body, self.inner.name)
+        translated = to_openai(model, body, self.inner.name, self._cap)
         translated["stream"] = True
         return _OpenAIToMessagesStream(await self.inner.chat_stream(model, translated), model)

@@ -67,6 +67,15 @@ class OpenAICompatProvider(Provider):
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
 
+    def set_credential(self, value: str) -> bool:
+        header = "Authorization" if "Authorization" in self._auth else "api-key"
+        if header not in self._auth:
+            return False
+        self._auth[header] = f"Bearer {value}" if header == "Authorization" else value
+        if self._session is not None:  # the session's default headers, sent with every request
+            self._session.headers[header] = self._auth[header]
+        return True
+
     async def start(self) -> None:
         self._session = make_session(
             self._auth, timeout=self._timeout, connect_timeout=self._connect_timeout

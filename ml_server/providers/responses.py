@@ -12,11 +12,12 @@ completions would drop that state silently; use /v1/chat/completions or /v1/mess
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ml_server.providers.base import (
     ChatResult,
@@ -53,13 +54,19 @@ def supports_responses(provider: Provider) -> bool:
     return isinstance(provider, OpenAICompatProvider) and provider.name in RESPONSES_PROVIDERS
 
 
+# Called with the id of each response the provider created (plain: before the answer goes to the
+# client; streamed: on the ``response.created`` event), so the route can record its owner.
+OnCreated = Callable[[str], Awaitable[None]]
+
+
 class ResponsesAdapter(Provider):
     """One OpenAI provider seen through /responses (``chat``/``chat_stream`` take Responses
     bodies), so the router's retries, fallbacks and breakers apply."""
 
-    def __init__(self, inner: OpenAICompatProvider) -> None:
+    def __init__(self, inner: OpenAICompatProvider, on_created: OnCreated | None = None) -> None:
         self.name = inner.name
         self.inner = inner
+        self._on_created = on_created
 
     async def _open(self, model: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         payload = {**body, "model": model}
@@ -87,12 +94,37 @@ class ResponsesAdapter(Provider):
                 502, f"provider {self.name} sent a response that is not JSON",
                 code="provider_bad_response",
             ) from exc  # fmt: skip
+        if isinstance(data, dict) and isinstance(data.get("id"), str) and self._on_created:
+            await self._on_created(data["id"])
         return ChatResult(
             raw, usage_of_response(data.get("usage") if isinstance(data, dict) else None)
         )
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
-        return _ResponsesStream(self.name, await self._open(model, {**body, "stream": True}))
+        resp = await self._open(model, {**body, "stream": True})
+        return _ResponsesStream(self.name, resp, self._on_created)
+
+
+async def stored_call(
+    provider: OpenAICompatProvider,
+    method: str,
+    response_id: str,
+    suffix: str,
+    query: list[tuple[str, str]],
+) -> tuple[int, bytes]:
+    """``method /responses/{response_id}{suffix}`` at the provider, with the client's query.
+
+    Returns the status and body of a 2xx answer. Raises: ProviderError for any other.
+    """
+    base = provider._url("/responses")  # the provider's parsed URL, its own query included
+    url = URL(base).with_path(f"{base.path}/{response_id}{suffix}")
+    url = url.with_query([*base.query.items(), *query])
+    with transport_errors(provider.name):
+        async with provider.session.request(method, url) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise error_from_upstream(provider.name, resp.status, raw, resp.headers)
+            return resp.status, raw
 
 
 class _ResponsesStream(ChatStream):
@@ -102,10 +134,13 @@ class _ResponsesStream(ChatStream):
     too and the route ends the stream with its own error event.
     """
 
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, provider: str, resp: aiohttp.ClientResponse, on_created: OnCreated | None = None
+    ) -> None:
         super().__init__()
         self._provider = provider
         self._resp = resp
+        self._on_created = on_created
 
     def _look(self, data: bytes) -> None:
         try:
@@ -130,6 +165,8 @@ class _ResponsesStream(ChatStream):
             async for chunk in self._resp.content.iter_any():
                 out: list[bytes] = []
                 for line in sse_lines(buffer, chunk):
+                    if self._on_created is not None and line.startswith(b"data:"):
+                        await self._created(line[5:])
                     if line.startswith(b"data:") and (
                         b'"error"' in line or any(f in line for f in _FINAL_EVENTS)
                     ):
@@ -142,6 +179,20 @@ class _ResponsesStream(ChatStream):
                     out.append(line + b"\n")
                 if out:
                     yield b"".join(out)
+
+    async def _created(self, data: bytes) -> None:
+        """Report the id of the ``response.created`` event (the first one) once."""
+        if b'"response.created"' not in data:
+            return
+        on_created, self._on_created = self._on_created, None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        response = event.get("response") if isinstance(event, dict) else None
+        rid = response.get("id") if isinstance(response, dict) else None
+        if on_created is not None and isinstance(rid, str):
+            await on_created(rid)
 
     async def aclose(self) -> None:
         if self._resp.content.at_eof():

@@ -22,7 +22,7 @@ TEST_SETTINGS = {
     "STREAM_KEEPALIVE_SECONDS": "0.3",
     "PROVIDER_TIMEOUT_SECONDS": "2",
     "MAX_BODY_BYTES": "65536",
-    "MODEL_ALIASES": '{"smart": "anthropic/claude-sonnet-4-5", "cheap": "openai/gpt-4o-mini"}',
+    "MODEL_ALIASES": '{"smart": "anthropic/claude-haiku-4-5", "cheap": "openai/gpt-4o-mini"}',
     "EXTRA_MODELS": '["azure/Phi-4"]',
     # One attempt per request and no breaker here, so each test sees the plain error mapping;
     # test_resilience.py runs its own servers with retries, fallbacks and breakers on.

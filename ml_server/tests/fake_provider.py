@@ -24,6 +24,12 @@ Behaviour is chosen per request through the model name (any provider prefix):
 - ``x-geminilist``: 400 with Gemini's list-shaped error body;
 - ``x-keyleak``: 401 whose message echoes a (fake) key fragment, as OpenAI's does.
 
+Azure mode (paths under ``/azure/``, Azure AI Model Inference): the key in ``api-key``, the
+``api-version`` query parameter required (400 without), and parameters outside that API's chat
+schema refused with 422 unless the ``extra-parameters`` header is ``drop`` (removed before the
+model sees them) or ``pass-through``; ``stream_options.include_usage`` gives the final usage chunk,
+as on OpenAI.
+
 An API key containing ``rejected`` gets 401. Every request is recorded (method, path, query,
 headers, JSON body): ``GET /_requests`` returns them, ``DELETE /_requests`` clears them;
 in-process, use ``.requests``.
@@ -39,6 +45,7 @@ import hashlib
 import re
 import threading
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -50,6 +57,26 @@ _NUM = re.compile(
     r"-(\d+)"
 )
 _FAILURES = ("hang", "slow", "ratelimit", "status", "streamerror", "nodone")
+# Azure AI Model Inference chat parameters (its "Create chat completion" reference); others are
+# "extra parameters".
+AZURE_CHAT_PARAMS = frozenset(
+    {
+        "messages",
+        "model",
+        "frequency_penalty",
+        "presence_penalty",
+        "max_tokens",
+        "response_format",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_p",
+    }
+)
 
 
 def _directives(model: str) -> dict[str, int]:
@@ -94,6 +121,7 @@ class FakeProvider:
         self.requests: list[dict[str, Any]] = []
         self._seen: dict[str, int] = {}  # model -> requests so far (for ``flaky-N``)
         self._cache_keys: set[bytes] = set()  # prompt-cache prefixes written (Anthropic)
+        self.stored: dict[str, dict[str, Any]] = {}  # Responses API: id -> response, input
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -191,6 +219,10 @@ class FakeProvider:
         auth_error = self._check_auth(request, anthropic)
         if auth_error is not None:
             return auth_error
+        if path.startswith("/azure/") and isinstance(body, dict):
+            refusal = _azure_check(request, body)
+            if refusal is not None:
+                return refusal
         if "flaky" in d:
             seen = self._seen[model] = self._seen.get(model, 0) + 1
             if seen > d["flaky"]:
@@ -226,12 +258,15 @@ class FakeProvider:
                 "code": "invalid_api_key",
             }
             return _json({"error": leak}, 401)
+        stored = re.fullmatch(r".*/responses/([^/]+)(/input_items|/cancel)?", path)
+        if stored is not None:
+            return self._stored_response(request.method, stored[1], stored[2] or "")
         if request.method == "GET" and path.endswith("/models"):
             return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
         if not isinstance(body, dict):
             return self._error(anthropic, 400, "body must be a JSON object")
         if path.endswith("/responses") and isinstance(body, dict):
-            return await _openai_responses(request, body)
+            return await _openai_responses(request, body, self.stored)
         if anthropic and not _well_formed_messages(body):
             return self._error(True, 400, "messages: each must be {role, content}")
         if path.endswith("/messages/count_tokens"):
@@ -245,6 +280,27 @@ class FakeProvider:
         if path.endswith("/embeddings"):
             return self._openai_embeddings(body)
         return self._error(anthropic, 404, f"unknown path {path}")
+
+    def _stored_response(self, method: str, rid: str, suffix: str) -> web.Response:
+        """OpenAI's retrieve / delete / input_items / cancel of a stored response."""
+        item = self.stored.get(rid)
+        if item is None:
+            err = {"message": f"Response with id '{rid}' not found.",
+                   "type": "invalid_request_error", "param": None, "code": None}  # fmt: skip
+            return _json({"error": err}, 404)
+        if method == "DELETE" and not suffix:
+            del self.stored[rid]
+            return _json({"id": rid, "object": "response", "deleted": True})
+        if suffix == "/input_items":
+            data = [{"id": f"msg_in_{i}", "type": "message", "role": "user", "status": "completed",
+                     "content": [{"type": "input_text", "text": t}]}
+                    for i, t in enumerate(item["input"])]  # fmt: skip
+            return _json({"object": "list", "data": data, "has_more": False,
+                          "first_id": data[0]["id"] if data else None,
+                          "last_id": data[-1]["id"] if data else None})  # fmt: skip
+        if suffix == "/cancel":
+            return _json({**item["response"], "status": "cancelled"})
+        return _json(item["response"])
 
     def _check_auth(self, request: web.Request, anthropic: bool) -> web.Response | None:
         bearer = request.headers.get("Authorization", "")
@@ -574,6 +630,24 @@ class FakeProvider:
 _RICH_WORDS = ("rich", "streamerror", "pause")
 
 
+def _azure_check(request: web.Request, body: dict[str, Any]) -> web.Response | None:
+    """Azure AI Model Inference's checks; drops extra parameters from ``body`` when told to."""
+    if "api-version" not in request.query:
+        return _json({"error": {"code": "BadRequest", "message": "api-version is required"}}, 400)
+    extra = sorted(k for k in body if k not in AZURE_CHAT_PARAMS)
+    mode = request.headers.get("extra-parameters", "error")
+    if extra and mode == "drop":
+        for k in extra:
+            del body[k]
+    elif extra and mode != "pass-through":
+        msg = (
+            f"Extra parameters {extra} are not allowed when extra-parameters is not set or set "
+            "to be 'error'. Set extra-parameters to 'drop' or 'pass-through'."
+        )
+        return _json({"error": {"code": "Extra parameters not allowed", "message": msg}}, 422)
+    return None
+
+
 def _well_formed_messages(body: dict[str, Any]) -> bool:
     """Anthropic answers 400 to messages that are not {role, content} objects."""
     messages = body.get("messages")
@@ -779,8 +853,11 @@ def _split(text: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-    """OpenAI's Responses API: a message echoing the last user input, plain or streamed."""
+async def _openai_responses(
+    request: web.Request, body: dict[str, Any], stored: dict[str, dict[str, Any]]
+) -> web.StreamResponse:
+    """OpenAI's Responses API: a message echoing the last user input, plain or streamed; kept
+    in ``stored`` unless ``store: false``."""
     items = body.get("input")
     if isinstance(items, str):
         said = items
@@ -801,11 +878,14 @@ async def _openai_responses(request: web.Request, body: dict[str, Any]) -> web.S
     }  # fmt: skip
     message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
                "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+    rid = "resp_" + uuid.uuid4().hex
     response: dict[str, Any] = {
-        "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+        "id": rid, "object": "response", "created_at": int(time.time()),
         "status": "completed", "model": body.get("model"), "output": [message],
         "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage,
     }  # fmt: skip
+    if body.get("store") is not False:
+        stored[rid] = {"response": response, "input": [said]}
     if not body.get("stream"):
         return _json(response)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -212,3 +212,103 @@ def test_usage_by_key_model_and_day(admin: httpx.Client, admin_server: ServerPro
     assert all(r["day"] == today and r["key_name"] == "usage-report" for r in rows)
     bad = admin.get("/admin/usage", params={"start": "2026-02-01", "end": "2026-01-01"})
     assert bad.status_code == 422 and "start" in bad.json()["error"]["message"]
+
+
+# Inputs schemathesis found answered with 500 (2026-12-01): each must be a 4xx naming the field.
+OUT_OF_RANGE = [
+    ("GET", "/admin/keys/18446744073709551616", None, "key_id"),  # beyond 64 bits
+    ("GET", "/admin/keys/2147483648", None, "key_id"),  # beyond the id column (32 bits)
+    ("PATCH", "/admin/keys/9223372036854775808", b'{"rpm": 1}', "key_id"),
+    ("DELETE", "/admin/keys/-9223372036854775809", None, "key_id"),
+    ("GET", "/admin/usage?key_id=18446744073709551616", None, "key_id"),
+    ("POST", "/admin/keys", b'{"name": "x", "budget_daily_usd": 1.7e308}', "budget_daily_usd"),
+    ("POST", "/admin/keys", b'{"name": "x", "budget_monthly_usd": 1e300}', "budget_monthly_usd"),
+    ("POST", "/admin/keys", b'{"name": "x", "rpm": 9223372036854775808}', "rpm"),
+    ("POST", "/admin/keys", b'{"name": "x", "max_concurrent": 4294967296}', "max_concurrent"),
+    ("POST", "/admin/keys", b'{"name": "x", "tpm": 10000000000000000000}', "tpm"),
+    ("POST", "/admin/keys", b'{"name": "x", "expires_in_days": 1e308}', "expires_in_days"),
+    (
+        "POST",
+        "/admin/keys",
+        b'{"name": "x", "expires_at": "0001-01-01T00:00:00+05:00"}',
+        "expires_at",
+    ),
+    (
+        "POST",
+        "/admin/keys",
+        b'{"name": "x", "expires_at": "9999-12-31T23:00:00-05:00"}',
+        "expires_at",
+    ),
+    ("POST", "/admin/keys", b'{"name": "\\ud800"}', "name"),  # a lone surrogate
+    ("POST", "/admin/keys", b'{"name": "a\\u0000b"}', "name"),  # NUL: PostgreSQL refuses it
+    ("POST", "/admin/keys", b'{"name": "x", "owner": "\\udfff"}', "owner"),
+    ("POST", "/admin/keys", b'{"name": "x", "allowed_models": ["gpt-\\ud83d"]}', "allowed_models"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), OUT_OF_RANGE)
+def test_out_of_range_and_invalid_text_are_4xx_naming_the_field(
+    admin: httpx.Client, method: str, path: str, body: bytes | None, field: str
+) -> None:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    r = admin.request(method, path, content=body, headers=headers)
+    assert r.status_code == 422, (path, body, r.status_code, r.text)
+    error = r.json()["error"]
+    assert field in error["message"] and field in (error["param"] or ""), r.text
+    assert any(
+        word in error["message"] for word in ("less than", "greater than", "UTF-8", "between")
+    ), r.text
+
+
+def test_patch_refuses_the_same_inputs(admin: httpx.Client) -> None:
+    key_id = admin.post("/admin/keys", json={"name": "patch-ranges"}).json()["id"]
+    for body, field in [
+        (b'{"budget_daily_usd": 1e308}', "budget_daily_usd"),
+        (b'{"name": "\\ud800x"}', "name"),
+        (b'{"owner": "nul\\u0000"}', "owner"),
+        (b'{"rpm": 3000000000}', "rpm"),
+    ]:
+        r = admin.patch(
+            f"/admin/keys/{key_id}", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422, (body, r.text)
+        assert field in r.json()["error"]["message"], r.text
+    # The largest allowed values are stored and read back as given.
+    ok = admin.patch(
+        f"/admin/keys/{key_id}",
+        json={"budget_daily_usd": 1_000_000_000, "budget_monthly_usd": 1_000_000_000},
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["budget_daily_usd"] == 1e9
+
+
+def test_models_list_shows_only_the_keys_allowed_models(
+    admin: httpx.Client, admin_server: ServerProcess
+) -> None:
+    def key(models: list[str] | None) -> openai.OpenAI:
+        created = admin.post("/admin/keys", json={"name": "models", "allowed_models": models})
+        assert created.status_code == 201, created.text
+        return _sdk(admin_server, created.json()["key"])
+
+    everything = {m.id for m in key(None).models.list()}
+    assert {"openai/gpt-4o", "anthropic/claude-haiku-4-5", "smart", "cheap"} <= everything
+
+    claude = key(["claude-*"])  # a glob without a provider matches the model's own name
+    seen = {m.id for m in claude.models.list()}
+    # "smart" is an alias of anthropic/claude-sonnet-4-5: requests through it are admitted too.
+    assert seen == {m for m in everything if m.startswith("anthropic/claude-")} | {"smart"}
+    assert claude.chat.completions.create(model="anthropic/claude-haiku-4-5", messages=MSG)
+    assert claude.models.retrieve("anthropic/claude-haiku-4-5").id == "anthropic/claude-haiku-4-5"
+    with pytest.raises(openai.NotFoundError) as hidden:
+        claude.models.retrieve("openai/gpt-4o")
+    assert hidden.value.code == "model_not_found"
+    assert "does not exist or you do not have access to it" in hidden.value.message
+    with pytest.raises(openai.PermissionDeniedError):
+        claude.chat.completions.create(model="openai/gpt-4o", messages=MSG)
+
+    # An alias is listed when its target is allowed, as requests through it are admitted.
+    anthropic = {m.id for m in key(["anthropic/*"]).models.list()}
+    assert "smart" in anthropic and "cheap" not in anthropic
+    assert all(m == "smart" or m.startswith("anthropic/") for m in anthropic), anthropic
+    with pytest.raises(openai.NotFoundError):
+        key(["anthropic/*"]).models.retrieve("cheap")

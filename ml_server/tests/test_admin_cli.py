@@ -154,3 +154,50 @@ def test_make_keys_locally(cli_server: ServerProcess) -> None:
     assert wrong.returncode != 0 and "HTTP 401" in wrong.stderr
     bad = _make("keys", "create --name x --rpm -4", env)
     assert bad.returncode != 0 and "rpm" in bad.stderr
+
+
+def test_make_keys_errors_name_the_option(cli_server: ServerProcess) -> None:
+    """Bad options: an error naming the option and what is allowed, no traceback, no key made."""
+    env = {"HUMANSA_URL": cli_server.url, "ADMIN_API_KEY": ADMIN_KEY}
+    cases = [
+        ("keys", "create --name bad-rpm --rpm abc", "--rpm", "whole number"),
+        ("keys", "create --name bad-days --expires-in-days 1e308", "--expires-in-days", "36500"),
+        ("keys", "create --name bad-past --expires-in-days -1", "--expires-in-days", "above 0"),
+        ("keys", "create --name bad-nan --budget-daily nan", "--budget-daily", "USD"),
+        ("keys", "create --name bad-huge --budget-monthly 1e308", "--budget-monthly", "1000000000"),
+        ("keys", "create --name bad-models --models ''", "--models", "glob"),
+        ("keys", "create --name bad-zone --expires-at 2030-01-01", "--expires-at", "timezone"),
+        (
+            "keys",
+            "create --name bad-then --expires-at 2020-01-01T00:00:00Z",
+            "--expires-at",
+            "past",
+        ),
+        ("usage", "--start yesterday", "--start", "YYYY-MM-DD"),
+        ("keys", "show 99999999999", "id", "2147483647"),
+    ]
+    problems = []
+    for target, args, option, allowed in cases:
+        r = _make(target, args, env)
+        if (
+            r.returncode == 0
+            or "Traceback" in r.stderr
+            or not (option in r.stderr and allowed in r.stderr)
+        ):
+            problems.append((args, r.returncode, r.stderr.strip().splitlines()[-2:]))
+    assert not problems, "\n".join(map(str, problems))
+    listed = _make("keys", "list --all", env).stdout
+    assert "bad-" not in listed, listed
+    closed = f"http://127.0.0.1:{free_port()}"
+    down = _make("keys", "list", {**env, "HUMANSA_URL": closed})
+    assert down.returncode != 0 and "Traceback" not in down.stderr
+    assert f"cannot reach the admin API at {closed}" in down.stderr and "make serve" in down.stderr
+
+    ok = _make(
+        "keys", "create --name ok-team --models 'claude-*' --rpm 10 --expires-in-days 30", env
+    )
+    assert ok.returncode == 0, ok.stderr
+    info = json.loads(ok.stdout[: ok.stdout.index("Key (shown")])
+    assert info["allowed_models"] == ["claude-*"] and info["rpm"] == 10
+    assert info["expires_at"].endswith("Z") and "." not in info["expires_at"]  # whole seconds
+    assert _make("keys", f"update {info['id']} --expires-in-days 7", env).returncode == 0

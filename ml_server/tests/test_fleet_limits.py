@@ -242,3 +242,68 @@ async def test_daily_budget_holds_across_processes(
         await conn.close()
     assert rows_cost is not None and abs(float(rows_cost) - spent) < 1e-6
     assert counter is not None and abs(float(counter) - float(rows_cost)) < 1e-6
+
+
+async def test_monthly_budget_holds_across_processes(
+    fleet: list[ServerProcess], pg: TempPostgres
+) -> None:
+    """Spend earlier this month counts (seeded in the fleet's month counter, as the servers
+    wrote it on earlier days), last month's does not, and the 429 names the monthly budget."""
+    budget, earlier, rate, seconds = 7.0, 3.5, 5.0, 3.0  # $3.50 left = 5 requests
+    # A daily budget well above the monthly one: the refusal must come from the month.
+    key = _create_key(fleet[1], budget_monthly_usd=budget, budget_daily_usd=1000)
+    today = datetime.now(UTC).date()
+    this_month = today.replace(day=1)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    next_month = (this_month + timedelta(days=32)).replace(day=1)
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE prefix = $1", key[:10])
+        await conn.executemany(
+            "INSERT INTO spend_counters (key_id, period, period_start, usd) "
+            "VALUES ($1, $2, $3, $4)",
+            [(key_id, "month", this_month, earlier), (key_id, "month", last_month, 5000)],
+        )
+    finally:
+        await conn.close()
+
+    outcomes = await _offer(fleet, key, rate=rate, seconds=seconds, model="openai/gpt-test-budget")
+    ok = [o for o in outcomes if o.status == 200]
+    spent = earlier + len(ok) * USD_PER_REQUEST
+    d = _sync_round_trip_max(fleet)
+    in_flight = rate * max(o.ended - o.started for o in ok) + N
+    usd_rate = rate * USD_PER_REQUEST
+    bound = min((N - 1) * budget, 2 * usd_rate * (SYNC_SECONDS + d)) + in_flight * USD_PER_REQUEST
+    _report("budget_monthly_usd", budget, spent, budget, bound)
+    assert spent >= budget  # last month's $5,000 did not count
+    assert spent <= budget + bound
+    assert len(ok) < len(outcomes)
+    err = next(e for e in LAST_ERRORS if e["code"] == "budget_exceeded")
+    assert err["type"] == "insufficient_quota" and err["param"] == "budget_monthly_usd", err
+    assert "monthly budget of $7.00" in str(err["message"])
+    assert f"resets at {next_month.isoformat()}T00:00:00Z" in str(err["message"])
+
+    # Every server refuses now, with Retry-After until the first of next month (UTC).
+    await asyncio.sleep(3 * SYNC_SECONDS)
+    reset = datetime(next_month.year, next_month.month, next_month.day, tzinfo=UTC)
+    body = {"model": "openai/gpt-test-budget", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=20) as c:
+        for server in fleet:
+            r = await c.post(server.url + "/v1/chat/completions", json=body)
+            assert r.status_code == 429 and r.json()["error"]["param"] == "budget_monthly_usd"
+            wait = int(r.headers["retry-after"])
+            assert abs(wait - (reset - datetime.now(UTC)).total_seconds()) < 10, wait
+
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        counters = dict(
+            await conn.fetch(
+                "SELECT period_start, usd FROM spend_counters "
+                "WHERE key_id = $1 AND period = 'month'",
+                key_id,
+            )
+        )
+    finally:
+        await conn.close()
+    assert abs(float(counters[this_month]) - spent) < 1e-6
+    assert float(counters[last_month]) == 5000

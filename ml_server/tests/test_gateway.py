@@ -42,7 +42,7 @@ def test_health_needs_no_key_and_names_the_environment(server: ServerProcess) ->
 
 def test_models_lists_only_configured_providers(client: openai.OpenAI) -> None:
     ids = {m.id for m in client.models.list()}
-    assert {"openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "deepseek/deepseek-chat"} <= ids
+    assert {"openai/gpt-4o-mini", "anthropic/claude-haiku-4-5", "deepseek/deepseek-chat"} <= ids
     assert {"gemini/gemini-2.5-flash", "xai/grok-4", "azure/Phi-4", "smart", "cheap"} <= ids
     assert not any(i.startswith("fake/") for i in ids)  # keys are set: no built-in fake provider
 
@@ -139,7 +139,7 @@ def test_embeddings(client: openai.OpenAI, fake: FakeProvider) -> None:
 def test_anthropic_translation_plain(client: openai.OpenAI, fake: FakeProvider) -> None:
     fake.clear()
     reply = client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=[
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "first"},
@@ -158,7 +158,7 @@ def test_anthropic_translation_plain(client: openai.OpenAI, fake: FakeProvider) 
     assert sent["headers"]["anthropic-version"] == "2023-06-01"
     assert "authorization" not in sent["headers"]
     body = sent["body"]
-    assert body["model"] == "claude-sonnet-4-5"
+    assert body["model"] == "claude-haiku-4-5"
     assert body["system"] == "Be brief."
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert body["max_tokens"] == 50
@@ -362,6 +362,11 @@ def test_metrics_exposes_requests_latency_provider_errors_tokens(
     client.chat.completions.create(
         model="openai/gpt-4o", messages=[{"role": "user", "content": "m"}]
     )
+    # Its own provider 5xx (one, no SDK retry): the test does not rely on an earlier test's.
+    with pytest.raises(openai.APIStatusError):
+        client.with_options(max_retries=0).chat.completions.create(
+            model="openai/gpt-status-500", messages=[{"role": "user", "content": "m"}]
+        )
     text = http.get(server.url + "/metrics").text
     assert (
         'mlserver_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text

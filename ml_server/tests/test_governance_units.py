@@ -45,10 +45,20 @@ def test_model_globs() -> None:
     policy = KeyPolicy(allowed_models=("openai/*", "cheap", "anthropic/claude-*-4-5"))
     assert policy.allows("openai/gpt-4o")
     assert policy.allows("cheap", "openai/gpt-4o-mini")
-    assert policy.allows("smart", "anthropic/claude-sonnet-4-5")  # by what the alias resolves to
+    assert policy.allows("smart", "anthropic/claude-haiku-4-5")  # by what the alias resolves to
     assert not policy.allows("deepseek/deepseek-chat")
     assert not policy.allows("OPENAI/gpt-4o")  # case matters, as in model ids
     assert KeyPolicy().allows("anything/at-all")
+
+
+def test_a_glob_without_provider_matches_the_model_name() -> None:
+    bare = KeyPolicy(allowed_models=("claude-*",))
+    assert bare.allows("anthropic/claude-haiku-4-5")
+    assert bare.allows("smart", "anthropic/claude-sonnet-4-5")
+    assert not bare.allows("openai/gpt-4o") and not bare.allows("anthropic/opus-claude-x")
+    # With a provider the glob matches the full name only: "openai/*" never admits "azure/...".
+    assert not KeyPolicy(allowed_models=("openai/*",)).allows("azure/openai/gpt-4o")
+    assert not KeyPolicy(allowed_models=("gpt-*",)).allows("claude-gpt-x")
 
 
 async def test_rpm_and_concurrency_in_one_process() -> None:
@@ -134,3 +144,10 @@ def test_admin_key_file_is_reread_for_rotation(
     assert current_admin_key(settings) == "hsa-rotated-admin-key"
     (tmp_path / "ADMIN_API_KEY").write_text("")
     assert current_admin_key(settings) == ""  # back at the placeholder: admin API off
+
+
+def test_the_cli_states_the_servers_limits() -> None:
+    from ml_server.admin import cli, routes
+
+    assert cli.MAX_EXPIRES_IN_DAYS == routes.MAX_EXPIRES_IN_DAYS
+    assert cli.MAX_BUDGET_USD == routes.MAX_BUDGET_USD

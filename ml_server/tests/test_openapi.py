@@ -64,20 +64,20 @@ def _run(url: str, key: str, paths: list[str], tmp_path: Path) -> subprocess.Com
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     dev_server: ServerProcess, tmp_path: Path
 ) -> None:
-    """Every operation but the admin API's, with a client key."""
+    """Every operation but the admin API's (and the memory API's: no pgvector on this server,
+    so its store answers 503 by design; test_memory_store.py fuzzes it on pgvector), with a
+    client key."""
     key = dev_server.cli("keys", "create", "--name", "schemathesis").stdout.strip()
-    result = _run(dev_server.url, key, ["--exclude-path-regex", "^/admin"], tmp_path)
+    result = _run(dev_server.url, key, ["--exclude-path-regex", "^/admin|^/v1/memories"], tmp_path)
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin API (governance branch): 500 for a key id beyond 64 bits, for budgets near "
-    "1e308 and for lone surrogates in names (found by this run, 2026-12-01); remove the mark "
-    "when fixed",
-)
 def test_schemathesis_on_the_admin_api(dev_server: ServerProcess, tmp_path: Path) -> None:
+    """With the admin key. Its first run (2026-12-01) found three 500s: a key id beyond the
+    32-bit id column (GET), budgets near 1e308 (POST, PATCH; the names there held surrogate
+    pairs, valid UTF-8). test_admin_api.py holds one case per input, NUL and lone surrogates
+    in names included."""
     result = _run(dev_server.url, ADMIN_KEY, ["--include-path-regex", "^/admin"], tmp_path)
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

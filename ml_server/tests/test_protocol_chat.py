@@ -34,7 +34,7 @@ class Place(pydantic.BaseModel):
 
 def test_parse_with_a_pydantic_schema(client: openai.OpenAI, fake: FakeProvider) -> None:
     completion = client.chat.completions.parse(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=[{"role": "user", "content": "Describe Oslo"}],
         response_format=Place,
         max_tokens=200,
@@ -59,7 +59,7 @@ def test_json_object_answers_json(client: openai.OpenAI) -> None:
 def test_n_above_one_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model="anthropic/claude-sonnet-4-5",
+            model="anthropic/claude-haiku-4-5",
             messages=[{"role": "user", "content": "hi"}],
             n=2,
         )
@@ -72,7 +72,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
     the next turn (the API refuses a tool-use turn without it when thinking is on)."""
     messages: list[Any] = [{"role": "user", "content": "Weather in Oslo?"}]
     first = client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=messages,
         tools=[WEATHER_TOOL],
         reasoning_effort="low",
@@ -88,7 +88,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
     messages.append(msg.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
     second = client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=messages,
         tools=[WEATHER_TOOL],
         reasoning_effort="low",
@@ -104,7 +104,7 @@ def test_tool_round_trip_with_thinking(client: openai.OpenAI, fake: FakeProvider
 def test_streamed_tool_round_trip_with_thinking(client: openai.OpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": "Weather in Oslo?"}]
     kwargs: Any = {
-        "model": "anthropic/claude-sonnet-4-5",
+        "model": "anthropic/claude-haiku-4-5",
         "tools": [WEATHER_TOOL],
         "reasoning_effort": "low",
         "max_completion_tokens": 4000,
@@ -196,7 +196,7 @@ def test_sampling_outside_anthropic_ranges_is_refused(client: openai.OpenAI) -> 
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(
-                model="anthropic/claude-sonnet-4-5",
+                model="anthropic/claude-haiku-4-5",
                 messages=[{"role": "user", "content": "hi"}],
                 **kwargs,
             )
@@ -206,7 +206,7 @@ def test_sampling_outside_anthropic_ranges_is_refused(client: openai.OpenAI) -> 
 def test_wrong_tools_type_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model="anthropic/claude-sonnet-4-5",
+            model="anthropic/claude-haiku-4-5",
             messages=[{"role": "user", "content": "hi"}],
             tools="x",  # type: ignore[arg-type]
         )
@@ -217,7 +217,7 @@ def test_mid_conversation_system_message_stays_in_place(
     client: openai.OpenAI, fake: FakeProvider
 ) -> None:
     client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         messages=[
             {"role": "system", "content": "S0"},
             {"role": "user", "content": "a"},
@@ -356,7 +356,7 @@ def test_missing_max_tokens_is_the_models_max_output(
 ) -> None:
     """OpenAI's "no max_tokens" means up to the model's limit: the catalogue's max output."""
     client.chat.completions.create(
-        model="anthropic/claude-sonnet-4-5-20250929",  # a dated snapshot of a catalogue entry
+        model="anthropic/claude-haiku-4-5-20251001",  # a dated snapshot of a catalogue entry
         messages=[{"role": "user", "content": "hi"}],
     )
     assert fake.last("/messages")["body"]["max_tokens"] == 64000
@@ -389,3 +389,50 @@ def test_a_non_string_role_is_a_422_not_a_500(server: Any, api_key: str) -> None
         json={"model": "openai/gpt-4o", "messages": [{"role": {}, "content": None}]},
     )
     assert r.status_code == 422 and r.json()["error"]["param"] == "messages[0].role"
+
+
+# --- the catalogue at the API: limits listed, retired models refused, max output capped --------
+
+
+def test_models_list_shows_limits_and_hides_retired_models(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    gpt = models["openai/gpt-4o"].model_extra or {}
+    assert (gpt["context_window"], gpt["max_output_tokens"]) == (128000, 16384)
+    assert "max_output_tokens" not in (models["xai/grok-4"].model_extra or {})  # not known
+    assert "anthropic/claude-sonnet-5-5" in models
+    assert "anthropic/claude-sonnet-4-5" not in models
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("anthropic/claude-sonnet-4-5")
+    assert err.value.body["code"] == "model_retired"  # type: ignore[index]
+
+
+def test_a_retired_model_is_refused_naming_its_date_and_successor(
+    client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    fake.clear()
+    for model in ("anthropic/claude-sonnet-4-5", "anthropic/claude-sonnet-4-5-20250929"):
+        with pytest.raises(openai.NotFoundError) as err:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        body: Any = err.value.body
+        assert (body["code"], body["param"]) == ("model_retired", "model")
+        assert model in body["message"] and "2026-11-30" in body["message"]
+        assert "anthropic/claude-sonnet-5-5" in body["message"]
+    assert fake.requests == []  # refused before any provider call
+
+
+def test_max_tokens_above_the_models_max_output_is_capped(
+    client: openai.OpenAI, fake: FakeProvider
+) -> None:
+    """max_tokens is an upper bound: a translated request asking for more than the model can
+    give is sent with the model's max output (the catalogue's), never refused for it."""
+    client.chat.completions.create(
+        model="anthropic/claude-haiku-4-5",
+        messages=[{"role": "user", "content": "hi"}],
+        max_completion_tokens=1_000_000,
+    )
+    assert fake.last("/messages")["body"]["max_tokens"] == 64000
+    client.chat.completions.create(
+        model="anthropic/claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}],
+        max_tokens=100,
+    )  # fmt: skip
+    assert fake.last("/messages")["body"]["max_tokens"] == 100

@@ -46,7 +46,7 @@ async def test_native_plain_passes_the_body_through(
 ) -> None:
     rid = "t-" + uuid.uuid4().hex
     msg = claude.messages.create(
-        model="anthropic/claude-sonnet-4-5",
+        model="anthropic/claude-haiku-4-5",
         max_tokens=64,
         system="Be brief.",
         messages=[{"role": "user", "content": "hello claude"}],
@@ -55,12 +55,12 @@ async def test_native_plain_passes_the_body_through(
     assert msg.content[0].type == "text" and msg.content[0].text == "echo: hello claude"
     assert msg.stop_reason == "end_turn" and msg.usage.input_tokens == 2
     sent = fake.last("/messages")
-    assert sent["body"]["model"] == "claude-sonnet-4-5" and sent["body"]["system"] == "Be brief."
+    assert sent["body"]["model"] == "claude-haiku-4-5" and sent["body"]["system"] == "Be brief."
     assert sent["headers"]["x-api-key"] == FAKE_KEYS["ANTHROPIC_API_KEY"]  # ours, not the client's
     assert sent["headers"]["anthropic-beta"] == "some-beta-2026-01-01"
     row = await _row(db, rid)
     assert (row["endpoint"], row["provider"], row["model"]) == (
-        "messages", "anthropic", "claude-sonnet-4-5"
+        "messages", "anthropic", "claude-haiku-4-5"
     )  # fmt: skip
     assert (row["prompt_tokens"], row["completion_tokens"], row["status_code"]) == (2, 3, 200)
 
@@ -88,7 +88,7 @@ async def test_native_stream_with_tools(
 def test_native_tool_round_trip_with_thinking(claude: anthropic.Anthropic) -> None:
     messages: Any = [{"role": "user", "content": "weather?"}]
     kwargs: Any = {
-        "model": "anthropic/claude-sonnet-4-5",
+        "model": "anthropic/claude-haiku-4-5",
         "max_tokens": 4000,
         "tools": [TOOL],
         "thinking": {"type": "enabled", "budget_tokens": 2000},
@@ -216,7 +216,7 @@ def test_overloaded_inside_a_200_stream_is_a_503(claude: anthropic.Anthropic) ->
 
 def test_count_tokens(claude: anthropic.Anthropic) -> None:
     count = claude.messages.count_tokens(
-        model="anthropic/claude-sonnet-4-5", messages=[{"role": "user", "content": "one two"}]
+        model="anthropic/claude-haiku-4-5", messages=[{"role": "user", "content": "one two"}]
     )
     assert count.input_tokens == 2
     with pytest.raises(anthropic.BadRequestError):
@@ -253,3 +253,27 @@ def test_fallback_from_anthropic_to_openai(
         model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "and streamed"}]
     ) as stream:
         assert "".join(stream.text_stream) == "echo: and streamed"
+
+
+def test_retired_model_is_refused_in_anthropics_shape(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as err:
+        claude.messages.create(
+            model="anthropic/claude-sonnet-4-5", max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )  # fmt: skip
+    body: Any = err.value.body
+    assert body["type"] == "error"
+    assert "2026-11-30" in body["error"]["message"]
+    assert "anthropic/claude-sonnet-5-5" in body["error"]["message"]
+
+
+def test_translated_max_tokens_is_capped_to_the_models_max_output(
+    claude: anthropic.Anthropic, fake: FakeProvider
+) -> None:
+    """Claude Code asks for 32000 tokens; gpt-4o gives at most 16384 (catalogue): capped. A
+    model whose max output the catalogue does not know (xai/grok-4) gets the value as sent."""
+    msg = [{"role": "user", "content": "hi"}]
+    claude.messages.create(model="openai/gpt-4o", max_tokens=32000, messages=msg)  # type: ignore[arg-type]
+    assert fake.last("/openai/v1/chat/completions")["body"]["max_completion_tokens"] == 16384
+    claude.messages.create(model="xai/grok-4", max_tokens=32000, messages=msg)  # type: ignore[arg-type]
+    assert fake.last("/xai/v1/chat/completions")["body"]["max_tokens"] == 32000

@@ -209,3 +209,54 @@ def test_breaker_verdict(kind: str, verdict: str) -> None:
     from ml_server.resilience import breaker_verdict
 
     assert breaker_verdict(kind) == verdict
+
+
+def test_timeouts_count_for_the_breaker_only_before_the_first_byte() -> None:
+    from ml_server.resilience import breaker_verdict
+
+    assert breaker_verdict("timeout", before_first_byte=True) == "failure"
+    assert breaker_verdict("timeout", before_first_byte=False) == "none"
+    assert breaker_verdict("connection", before_first_byte=False) == "failure"
+    assert breaker_verdict("http_5xx", before_first_byte=False) == "failure"
+
+
+async def test_fair_share_gives_a_freed_slot_to_the_key_holding_fewest() -> None:
+    from ml_server.resilience import FairShare
+
+    slots = FairShare("p", 4)
+    for _ in range(4):
+        await slots.acquire("a")
+    order: list[str] = []
+
+    async def wait(key: str) -> None:
+        await slots.acquire(key)
+        order.append(key)
+
+    waiters = [asyncio.ensure_future(wait(k)) for k in ("a", "a", "b", "a", "c")]
+    await asyncio.sleep(0)
+    assert slots.waiting == 5 and order == []
+    for _ in range(3):
+        slots.release("a")
+        await asyncio.sleep(0)
+    assert order == ["b", "c", "a"]  # b and c (0 held) before a's older requests
+    assert slots.held == {"a": 2, "b": 1, "c": 1}
+    # A waiter that leaves gives up its place, and a granted slot is not lost.
+    waiters[3].cancel()
+    await asyncio.sleep(0)
+    slots.release("b")
+    await asyncio.sleep(0)
+    assert order == ["b", "c", "a", "a"] and slots.waiting == 0
+    assert slots.in_use == 4
+    for w in waiters:
+        if not w.done():
+            w.cancel()
+
+
+async def test_fair_share_without_capacity_never_waits() -> None:
+    from ml_server.resilience import FairShare
+
+    slots = FairShare("p", 0)
+    for _ in range(1000):
+        await slots.acquire("a")
+    slots.release("a")
+    assert slots.in_use == 0 and slots.waiting == 0

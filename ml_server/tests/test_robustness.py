@@ -114,6 +114,36 @@ def test_azure_gets_extra_parameters_drop(
     assert sent["headers"]["extra-parameters"] == "drop"
 
 
+async def test_azure_stream_records_its_usage(
+    server: ServerProcess, fake: FakeProvider, client: openai.OpenAI, db: asyncpg.Connection
+) -> None:
+    """Reproduction: Azure streams recorded no usage (0 tokens, later an estimate): the gateway
+    did not ask Azure for the usage chunk. The fake provider in Azure mode refuses parameters
+    outside Azure's schema unless extra-parameters is set, and honours include_usage."""
+    rid = "azure-stream-" + uuid.uuid4().hex
+    stream = client.chat.completions.create(
+        model="azure/Phi-4",
+        messages=[{"role": "user", "content": "three little words"}],
+        stream=True,
+        extra_headers={"X-Request-ID": rid},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.usage is None for c in chunks)  # the client did not ask for the usage chunk
+    sent = fake.last("/azure/models/chat/completions")
+    assert sent["query"].get("api-version")
+    row = None
+    end = time.monotonic() + 10
+    while row is None and time.monotonic() < end:
+        row = await db.fetchrow("SELECT * FROM usage WHERE request_id = $1", rid)
+        await asyncio.sleep(0.1)
+    assert row is not None
+    assert row["provider"] == "azure" and row["status_code"] == 200
+    assert row["tokens_estimated"] is False
+    assert row["prompt_tokens"] == 3  # the fake counts words: "three little words"
+    assert row["completion_tokens"] == 4  # "echo: three little words"
+
+
 class _CountingSessions:
     def __init__(self, inner: async_sessionmaker[AsyncSession]) -> None:
         self.inner = inner
@@ -171,6 +201,7 @@ def strict_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProces
         "METRICS_HOST": "127.0.0.1",
         "FORWARDED_ALLOW_IPS": "10.0.0.0/16",
         "BODY_READ_TIMEOUT_SECONDS": "0.5",
+        "HEADER_READ_SECONDS": "1",
     }
     proc = ServerProcess(env)
     try:
@@ -210,3 +241,66 @@ def test_slow_body_gets_408(strict_server: ServerProcess, pg: TempPostgres) -> N
         reply = s.recv(4096)
         assert time.monotonic() - started < 3
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def _trickle_head(port: int, head: bytes, pause: float, limit: float) -> tuple[bytes, float]:
+    """Send ``head`` a byte every ``pause`` s (until the server answers or ``limit`` s pass);
+    returns what the server sent and when."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as s:
+        s.setblocking(False)
+        reply = b""
+        for byte in head:
+            if time.monotonic() - started > limit:
+                break
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:  # closed by the server
+                break
+            time.sleep(pause)
+            try:
+                chunk = s.recv(4096)
+            except BlockingIOError:
+                continue
+            reply += chunk
+            if not chunk or reply:
+                break
+        s.setblocking(True)
+        s.settimeout(max(0.1, limit - (time.monotonic() - started)))
+        try:
+            while chunk := s.recv(4096):
+                reply += chunk
+        except (TimeoutError, OSError):
+            pass
+    return reply, time.monotonic() - started
+
+
+def test_slow_header_gets_408(strict_server: ServerProcess) -> None:
+    """Reproduction: a request head trickled a byte at a time kept the connection open for as
+    long as the client liked (uvicorn has no header deadline; each byte reset nothing)."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    reply, took = _trickle_head(strict_server.port, head, 0.05, 6)
+    assert reply.startswith(b"HTTP/1.1 408"), (reply[:200], took)
+    assert b"HEADER_READ_SECONDS" in reply
+    assert took < 3, took  # HEADER_READ_SECONDS is 1 here
+
+
+def test_silent_connection_is_closed(strict_server: ServerProcess) -> None:
+    """A connection that never sends a byte is answered 408 and closed too."""
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=5) as s:
+        started = time.monotonic()
+        reply = s.recv(4096)
+        assert time.monotonic() - started < 3
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+
+
+def test_fast_header_keep_alive_unaffected(strict_server: ServerProcess) -> None:
+    """Requests whose heads arrive at once keep working on one connection past the deadline."""
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=5) as s:
+        for _ in range(3):
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"}"):  # head and body may come in separate reads
+                reply += s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+            time.sleep(0.6)  # 1.8 s in all, beyond HEADER_READ_SECONDS, idle between requests

@@ -15,11 +15,15 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import openai
 import pytest
+from sqlalchemy import make_url, text
 
+from ml_server.db.engine import make_engine
+from ml_server.db.migrate import upgrade_to_head
 from ml_server.tests import http
 from ml_server.tests.conftest import TEST_SETTINGS
 from ml_server.tests.fake_provider import FakeProvider
@@ -158,3 +162,95 @@ async def _count_rows(pg: TempPostgres, ids: list[str]) -> int:
         return n
     finally:
         await conn.close()
+
+
+# --- alternating users (Secrets Manager multi-user rotation) ---------------------------------
+
+ALT_ROLE, ALT_DB = "alt_app", "alt_db"
+P1 = "alt-first-not-a-real-password"  # throwaway test cluster
+P2 = "alt-clone-not-a-real-password"  # throwaway test cluster
+P3 = "alt-third-not-a-real-password"  # throwaway test cluster
+
+
+@pytest.fixture(scope="module")
+def alternating(pg: TempPostgres) -> str:
+    """``alt_app`` and ``alt_app_clone`` as components/db_bootstrap_handler makes them."""
+
+    async def create() -> None:
+        conn = await asyncpg.connect(pg.dsn)
+        try:
+            await conn.execute(f"CREATE ROLE {ALT_ROLE} LOGIN PASSWORD '{P1}'")
+            await conn.execute(f"CREATE ROLE {ALT_ROLE}_clone LOGIN")
+            await conn.execute(f"GRANT {ALT_ROLE} TO {ALT_ROLE}_clone")
+            await conn.execute(f"ALTER ROLE {ALT_ROLE}_clone SET role = '{ALT_ROLE}'")
+            await conn.execute(f"CREATE DATABASE {ALT_DB} OWNER {ALT_ROLE}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"postgresql+asyncpg://{ALT_ROLE}@{pg.host}:{pg.port}/{ALT_DB}"
+
+
+async def _as_superuser(pg: TempPostgres, sql: str) -> None:
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _session_user(conn: Any) -> str:
+    return str((await conn.execute(text("SELECT session_user"))).scalar_one())
+
+
+async def test_new_connections_follow_the_alternating_users(
+    pg: TempPostgres, alternating: str, tmp_path: Path
+) -> None:
+    """Each rotation sets the password of the user the secret does not name and makes it current:
+    the password file then holds the other user's password, and new connections log in as that
+    user while the open ones live on."""
+    password_file = tmp_path / "DB_PASSWORD"
+    _write_atomically(password_file, P1)
+    engine = make_engine(alternating, pool_size=1, password_file=password_file)
+    try:
+        async with engine.connect() as first:
+            assert await _session_user(first) == ALT_ROLE
+            # first rotation: the clone gets a password and becomes current
+            await _as_superuser(pg, f"ALTER ROLE {ALT_ROLE}_clone PASSWORD '{P2}'")
+            _write_atomically(password_file, P2)
+            async with engine.connect() as second:  # a new connection (pool overflow)
+                assert await _session_user(second) == f"{ALT_ROLE}_clone"
+                current = await second.execute(text("SELECT current_user"))
+                assert current.scalar_one() == ALT_ROLE  # acts as the app role
+            assert await _session_user(first) == ALT_ROLE  # the open one lives on
+        # second rotation: back to the first user, with a new password
+        await _as_superuser(pg, f"ALTER ROLE {ALT_ROLE} PASSWORD '{P3}'")
+        _write_atomically(password_file, P3)
+        await engine.dispose()  # every connection new
+        async with engine.connect() as third:
+            assert await _session_user(third) == ALT_ROLE
+    finally:
+        await engine.dispose()
+
+
+def test_the_migrations_log_in_as_the_alternate_user(pg: TempPostgres, alternating: str) -> None:
+    """A server starting after a rotation: its password is the clone's, its username setting the
+    first user's; the migrations still run (and what they create belongs to the app role)."""
+    asyncio.run(_as_superuser(pg, f"ALTER ROLE {ALT_ROLE}_clone PASSWORD '{P2}'"))
+    url = make_url(alternating).set(password=P2).render_as_string(hide_password=False)
+    upgrade_to_head(url)
+
+    async def owner() -> str:
+        conn = await asyncpg.connect(
+            host=pg.host, port=pg.port, user=f"{ALT_ROLE}_clone", password=P2, database=ALT_DB
+        )
+        try:
+            return str(
+                await conn.fetchval(
+                    "SELECT tableowner FROM pg_tables WHERE tablename = 'alembic_version'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(owner()) == ALT_ROLE

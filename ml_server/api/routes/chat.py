@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import ApiError, invalid_request
+from ml_server.memory.chat import inject_memories
 from ml_server.providers.base import ChatStream, ProviderError, Usage
 from ml_server.router import Route
 from ml_server.state import AppState
@@ -138,12 +139,16 @@ async def chat_completions(
     request: Request, state: StateDep, _key: KeyDep, body: BodyDep
 ) -> Response:
     _validate(body)
+    endpoint = "chat"
+    if "memory" in body:  # opt-in retrieval (ml_server/memory/chat.py); absent: one dict lookup
+        await inject_memories(state, request, _key, body)
+        endpoint = "chat+memory"
     route = state.router.resolve(body["model"])
     started = time.perf_counter()
     if not body.get("stream"):
         call = state.router.chat(route, body)
         result = await accounted_call(
-            state, request, route, call, endpoint="chat", started=started, body=body
+            state, request, route, call, endpoint=endpoint, started=started, body=body
         )
         return Response(result.body, media_type="application/json")
 
@@ -159,7 +164,7 @@ async def chat_completions(
             state,
             request,
             route,
-            endpoint="chat",
+            endpoint=endpoint,
             stream=True,
             status=499,
             usage=estimate_usage(body),
@@ -173,14 +178,16 @@ async def chat_completions(
                 state,
                 request,
                 route,
-                endpoint="chat",
+                endpoint=endpoint,
                 stream=True,
                 status=failure.status,
                 usage=Usage(),
                 started=started,
             )
         raise failure
-    return EventStreamResponse(_relay(state, request, route, opening, keepalive, started, body))
+    return EventStreamResponse(
+        _relay(state, request, route, opening, keepalive, started, body, endpoint)
+    )
 
 
 async def _relay(
@@ -191,6 +198,7 @@ async def _relay(
     keepalive: float,
     started: float,
     body: dict[str, Any],
+    endpoint: str = "chat",
 ) -> AsyncIterator[bytes]:
     status = 200
     upstream: ChatStream | None = None
@@ -251,7 +259,7 @@ async def _relay(
             state,
             request,
             route,
-            endpoint="chat",
+            endpoint=endpoint,
             stream=True,
             status=status,
             usage=usage,

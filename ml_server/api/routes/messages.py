@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from ml_server.api.accounting import account, accounted_call, estimate_usage
 from ml_server.api.deps import json_body, require_key
 from ml_server.api.routes.chat import EventStreamResponse
+from ml_server.catalog import Catalog
 from ml_server.errors import ApiError, invalid_request
 from ml_server.providers.anthropic import AnthropicProvider
 from ml_server.providers.base import ChatStream, ProviderError, Usage
@@ -82,10 +83,15 @@ def _forwarded(request: Request) -> dict[str, str]:
     return {k: v for k in _FORWARDED if (v := request.headers.get(k))}
 
 
-def _adapted(route: Route, headers: dict[str, str]) -> Route:
+def _adapted(route: Route, headers: dict[str, str], catalog: Catalog) -> Route:
+    def cap(t: Target) -> int | None:  # the model's max output, for translated requests
+        entry = catalog.find(t.provider.name, t.model)
+        return entry.max_output_tokens if entry is not None else None
+
     return Route(
         tuple(
-            Target(MessagesAdapter(t.provider, headers), t.model, t.breaker) for t in route.targets
+            Target(MessagesAdapter(t.provider, headers, cap(t)), t.model, t.breaker)
+            for t in route.targets
         )
     )
 
@@ -95,7 +101,9 @@ async def messages(request: Request) -> Response:
     state: AppState = request.app.state.ml
     try:
         body = await _authorized(request, state)
-        route = _adapted(state.router.resolve(body["model"]), _forwarded(request))
+        route = _adapted(
+            state.router.resolve(body["model"]), _forwarded(request), state.router.catalog
+        )
         started = time.perf_counter()
         if not body.get("stream"):
             call = state.router.chat(route, body)

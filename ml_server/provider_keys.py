@@ -1,0 +1,138 @@
+"""Provider keys re-read when their files in SECRETS_DIR change (rotation without a restart).
+
+On the instances the boot writes each provider secret to a file in the secrets folder and a
+timer rewrites the files when a secret changes in Secrets Manager. The server notices a changed
+file (inode, size or modification time) every PROVIDER_KEY_RELOAD_SECONDS, and at once when a
+provider answers 401/403 (then the request is tried again with the new key). Only keys of
+providers configured at start are watched; a provider added later needs a restart. An empty
+file, or one the server cannot read, leaves the current key in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from ml_server.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+# Provider -> the setting (and file name) holding its key.
+KEY_FILES: Mapping[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "gemini": "GOOGLE_API_KEY",
+    "xai": "XAI_API_KEY",
+    "azure": "AZURE_INFERENCE_CREDENTIAL",
+}
+# After a 401, the file is looked at again at most this often per provider.
+AUTH_RECHECK_SECONDS = 1.0
+
+Signature = tuple[int, int, int]  # inode, size, mtime in ns
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ProviderKeyFiles:
+    """Args:
+    secrets_dir: the folder of secret files (file names matched case-insensitively, as the
+        settings read them).
+    providers: the configured providers; those with a key file are watched.
+    interval: seconds between two looks at the files.
+    """
+
+    def __init__(
+        self, secrets_dir: str | Path, providers: Mapping[str, Provider], interval: float
+    ) -> None:
+        self.interval = interval
+        self.reloads = 0
+        self._providers = providers
+        self._files: dict[str, Path] = {}
+        self._seen: dict[str, Signature | None] = {}
+        self._last_check: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        folder = Path(secrets_dir)
+        names = {}
+        if folder.is_dir():
+            names = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
+        for provider, setting in KEY_FILES.items():
+            path = names.get(setting.lower())
+            if provider in providers and path is not None:
+                self._files[provider] = path
+                self._seen[provider] = _signature(path)
+
+    @property
+    def watched(self) -> list[str]:
+        return sorted(self._files)
+
+    def check(self, provider: str) -> bool:
+        """Re-read ``provider``'s key file if it changed; True when a new key is in use."""
+        path = self._files.get(provider)
+        if path is None:
+            return False
+        self._last_check[provider] = time.monotonic()
+        sig = _signature(path)
+        if sig is None or sig == self._seen.get(provider):
+            return False
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return False  # being replaced: the next look reads it
+        self._seen[provider] = sig
+        if not value:
+            log.warning(
+                "provider key file is empty; the current key stays in use",
+                extra={"fields": {"provider": provider, "file": path.name}},
+            )
+            return False
+        if not self._providers[provider].set_credential(value):
+            return False
+        self.reloads += 1
+        log.info(
+            "provider key reloaded from its file",
+            extra={"fields": {"provider": provider, "file": path.name}},
+        )
+        return True
+
+    def check_after_auth_failure(self, provider: str) -> bool:
+        """On a provider's 401/403: look at its file now (at most once per
+        AUTH_RECHECK_SECONDS); True when the request should be tried again with a new key."""
+        if time.monotonic() - self._last_check.get(provider, 0.0) < AUTH_RECHECK_SECONDS:
+            return False
+        return self.check(provider)
+
+    def check_all(self) -> list[str]:
+        return [p for p in list(self._files) if self.check(p)]
+
+    def start(self) -> None:
+        if self._files:
+            self._task = asyncio.create_task(self._run(), name="provider-key-files")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.check_all()
+            except Exception as exc:  # never let the watch die
+                log.warning(
+                    "provider key files check failed",
+                    extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:200]}},
+                )
