@@ -8,6 +8,7 @@ replaces them at deploy time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -74,6 +75,30 @@ AWS_CALL_SECONDS: Final = 10
 METRICS_NAMESPACE_PREFIX: Final = "humansa-ml/"
 """CloudWatch agent metrics land in ``humansa-ml/<env>`` (see docs/boot.md)."""
 
+METRICS_PORT: Final = 9101
+"""The server's Prometheus port (``METRICS_PORT``), published on the instance's 127.0.0.1 only."""
+
+PROMETHEUS_JOB: Final = "humansa-ml"
+"""Job name of the agent's scrape: the ``job`` label, the one dimension of the usage metrics."""
+
+USAGE_ALARM_METRICS: Final[tuple[str, ...]] = (
+    "mlserver_usage_write_errors_total",
+    "mlserver_usage_rows_quarantined_total",
+    "mlserver_usage_rows_dropped_total",
+)
+"""Server counters (ml_server/metrics.py) the agent publishes per scrape as deltas; alarmed."""
+
+USAGE_GAUGE_METRICS: Final[tuple[str, ...]] = ("mlserver_usage_spool_bytes",)
+"""Server gauges the agent publishes as they are (dashboard)."""
+
+USAGE_SPOOL_DIR: Final = "/var/lib/humansa/usage-spool"
+"""Host folder of the server's usage spool (0700, the container uid): survives a container
+restart and an instance reboot."""
+
+CONTAINER_USAGE_SPOOL_DIR: Final = "/tmp/humansa/usage-spool"  # noqa: S108 - a bind mount
+"""Where the spool folder is mounted in the container (``USAGE_SPOOL_DIR`` there): under the
+image's LOCAL_DATA_DIR, a path every container root can create a mount point in."""
+
 SECRETS_DIR: Final = "/run/humansa/secrets"
 CONTAINER_SECRETS_DIR: Final = "/run/secrets/humansa"
 ENV_FILE: Final = "/etc/humansa/humansa-ml.env"
@@ -89,6 +114,7 @@ _SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _JSON_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HEALTH_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 _PARAMETER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
 def secret_name(environment: str, name: str) -> str:
@@ -101,12 +127,15 @@ class SecretFile:
     """One secret file the boot writes into the secrets folder.
 
     Args:
-        arn: Secrets Manager ARN (may be a CDK token string).
+        secret_id: the secret's name (``/humansa/<env>/OPENAI_API_KEY``) or ARN (may be a CDK
+            token string). A name is shorter in the user data; IAM still authorizes the call
+            on the secret's full ARN (docs/boot.md). A name must not end in a hyphen and six
+            characters (Secrets Manager would read it as a partial ARN).
         json_key: key to extract from a JSON SecretString (the RDS secret's ``password``);
             ``None`` writes the whole value.
     """
 
-    arn: str
+    secret_id: str
     json_key: str | None = None
 
 
@@ -144,6 +173,10 @@ class BootSettings:
         ready_timeout_seconds: how long the boot waits for the local health path. Default 300.
         boot_budget_seconds: seconds from the script's start by which the container must
             answer, else the boot is FATAL (ABANDON). Default 600.
+        forwarded_allow_ips: peers whose ``X-Forwarded-For`` the server trusts
+            (``FORWARDED_ALLOW_IPS``): comma-separated addresses or CIDRs, or a CDK token. On
+            the instances the VPC CIDR (only the ALB, inside the VPC, sets the header). Default
+            ``127.0.0.1`` (no proxy trusted).
     """
 
     environment: str
@@ -167,6 +200,7 @@ class BootSettings:
     lifecycle_hook_name: str = ""
     ready_timeout_seconds: int = 300
     boot_budget_seconds: int = 600
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 def lifecycle_heartbeat_seconds(settings: BootSettings) -> int:
@@ -213,6 +247,20 @@ def _check_unit_value(name: str, value: str, *, allow_empty: bool = False) -> No
         )
 
 
+def _check_forwarded(value: str) -> None:
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return
+    try:
+        nets = [ipaddress.ip_network(part, strict=False) for part in str(value).split(",")]
+    except ValueError:
+        nets = []
+    if not nets:
+        raise ValueError(
+            "BootSettings.forwarded_allow_ips must be comma-separated IP addresses or CIDRs "
+            f"(the VPC CIDR, e.g. 10.0.0.0/16) or a CDK token, never '*'; got {value!r}"
+        )
+
+
 def validate(settings: BootSettings) -> None:
     """Raise ValueError naming the field when a setting cannot be rendered safely."""
     if not is_env_name(settings.environment):  # any validated name (config/naming.py)
@@ -251,6 +299,7 @@ def validate(settings: BootSettings) -> None:
             f"BootSettings.ready_timeout_seconds ({settings.ready_timeout_seconds}) exceeds "
             f"boot_budget_seconds ({settings.boot_budget_seconds})"
         )
+    _check_forwarded(settings.forwarded_allow_ips)
     names = settings.parameter_names
     if not 1 <= len(names) <= 10 or len(set(names)) != len(names):
         raise ValueError(
@@ -281,7 +330,13 @@ def validate(settings: BootSettings) -> None:
             )
         if not isinstance(source, SecretFile):
             raise ValueError(f"BootSettings.secret_files[{name!r}] must be a SecretFile")
-        _check_unit_value(f"secret_files[{name!r}].arn", source.arn)
+        _check_unit_value(f"secret_files[{name!r}].secret_id", source.secret_id)
+        if not source.secret_id.startswith("arn:") and _ARN_SUFFIX.search(source.secret_id):
+            raise ValueError(
+                f"BootSettings.secret_files[{name!r}].secret_id {source.secret_id!r} ends in a "
+                "hyphen and six characters: Secrets Manager would take it for a partial ARN; "
+                "give the full ARN or a name without that ending"
+            )
         if source.json_key is not None and not _JSON_KEY.fullmatch(source.json_key):
             raise ValueError(
                 f"BootSettings.secret_files[{name!r}].json_key must match "
@@ -312,11 +367,19 @@ def _environment() -> jinja2.Environment:
 
 def _context(settings: BootSettings) -> dict[str, object]:
     validate(settings)
+    prefix = secret_name(settings.environment, "")
     return {
         "s": settings,
         "secrets": sorted(settings.secret_files.items()),
         "namespace": METRICS_NAMESPACE_PREFIX + settings.environment,
         "placeholder": PLACEHOLDER_SECRET_VALUE,
+        "secret_prefix": prefix,
+        # Provider secrets under their default name (/humansa/<env>/NAME) go in one loop.
+        "by_name": [
+            n
+            for n, src in sorted(settings.secret_files.items())
+            if src.secret_id == prefix + n and src.json_key is None
+        ],
         "secrets_dir": SECRETS_DIR,
         "container_secrets_dir": CONTAINER_SECRETS_DIR,
         "env_file": ENV_FILE,
@@ -324,7 +387,21 @@ def _context(settings: BootSettings) -> dict[str, object]:
         "stop_timeout": settings.drain_seconds + 30,
         "threshold": HEALTH_FAILURE_THRESHOLD,
         "required": ",".join(settings.required_parameters),
+        "image": settings.image_uri,
+        "metrics_port": METRICS_PORT,
+        "job": PROMETHEUS_JOB,
+        "usage_selector": _selector(USAGE_ALARM_METRICS + USAGE_GAUGE_METRICS),
+        "spool_dir": USAGE_SPOOL_DIR,
+        "container_spool_dir": CONTAINER_USAGE_SPOOL_DIR,
     }
+
+
+def _selector(names: tuple[str, ...]) -> str:
+    """One anchored regex for the agent's ``metric_selectors``: ``^prefix(a|b)$``."""
+    common = names[0]
+    while not all(n.startswith(common) for n in names):
+        common = common[:-1]
+    return f"^{re.escape(common)}(" + "|".join(n[len(common) :] for n in names) + ")$"
 
 
 def render_file(name: str, settings: BootSettings) -> str:
@@ -350,16 +427,22 @@ def render_user_data(settings: BootSettings) -> str:
 
 __all__ = [
     "CONTAINER_NAME",
+    "CONTAINER_USAGE_SPOOL_DIR",
     "ENVIRONMENTS",
     "ENV_FILE",
     "GHCR_TOKEN_SECRET_NAME",
     "LAUNCH_HOOK_NAME",
     "METRICS_NAMESPACE_PREFIX",
+    "METRICS_PORT",
     "PLACEHOLDER_SECRET_VALUE",
+    "PROMETHEUS_JOB",
     "PROVIDER_SECRET_NAMES",
     "REQUIRED_PARAMETER_NAMES",
     "RUNBOOK_PARAMETER_NAMES",
     "SECRETS_DIR",
+    "USAGE_ALARM_METRICS",
+    "USAGE_GAUGE_METRICS",
+    "USAGE_SPOOL_DIR",
     "BootSettings",
     "SecretFile",
     "lifecycle_heartbeat_seconds",

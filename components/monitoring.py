@@ -17,6 +17,12 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from components.boot import (
+    METRICS_PORT,
+    PROMETHEUS_JOB,
+    USAGE_ALARM_METRICS,
+    USAGE_GAUGE_METRICS,
+)
 from config.monitoring import MonitoringConfig
 from config.naming import alarm_prefix
 
@@ -28,6 +34,32 @@ GT = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
 GTE = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
 LT = cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD
 Missing = cloudwatch.TreatMissingData
+
+
+USAGE_METRIC_DIMENSIONS: dict[str, str] = {"job": PROMETHEUS_JOB}
+"""Dimensions of the server's usage metrics: the agent's Prometheus ``job`` label only (one
+fleet-wide series per metric; user_data/cloudwatch-agent.json.j2)."""
+
+_USAGE_ALARMS: dict[str, tuple[str, str]] = {
+    "mlserver_usage_write_errors_total": (
+        "UsageWriteErrors",
+        "The usage writer failed to write a batch to PostgreSQL (it retries; the rows wait in "
+        "memory or the local spool). Check first: the server log for 'usage' errors, the "
+        "database (RdsCpu, RdsConnections, a failover), /ready's writer details.",
+    ),
+    "mlserver_usage_rows_quarantined_total": (
+        "UsageRowsQuarantined",
+        "The database refused usage rows (value out of range, bad text, unknown key): they are "
+        "kept in the usage_quarantine table with the reason, not billed. Check first: "
+        "SELECT reason, count(*) FROM usage_quarantine GROUP BY 1.",
+    ),
+    "mlserver_usage_rows_dropped_total": (
+        "UsageRowsDropped",
+        "Usage rows were dropped (the in-memory queue and the local spool were full): this "
+        "usage is lost. Check first: the UsageWriteErrors alarm and the database, then the "
+        "spool size on the dashboard.",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -172,6 +204,30 @@ class ServiceMonitoring(Construct):
         )
         memory = agent("mem_used_percent", "Maximum")
         disk = agent("disk_used_percent", "Maximum")
+        assert set(_USAGE_ALARMS) == set(USAGE_ALARM_METRICS), "an alarm per usage counter"
+        # The CloudWatch agent's Prometheus scrape publishes each counter as the delta of
+        # each scrape (once a minute): Sum over 5 min = rows or batches in that window.
+        usage = {
+            name: cloudwatch.Metric(
+                namespace=agent_namespace,
+                metric_name=name,
+                dimensions_map=USAGE_METRIC_DIMENSIONS,
+                statistic="Sum",
+                period=five_min,
+            )
+            for name in USAGE_ALARM_METRICS
+        }
+        spool: list[cloudwatch.IMetric] = [
+            cloudwatch.Metric(
+                namespace=agent_namespace,
+                metric_name=name,
+                dimensions_map=USAGE_METRIC_DIMENSIONS,
+                statistic="Maximum",
+                period=five_min,
+                label="Spool bytes (max of workers)",
+            )
+            for name in USAGE_GAUGE_METRICS
+        ]
         target_5xx_rate = cloudwatch.MathExpression(
             expression=(
                 f"IF(requests >= {t.target_5xx_min_requests}, 100 * FILL(errors, 0) / requests, 0)"
@@ -283,6 +339,20 @@ class ServiceMonitoring(Construct):
                 "first: old Docker images (docker image prune) and /var/log. No data keeps the "
                 "last state (agent silent during replacement).",
             ),
+        ]
+        specs += [
+            _AlarmSpec(
+                alarm_id,
+                usage[name],
+                0,
+                GT,
+                1,
+                1,
+                Missing.NOT_BREACHING,
+                f"{description} Any in 5 min alarms. No data (no instance, or no scrape yet) "
+                "counts as OK.",
+            )
+            for name, (alarm_id, description) in _USAGE_ALARMS.items()
         ]
         if database is not None:
             specs += [
@@ -426,18 +496,24 @@ class ServiceMonitoring(Construct):
                 ),
             )
         self.dashboard.add_widgets(
+            graph(
+                "Usage accounting (rows / batches per 5 min)",
+                [m.with_(label=_USAGE_ALARMS[n][0]) for n, m in usage.items()],
+                right=spool,
+            ),
             cloudwatch.AlarmStatusWidget(
-                title="Alarms", alarms=list(self.alarms.values()), width=12, height=6
+                title="Alarms", alarms=list(self.alarms.values()), width=8, height=6
             ),
             cloudwatch.TextWidget(
                 markdown=(
                     "### Server metrics\n"
-                    "The ML server's own Prometheus metrics (requests and latency per provider "
-                    "and model, tokens) are not exported to CloudWatch yet. Read them on an "
-                    "instance: `curl localhost:5001/metrics` in an SSM Session Manager shell "
+                    "Only the usage writer's metrics reach CloudWatch (the agent scrapes them). "
+                    "The rest (requests and latency per provider and model, tokens) are not "
+                    "exported to CloudWatch yet. Read them on an instance: "
+                    f"`curl 127.0.0.1:{METRICS_PORT}/metrics` in an SSM Session Manager shell "
                     "(docs/operations.md, Dashboard)."
                 ),
-                width=12,
+                width=8,
                 height=6,
             ),
         )

@@ -5,10 +5,22 @@ from __future__ import annotations
 from aws_cdk import RemovalPolicy, SecretValue
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from components.acks import acknowledge
 from components.boot import PLACEHOLDER_SECRET_VALUE, PROVIDER_SECRET_NAMES, SecretFile, secret_name
+
+
+def cfn_secret_name(secret: IConstruct) -> str:
+    """The ``Name`` a secret is created with (its L1 property, a plain string).
+
+    ``Secret.secret_name`` is instead a token parsed from the ARN, with the random suffix.
+    """
+    cfn = secret.node.default_child
+    assert isinstance(cfn, secretsmanager.CfnSecret)
+    if not isinstance(cfn.name, str) or not cfn.name:
+        raise ValueError(f"{secret.node.path}: the secret has no fixed name to fetch it by")
+    return cfn.name
 
 
 def construct_id(name: str) -> str:
@@ -63,8 +75,12 @@ class ProviderSecrets(Construct):
             self.secrets[name] = secret
 
     def secret_files(self) -> dict[str, SecretFile]:
-        """NAME -> ``SecretFile(arn)`` for ``BootSettings.secret_files``."""
-        return {name: SecretFile(secret.secret_arn) for name, secret in self.secrets.items()}
+        """NAME -> ``SecretFile(<the secret's name>)`` for ``BootSettings.secret_files``.
+
+        By name, not ARN: ~60 bytes shorter per secret in the user data (EC2 allows 16 KB);
+        IAM authorizes the call on the secret's full ARN, which the grant names.
+        """
+        return {name: SecretFile(cfn_secret_name(s)) for name, s in self.secrets.items()}
 
     def grant_read(self, grantee: iam.IGrantable) -> None:
         """Let ``grantee`` read every provider secret (and nothing else)."""

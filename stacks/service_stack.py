@@ -25,7 +25,7 @@ from components.logs import ServiceLogs
 from components.monitoring import ServiceMonitoring
 from components.network import Network
 from components.parameters import Parameters
-from components.secrets import ProviderSecrets
+from components.secrets import ProviderSecrets, cfn_secret_name
 from config import naming
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
@@ -110,7 +110,9 @@ class ServiceStack(Stack):
             image_uri=self.image.image_uri,
             registry=self.image.registry,
             secret_files={
-                "DB_PASSWORD": SecretFile(data.app_user.secret.secret_arn, "password"),
+                "DB_PASSWORD": SecretFile(
+                    cfn_secret_name(data.app_user.generated_secret), "password"
+                ),
                 **self.provider_secrets.secret_files(),
             },
             app_log_group=self.logs.app.log_group_name,
@@ -120,6 +122,9 @@ class ServiceStack(Stack):
             keep_alive_seconds=server_keep_alive_seconds(config.service),
             auto_scaling_group_name=group_name(config),
             lifecycle_hook_name=LAUNCH_HOOK_NAME,
+            # Only the ALB, inside the VPC, may set X-Forwarded-For (the CIDR the VPC is
+            # created with, components/network.py).
+            forwarded_allow_ips=config.vpc.cidr,
         )
         self.fleet = Fleet(
             self,

@@ -219,12 +219,15 @@ def test_the_unit_runs_the_image_as_the_dockerfile_user_with_the_secrets_read_on
 ) -> None:
     run = running.run
     assert run.user == running.config["User"] == "10001:10001"
-    assert [v.container for v in run.volumes] == ["/run/secrets/humansa"]
-    assert all(v.read_only for v in run.volumes)
-    assert run.cap_drop == ["ALL"] and "no-new-privileges" in run.security_opt
     env = dict(item.split("=", 1) for item in running.env)
+    # The secrets read-only; only the usage spool (a host folder) writable.
+    mounts = {v.container: v.read_only for v in run.volumes}
+    assert mounts == {"/run/secrets/humansa": True, env["USAGE_SPOOL_DIR"]: False}
+    assert run.cap_drop == ["ALL"] and "no-new-privileges" in run.security_opt
     published = {p.rsplit(":", 1)[-1] for p in run.publish}
-    assert published == {env["ML_SERVER_PORT"]} == {str(running.port)}
+    assert published == {env["ML_SERVER_PORT"], env["METRICS_PORT"]}
+    assert env["ML_SERVER_PORT"] == str(running.port)
+    assert f"127.0.0.1:{env['METRICS_PORT']}:{env['METRICS_PORT']}" in run.publish
 
 
 def test_health_and_ready_answer_200(running: Running) -> None:
@@ -328,3 +331,15 @@ def test_sigterm_drains_a_stream_and_exits_0(running: Running, api_key: str) -> 
     # The HEALTHCHECK command can fail: with the server gone it exits non-zero.
     test = running.config["Healthcheck"]["Test"]
     assert running.exec(*test[1:], user=running.config["User"]).returncode != 0
+
+
+def test_the_usage_spool_is_the_boots_host_folder_writable_by_the_server_only(
+    running: Running,
+) -> None:
+    env = dict(item.split("=", 1) for item in running.env)
+    (spool,) = [v for v in running.run.volumes if v.container == env["USAGE_SPOOL_DIR"]]
+    probe = f"{spool.container}/probe"
+    own = running.exec("sh", "-c", f"echo row > {probe} && cat {probe} && rm {probe}")
+    assert own.returncode == 0 and own.stdout == "row\n", own
+    other = running.exec("ls", spool.container, user="10002:10002")
+    assert other.returncode != 0 and "Permission denied" in other.stderr, other

@@ -41,6 +41,9 @@ from components.boot import (
     PROVIDER_SECRET_NAMES,
     RUNBOOK_PARAMETER_NAMES,
     SECRETS_DIR,
+    USAGE_ALARM_METRICS,
+    USAGE_GAUGE_METRICS,
+    USAGE_SPOOL_DIR,
     BootSettings,
     render_file,
     render_user_data,
@@ -406,6 +409,29 @@ def test_first_boot_runs_the_user_data_and_the_rendered_units(production: Booted
     assert uid_line.split()[1:] == [str(production.settings.container_uid)] * 4
 
 
+def test_the_agents_scrape_target_serves_the_usage_metrics(production: Booted) -> None:
+    # The scrape config the boot wrote for the CloudWatch agent (which is a stand-in here): its
+    # target answers with every metric the agent's EMF declaration selects.
+    # Right after the first boot: a later test kills the server, and where systemd cannot kill
+    # the unit's cgroup (EIO in this machine) orphaned workers keep 5001 but not the metrics
+    # port of their dead supervisor.
+    m = production.machine
+    wait_for("healthy", lambda: health() == 200, 60, m)
+    scrape = json.loads(m.path("/opt/aws/amazon-cloudwatch-agent/etc/prometheus.yaml").read_text())
+    (target,) = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+
+    def scrape_text() -> str:
+        url = f"http://{target}/metrics"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+        return ""
+
+    wait_for(f"{target}/metrics", scrape_text, 30, m)
+    text = scrape_text()
+    for name in (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS):
+        assert any(line.split("{")[0].split(" ")[0] == name for line in text.splitlines()), name
+
+
 def test_the_container_unit_started_after_the_secrets(production: Booted) -> None:
     m = production.machine
     started = float(m.show("humansa-ml.service", "ExecMainStartTimestamp").lstrip("@"))
@@ -474,7 +500,7 @@ def test_the_refresh_timer_rewrites_a_rotated_secret(production: Booted) -> None
     new = "sk-test-not-a-real-key-rotated-7c1d"
     sm = production.world.moto.client("secretsmanager")
     sm.put_secret_value(
-        SecretId=production.settings.secret_files["OPENAI_API_KEY"].arn, SecretString=new
+        SecretId=production.settings.secret_files["OPENAI_API_KEY"].secret_id, SecretString=new
     )
     path = m.path(f"{SECRETS_DIR}/OPENAI_API_KEY")
     took = wait_for("rotated secret file", lambda: path.read_text() == new, 120, m)
@@ -539,12 +565,20 @@ def test_systemctl_stop_drains_a_stream(production: Booted) -> None:
 
 def test_a_reboot_fetches_the_secrets_again(production: Booted) -> None:
     m = production.machine
+    # The usage spool is on the root volume: what the server left there survives the reboot.
+    probe = m.path(USAGE_SPOOL_DIR) / "reboot-probe"
+    probe.write_text("kept\n")
     assert m.poweroff() == 0
     assert not (m.root / SECRETS_DIR.lstrip("/")).exists(), "/run must not survive a reboot"
     took = boot_to_healthy(m, "production reboot")
     assert m.show("cloud-final.service", "ConditionResult") == "no", "user data runs once"
     assert len(list(m.path(SECRETS_DIR).iterdir())) == len(production.settings.secret_files)
     assert "secrets: " in m.journal("humansa-ml.service")
+    # m.path goes through the machine's leader process, a new one after the reboot.
+    assert (m.path(USAGE_SPOOL_DIR) / probe.name).read_text() == "kept\n"
+    st = m.path(USAGE_SPOOL_DIR).stat()
+    uid = production.settings.container_uid
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, uid, uid)
     assert production.restarts() == 0
     assert took > 0
     hooks = production.world.proxy.hooks_of("production")

@@ -27,6 +27,7 @@ _WITH_VALUE = frozenset(
         "--network",
         "--restart",
         "--pull",
+        "--tmpfs",
     }
 )
 _FLAGS = frozenset({"--rm", "--init", "--read-only"})
@@ -55,6 +56,7 @@ class DockerRun:
     security_opt: list[str] = field(default_factory=list)
     log_driver: str = ""
     log_opts: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
 
@@ -135,6 +137,7 @@ def parse_docker_run(unit_text: str) -> DockerRun:
         security_opt=many("--security-opt"),
         log_driver=(many("--log-driver") or [""])[0],
         log_opts=many("--log-opt"),
+        tmpfs=many("--tmpfs"),
         flags=flags,
         command=argv[i + 1 :],
     )

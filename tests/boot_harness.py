@@ -84,6 +84,40 @@ def secret_values() -> list[str]:
     ]
 
 
+def heredoc(script: str, destination: str) -> str:
+    """The content the boot script writes to ``destination`` (a path ending, e.g.
+    ``/prometheus.yaml``) with ``write_file DEST MODE <<'MARK'``, read from the script text."""
+    lines = script.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        head = line.split("<<'", 1)
+        if line.startswith("write_file ") and len(head) == 2 and destination in head[0]:
+            mark = head[1].split("'", 1)[0]
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip("\n") == mark)
+            return "".join(lines[i + 1 : end])
+    raise AssertionError(f"the boot script writes no {destination} with a heredoc")
+
+
+def synthesized_user_data(templates: dict[str, dict[str, Any]], stack: str, config: Any) -> str:
+    """The launch template's user data in ``stack``, resolved as CloudFormation would.
+
+    Args:
+        templates: stack name -> template JSON of one environment (Network, Data, Service).
+        stack: the Service stack's name.
+        config: that environment's ``EnvironmentConfig`` (region, account).
+    """
+    from tests.iam_contract import Templates, Unresolvable
+
+    def no_secret(stack: str, logical: str, props: dict[str, Any]) -> str:
+        raise Unresolvable(f"the user data names secret {logical} by ARN, not by name")
+
+    resolved = Templates(templates, config.region, config.account, no_secret)
+    for res in resolved.resources(stack).values():
+        if res["Type"] == "AWS::EC2::LaunchTemplate":
+            data = res["Properties"]["LaunchTemplateData"]["UserData"]
+            return str(resolved.resolve(data, stack))
+    raise AssertionError(f"{stack}: no launch template")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -28,6 +28,7 @@ DASHBOARD_WIDGETS = (
     "RDS CPU % / connections",
     "RDS free storage (bytes)",
     "RDS freeable memory (bytes)",
+    "Usage accounting (rows / batches per 5 min)",
     "Alarms",
 )
 
@@ -54,6 +55,12 @@ def expected_alarms(
          "GreaterThanThreshold", "missing"),
         ("FleetDisk", agent_namespace, "disk_used_percent", t.fleet_disk_percent,
          "GreaterThanThreshold", "missing"),
+        ("UsageWriteErrors", agent_namespace, "mlserver_usage_write_errors_total", 0,
+         "GreaterThanThreshold", "notBreaching"),
+        ("UsageRowsQuarantined", agent_namespace, "mlserver_usage_rows_quarantined_total", 0,
+         "GreaterThanThreshold", "notBreaching"),
+        ("UsageRowsDropped", agent_namespace, "mlserver_usage_rows_dropped_total", 0,
+         "GreaterThanThreshold", "notBreaching"),
     ]  # fmt: skip
     if with_database:
         rows += [

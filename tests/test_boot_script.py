@@ -24,6 +24,7 @@ from components.boot import (
     SecretFile,
     render_file,
     render_user_data,
+    secret_name,
 )
 from tests import boot_harness as h
 
@@ -34,16 +35,9 @@ REPO = Path(__file__).parent.parent
 def realistic(environment: str, **overrides: object) -> BootSettings:
     """Settings with literal values as long as the deployed ones (tokens resolve longer)."""
     account, region = "992382528744", "ap-east-1"
-    prefix = f"arn:aws:secretsmanager:{region}:{account}:secret:"
-    files = {
-        "DB_PASSWORD": SecretFile(
-            f"{prefix}HumansaData{environment.title()}DatabaseSecret3B8-Ab1Cd2Ef3Gh4-AbCdEf",
-            "password",
-        )
-    }
-    files.update(
-        {n: SecretFile(f"{prefix}/humansa/{environment}/{n}-AbCdEf") for n in PROVIDER_SECRET_NAMES}
-    )
+    # By name, as the stacks pass them (components/secrets.py).
+    files = {"DB_PASSWORD": SecretFile(f"humansa/{environment}/db-app", "password")}
+    files.update({n: SecretFile(secret_name(environment, n)) for n in PROVIDER_SECRET_NAMES})
     registry = f"{account}.dkr.ecr.{region}.amazonaws.com"
     base: dict[str, object] = {
         "environment": environment,

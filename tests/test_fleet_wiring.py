@@ -4,6 +4,7 @@ scaling, spot capacity, architecture, and the GHCR image source (GIVEN the real 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from components.image import ghcr_token_secret_name
 from config import ConfigError, load_environment
 from config.model import is_graviton
 from stacks.service_stack import REFRESH_ALARMS
+from tests import boot_harness as h
 from tests.conftest import ENVIRONMENTS, ROOT, Synth, cdk_context
 from tests.ops_checks import (
     alarm_topic,
@@ -187,11 +189,58 @@ def test_user_data_with_real_arns_fits(synth: Synth, env: str) -> None:
     joined = launch_template["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
     separator, parts = joined["Fn::Join"]
     script = separator.join(_concrete(p, template, env) for p in parts)
-    for name in PROVIDER_SECRET_NAMES:
-        assert f"{secret_name(env, name)}-AbCdEf" in script
+    assert "arn:aws:secretsmanager" not in script  # every secret by name
     size = len(script.encode())
     print(f"{env}: rendered user data with concrete ARNs: {size} bytes")
     assert size < USER_DATA_LIMIT_BYTES, size
+
+
+def _user_data(synth: Synth, env: str) -> str:
+    stacks = synth.stacks[env]
+    templates = {
+        st.stack_name: synth.template_json(env, kind)
+        for kind, st in zip(
+            ("Network", "Data", "Service"),
+            (stacks.network, stacks.data, stacks.service),
+            strict=True,
+        )
+    }
+    return h.synthesized_user_data(templates, stacks.service.stack_name, synth.configs[env])
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_boot_fetches_each_secret_by_the_name_it_is_created_with(
+    synth: Synth, env: str
+) -> None:
+    # GIVEN the synthesized user data and the secrets of the Data and Service templates
+    created = {
+        r["Properties"]["Name"]
+        for kind in ("Data", "Service")
+        for r in _resources(synth.template_json(env, kind), "AWS::SecretsManager::Secret").values()
+    }
+    # WHEN the rendered fetch-secrets script runs THEN each id it asks for is one of those names
+    # (a name resolves to the ARN with its random suffix, which the role's grant names).
+    fetch = h.heredoc(_user_data(synth, env), "/fetch-secrets")
+    (prefix,) = re.findall(r"local id=\$\{2:-'([^']+)'\$1\}", fetch)
+    (loop,) = re.findall(r"for n in ([A-Z0-9_ ]+); do fetch", fetch)
+    ids = {prefix + n for n in loop.split()}
+    ids |= set(re.findall(r"^  fetch [A-Z0-9_]+ '([^']+)'", fetch, re.MULTILINE))
+    assert ids <= created - {ghcr_token_secret_name(env)}, ids - created
+    providers = {secret_name(env, n) for n in PROVIDER_SECRET_NAMES}
+    assert providers <= ids
+    # plus exactly one database login: the app user's, never the master secret
+    (db,) = ids - providers
+    assert db.startswith(f"humansa/{env}/db") and db != f"humansa/{env}/db", db
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_server_trusts_x_forwarded_for_only_from_the_vpc(synth: Synth, env: str) -> None:
+    # GIVEN the VPC of the Network template and the synthesized boot WHEN the boot writes the
+    # env file THEN FORWARDED_ALLOW_IPS is the VPC's CIDR (the ALB's addresses), never "*".
+    (vpc,) = _resources(synth.template_json(env, "Network"), "AWS::EC2::VPC").values()
+    script = _user_data(synth, env)
+    (value,) = re.findall(r"FORWARDED_ALLOW_IPS=('[^']*'|\S+)", script)
+    assert value.strip("'") == vpc["Properties"]["CidrBlock"]
 
 
 # --- rollout ---------------------------------------------------------------------------
@@ -303,10 +352,13 @@ def test_dashboard_on_the_service_stack(synth: Synth, env: str) -> None:
     check_dashboard(synth.template(env, "Service"), _title(env))
 
 
-def test_agent_config_aggregates_by_group_and_skips_tmpfs() -> None:
-    text = (ROOT / "user_data" / "cloudwatch-agent.json.j2").read_text()
-    assert '"aggregation_dimensions": [["AutoScalingGroupName"]]' in text
-    assert '"ignore_file_system_types": ["tmpfs", "devtmpfs", "overlay"]' in text
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_agent_config_aggregates_by_group_and_skips_tmpfs(synth: Synth, env: str) -> None:
+    agent = json.loads(h.heredoc(_user_data(synth, env), "/humansa-ml.json"))
+    assert agent["metrics"]["aggregation_dimensions"] == [["AutoScalingGroupName"]]
+    # Only the mount point "/" (the agent's disk "resources"): tmpfs, devtmpfs and the
+    # containers' overlay mounts are never "/", so FleetDisk never reads them.
+    assert agent["metrics"]["metrics_collected"]["disk"]["resources"] == ["/"]
 
 
 # --- scaling and capacity --------------------------------------------------------------

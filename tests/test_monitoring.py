@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from aws_cdk import App, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
@@ -14,8 +18,11 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk.assertions import Template
 from pydantic import ValidationError
 
+from components.boot import METRICS_PORT
 from components.monitoring import ServiceMonitoring
 from config.monitoring import AlarmThresholds, MonitoringConfig
+from ml_server.metrics import Metrics
+from tests import boot_harness as h
 from tests.conftest import Synth
 from tests.ops_checks import (
     alarm_topic,
@@ -281,3 +288,83 @@ def test_topic_policy_lets_cloudwatch_alarms_publish(synth: Synth, env: str) -> 
     assert len(denies) == 1
     assert denies[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert denies[0]["Action"] == "sns:Publish"
+
+
+# --- usage-writer alarms: the seam with the CloudWatch agent and the server --------------------
+
+
+def _agent_and_scrape(synth: Synth, env: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The agent config and the Prometheus scrape config the synthesized boot writes, and the
+    scrape config's path on the instance (``$CWA`` of the boot script)."""
+    stacks = synth.stacks[env]
+    templates = {
+        st.stack_name: synth.template_json(env, kind)
+        for kind, st in zip(
+            ("Network", "Data", "Service"),
+            (stacks.network, stacks.data, stacks.service),
+            strict=True,
+        )
+    }
+    script = h.synthesized_user_data(templates, stacks.service.stack_name, synth.configs[env])
+    agent = json.loads(h.heredoc(script, "/humansa-ml.json"))
+    scrape = yaml.safe_load(h.heredoc(script, "/prometheus.yaml"))
+    (cwa,) = re.findall(r'^CWA="\$ROOT(\S+)"$', script, re.MULTILINE)
+    (line,) = [x for x in script.splitlines() if x.startswith("write_file ") and "prometheus" in x]
+    path = line.split('"')[1].replace("$CWA", cwa)
+    return agent, scrape, path
+
+
+def _server_counters() -> dict[str, set[str]]:
+    """Sample name -> label names of every counter the server exposes (ml_server/metrics.py)."""
+    counters: dict[str, set[str]] = {}
+    for family in Metrics().registry.collect():
+        if family.type == "counter":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counters[sample.name] = set(sample.labels)
+    return counters
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "production"])
+def test_usage_alarms_read_exactly_what_the_agent_publishes(synth: Synth, env: str) -> None:
+    """GIVEN the agent config in each environment's synthesized user data WHEN its Prometheus
+    scrape turns the server's usage counters into EMF metrics THEN each usage alarm's namespace,
+    metric name and dimensions are the ones those events carry, the counter exists on the
+    server without labels of its own, and the alarm notifies the alarm topic."""
+    agent, scrape, scrape_path = _agent_and_scrape(synth, env)
+    prometheus = agent["logs"]["metrics_collected"]["prometheus"]
+    assert prometheus["prometheus_config_path"] == scrape_path
+    (job,) = scrape["scrape_configs"]
+    (static,) = job["static_configs"]
+    (target,) = static["targets"]
+    assert target == f"127.0.0.1:{METRICS_PORT}"  # the port the unit publishes on loopback only
+    # Prometheus labels every scraped series with job and instance.
+    labels = {"job": job["job_name"], "instance": target}
+    emf = prometheus["emf_processor"]
+    (declaration,) = emf["metric_declaration"]
+    joined = ";".join(labels[name] for name in declaration["source_labels"])
+    assert re.search(declaration["label_matcher"], joined), "the declaration skips the job"
+
+    template = synth.template(env, "Service")
+    topic_id = alarm_topic(template, synth.configs[env].monitoring.alarm_email)
+    counters = _server_counters()
+    alarms = {
+        props["AlarmName"]: props
+        for props in (
+            r["Properties"] for r in template.find_resources("AWS::CloudWatch::Alarm").values()
+        )
+        if str(props.get("MetricName", "")).startswith("mlserver_")
+    }
+    suffixes = {name.rsplit("-", 1)[1] for name in alarms}
+    assert {"UsageWriteErrors", "UsageRowsQuarantined"} <= suffixes, sorted(alarms)
+    for name, props in alarms.items():
+        metric = props["MetricName"]
+        assert props["Namespace"] == emf["metric_namespace"], name
+        assert any(re.search(s, metric) for s in declaration["metric_selectors"]), name
+        dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
+        assert sorted(dimensions) in [sorted(d) for d in declaration["dimensions"]], name
+        assert dimensions == {k: labels[k] for k in dimensions}, name
+        # A counter: the agent sends the delta of each scrape, so Sum counts new events.
+        assert metric in counters and counters[metric] == set(), (name, metric)
+        assert props["Statistic"] == "Sum" and props["Threshold"] == 0, name
+        assert props["AlarmActions"] == [{"Ref": topic_id}], name

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from components.boot import PLACEHOLDER_SECRET_VALUE
-from ml_server.tests.pg import TempPostgres
+from components.boot import PLACEHOLDER_SECRET_VALUE, USAGE_SPOOL_DIR
+from ml_server.tests.pg import TempPostgres, free_port
 from ml_server.tests.server_proc import ServerProcess
 from tests import boot_harness as h
 from tests.aws_proxy import RecordingProxy, Request, recording_proxy
@@ -432,9 +432,14 @@ def test_the_boot_output_starts_the_real_server_with_every_provider_at_its_place
     for value in PLANTED.values():
         assert value not in env_text, f"{b.env}: a planted SecureString reached the env file"
     # As docker run --env-file + the read-only secrets mount: the env file's variables and
-    # SECRETS_DIR; the port is the test's own (5001 may be taken here).
+    # SECRETS_DIR; the ports are the test's own (5001 and 9101 may be taken here).
     server_env = {k: v for k, v in env.items() if k not in ("ML_SERVER_PORT",)}
-    server = ServerProcess({**server_env, "SECRETS_DIR": str(secrets)})
+    server_env["METRICS_PORT"] = str(free_port())
+    # The unit mounts the boot's spool folder at USAGE_SPOOL_DIR: here, that folder itself.
+    spool = b.sandbox.root / USAGE_SPOOL_DIR.lstrip("/")
+    server = ServerProcess(
+        {**server_env, "SECRETS_DIR": str(secrets), "USAGE_SPOOL_DIR": str(spool)}
+    )
     try:
         try:
             server.start(wait_ready=True)  # polls /ready for 30 s (the server's DB check is 3 s)
