@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from config import naming
@@ -121,9 +122,13 @@ def stacks_in(assembly: Path) -> dict[str, str]:
 def synth(repo: Path, outdir: Path, envs: list[str], env: dict[str, str], *, label: str) -> None:
     """Synthesize ``repo`` into ``outdir``; accept a cdk-nag failure once templates exist."""
     cmd = [_cdk(), "synth", "-q", "--no-notices", "--output", str(outdir), *_context_args(envs)]
+    # A synth takes about a minute (more on a busy machine): say what is running, then how long.
+    print(f"make_diff: synthesizing {label} (about a minute)...", flush=True)
+    started = time.monotonic()
     result = subprocess.run(
         cmd, cwd=repo, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    print(f"make_diff: {label} synthesized in {time.monotonic() - started:.0f} s", flush=True)
     if result.returncode != 0:
         if (outdir / "manifest.json").exists() and stacks_in(outdir):
             print(f"make_diff: {label} synth reported findings; diffing its templates anyway")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,9 @@ def test_offline_diff_against_main_flags_the_replaced_database(tmp_path: Path) -
 
     # THEN it chose the offline diff against main and wrote one diff per stack and the comment
     assert "no AWS access -> offline diff" in result.stdout
+    # a synth of a minute or more shows what runs and how long it took (no silent minutes)
+    assert "make_diff: synthesizing base main (about a minute)..." in result.stdout
+    assert re.search(r"make_diff: base main synthesized in \d+ s", result.stdout)
     diffs = sorted(p.name for p in (tmp_path / "out" / "diffs").glob("*.diff"))
     assert diffs == ["Humansa-Dev-Data.diff", "Humansa-Dev-Service.diff"]
     comment = (tmp_path / "out" / "comment.md").read_text(encoding="utf-8")
