@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,12 @@ class Machine:
 
     def destroy(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            # SIGKILL to systemd-nspawn alone leaves the machine's systemd running, reparented to
+            # the host's init, with the server's workers in it (seen: a machine left from a killed
+            # run). Killing the PID namespace's init makes the kernel kill every process in it.
+            if self.leader:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.leader, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(30)
         self.unmount()
