@@ -295,13 +295,8 @@ def _price(path: Path, model: str, data: Any) -> Price | None:
             f"{_where(path, model, 'price.source')}: a price needs the https:// address of the "
             "provider's pricing page it was copied from"
         )
-    checked = data.get("checked")
-    if isinstance(checked, str):
-        try:
-            checked = date.fromisoformat(checked)
-        except ValueError:
-            checked = None
-    if not isinstance(checked, date):
+    checked = _as_date(data.get("checked"))
+    if checked is None:
         raise CatalogError(
             f"{_where(path, model, 'price.checked')}: a price needs the date (YYYY-MM-DD) it was "
             "read from its source"
@@ -341,9 +336,7 @@ def _entry(path: Path, name: Any, data: Any) -> ModelEntry:
     _unknown(path, name, "", data, _ENTRY_FIELDS)
     if data.get("provider", provider) != provider:
         raise CatalogError(f"{_where(path, name, 'provider')}: must match the key's prefix")
-    listed = data.get("listed", True)
-    if not isinstance(listed, bool):
-        raise CatalogError(f"{_where(path, name, 'listed')}: must be true or false")
+    listed = _flag(path, name, data, "listed", True)
     aliases = data.get("aliases") or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise CatalogError(f"{_where(path, name, 'aliases')}: must be a list of model ids")
@@ -363,16 +356,35 @@ def _entry(path: Path, name: Any, data: Any) -> ModelEntry:
     )
 
 
+def _as_date(value: Any) -> date | None:
+    """A YAML date or an ISO string as a date; anything else None (the caller names the field)."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, date) else None
+
+
 def _date(path: Path, name: str, fld: str, value: Any) -> date | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = date.fromisoformat(value)
-        except ValueError:
-            value = None
-    if not isinstance(value, date):
+    parsed = _as_date(value)
+    if parsed is None:
         raise CatalogError(f"{_where(path, name, fld)}: must be a date (YYYY-MM-DD)")
+    return parsed
+
+
+def _flag(path: Path, name: str, data: dict[str, Any], fld: str, default: bool) -> bool:
+    value = data.get(fld, default)
+    if not isinstance(value, bool):
+        raise CatalogError(f"{_where(path, name, fld)}: must be true or false")
+    return value
+
+
+def _https(path: Path, name: str, fld: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.startswith("https://")):
+        raise CatalogError(f"{_where(path, name, fld)}: must be an https:// address")
     return value
 
 
@@ -385,9 +397,7 @@ def _lifecycle(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
         raise CatalogError(
             f"{_where(path, name, 'successor')}: must be another catalogue id 'provider/model'"
         )
-    source = data.get("retired_source")
-    if source is not None and (not isinstance(source, str) or not source.startswith("https://")):
-        raise CatalogError(f"{_where(path, name, 'retired_source')}: must be an https:// address")
+    source = _https(path, name, "retired_source", data.get("retired_source"))
     if retired is not None and source is None:
         raise CatalogError(
             f"{_where(path, name, 'retired_source')}: a retirement date needs the https:// "
@@ -397,9 +407,7 @@ def _lifecycle(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
         raise CatalogError(
             f"{_where(path, name, 'retired')}: required with successor/retired_source"
         )
-    redirect = data.get("alias_to_successor", False)
-    if not isinstance(redirect, bool):
-        raise CatalogError(f"{_where(path, name, 'alias_to_successor')}: must be true or false")
+    redirect = _flag(path, name, data, "alias_to_successor", False)
     if redirect and successor is None:
         raise CatalogError(f"{_where(path, name, 'alias_to_successor')}: needs a successor")
     return {
@@ -414,23 +422,14 @@ def _limits_meta(path: Path, name: str, data: dict[str, Any]) -> dict[str, Any]:
         raise CatalogError(
             f"{_where(path, name, 'thinking')}: must be one of {', '.join(THINKING_KINDS)}"
         )
-    source = data.get("limits_source")
-    if source is not None and (not isinstance(source, str) or not source.startswith("https://")):
-        raise CatalogError(f"{_where(path, name, 'limits_source')}: must be an https:// address")
-    checked = data.get("limits_checked")
-    if isinstance(checked, str):
-        try:
-            checked = date.fromisoformat(checked)
-        except ValueError:
-            checked = None
-    if source is not None and not isinstance(checked, date):
+    source = _https(path, name, "limits_source", data.get("limits_source"))
+    checked = _as_date(data.get("limits_checked"))
+    if source is not None and checked is None:
         raise CatalogError(
             f"{_where(path, name, 'limits_checked')}: limits from a source need the date "
             "(YYYY-MM-DD) they were read"
         )
-    secondary = data.get("limits_secondary", False)
-    if not isinstance(secondary, bool):
-        raise CatalogError(f"{_where(path, name, 'limits_secondary')}: must be true or false")
+    secondary = _flag(path, name, data, "limits_secondary", False)
     if secondary and source is None:
         raise CatalogError(f"{_where(path, name, 'limits_secondary')}: needs limits_source")
     return {
