@@ -31,6 +31,7 @@ from ml_server.api.routes import metrics as metrics_route
 from ml_server.api.routes import responses as responses_route
 from ml_server.api.routes import usage as usage_route
 from ml_server.config import Settings, load_settings
+from ml_server.context import context_of
 from ml_server.db.engine import make_engine, make_sessionmaker
 from ml_server.db.keys import KeyVerifier
 from ml_server.db.migrate import upgrade_to_head_async
@@ -273,7 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        rid = request.scope.get("state", {}).get("request_id", "")
+        rid = context_of(request.scope).request_id
         log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})
         return Response(
             error_body(f"internal error (request id {rid})", "api_error", "internal_error"),

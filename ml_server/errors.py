@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from ml_server.router import Target
 
 
 class ApiError(Exception):
@@ -39,6 +44,8 @@ class ApiError(Exception):
         self.param = param
         # The provider's request id for this failure, sent as X-Upstream-Request-Id.
         self.upstream_request_id: str | None = None
+        # A provider failure: the target the router tried last (accounting records it).
+        self.target: Target | None = None
 
 
 def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:

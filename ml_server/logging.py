@@ -1,4 +1,5 @@
-"""JSON log lines: one per request (written by the middleware) plus server events."""
+"""JSON log lines: one per request (written by the middleware) plus server events (those
+logged while serving a request carry its ``request_id``, from ``ml_server.context``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from typing import Any
 
 import orjson
+
+from ml_server.context import current
 
 ACCESS_LOGGER = "ml_server.access"
 
@@ -33,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ctx = current()  # a line logged while serving a request names it
+        if ctx is not None and ctx.request_id:
+            entry["request_id"] = ctx.request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id, body-size limit, one JSON access-log line, request metrics.
+"""Pure ASGI middleware: the request's context (request id, client), body-size limit, one JSON
+access-log line, request metrics.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and cheaply.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ml_server.context import SCOPE_KEY, RequestContext, reset_current, set_current
 from ml_server.errors import error_body
 from ml_server.logging import access_log
 from ml_server.metrics import Metrics
@@ -78,7 +80,11 @@ class RequestMiddleware:
                     content_length = None
         if not request_id:
             request_id = self._new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        client = scope.get("client")
+        ctx = scope[SCOPE_KEY] = RequestContext(request_id, client[0] if client else "")
+        token = set_current(ctx)
+        if "state" not in scope:  # Starlette's request.state (uvicorn always passes one)
+            scope["state"] = {}
         rid_header = (b"x-request-id", request_id.encode())
         status = 0
         sent_start = False
@@ -162,7 +168,8 @@ class RequestMiddleware:
         finally:
             if timer is not None:
                 timer.cancel()
-            if not status and scope["state"].get("client_gone"):
+            reset_current(token)
+            if not status and ctx.client_gone:
                 status = 499  # the client left before the answer (nginx's code)
             elapsed = time.perf_counter() - started
             route: str = route_label or getattr(scope.get("route"), "path", "unmatched")
@@ -174,9 +181,9 @@ class RequestMiddleware:
                 "path": scope["path"],
                 "status": status or 500,
                 "duration_ms": round(elapsed * 1000, 2),
-                "client": (scope.get("client") or ("", 0))[0],
+                "client": ctx.client,
             }
-            extra = scope["state"].get("log_fields")
+            extra = ctx.log_fields
             if extra:
                 fields.update(extra)
             access_log.write(fields)

@@ -14,7 +14,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -328,11 +327,6 @@ class ResilienceCollector(Collector):
         )
         limited.add_metric([], self._limiter.limited if self._limiter is not None else 0)
         yield limited
-
-
-# The API key (its id) of the request being served: set once the key is verified
-# (``api.deps.require_key``), read by the router for the per-key fair share of a provider.
-current_key: ContextVar[Hashable] = ContextVar("current_key", default=None)
 
 
 class FairShare:

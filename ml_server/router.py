@@ -2,7 +2,10 @@
 interface to providers, with retries, a per-request deadline and a circuit breaker per provider.
 
 The routes call only ``Router.resolve`` and then ``Router.chat``, ``Router.chat_stream`` or
-``Router.embeddings``; nothing else retries (the SDKs are not used on this path).
+``Router.embeddings``; nothing else retries (the SDKs are not used on this path). A ``Route`` is
+immutable and may be shared by concurrent requests (``resolve`` caches them): the target that
+answered comes back with the result (``Served``), and the one tried last with the error
+(``ApiError.target``), so accounting never reads it from a shared object.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from ml_server import catalog as model_catalog
 from ml_server.config import Settings
+from ml_server.context import RequestContext, current
 from ml_server.metrics import Metrics
 from ml_server.providers.anthropic import AnthropicProvider
 from ml_server.providers.base import (
@@ -40,7 +44,6 @@ from ml_server.resilience import (
     ResilienceCollector,
     ResilienceCounters,
     breaker_verdict,
-    current_key,
     decide,
 )
 
@@ -64,32 +67,47 @@ class ModelNotFound(ProviderError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One ``provider/model`` of a route, with the provider's breaker and concurrency slots."""
+    """One ``provider/model`` of a route, with the provider's breaker and concurrency slots.
+
+    A route built around adapters (/v1/messages, /v1/responses) keeps the provider's breaker
+    and slots (``dataclasses.replace(target, provider=adapter)``): one key cannot take all of a
+    provider's concurrency through any endpoint.
+    """
 
     provider: Provider
     model: str
     breaker: CircuitBreaker
-    # Routes built around adapters (/v1/messages, /v1/responses) may leave it out: no limit.
-    slots: FairShare = field(default_factory=lambda: FairShare("", 0))
-
-
-class Route:
-    """The ordered targets for one request.
-
-    ``provider`` and ``model`` name the target that answered (or was tried last), so accounting
-    after the call records who really served the request.
-    """
-
-    __slots__ = ("model", "provider", "targets")
-
-    def __init__(self, targets: tuple[Target, ...]) -> None:
-        self.targets = targets
-        self.provider: Provider = targets[0].provider
-        self.model: str = targets[0].model
+    slots: FairShare
 
     @property
     def label(self) -> str:
         return f"{self.provider.name}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The ordered targets (first choice, then fallbacks) for a model name. Immutable, so one
+    resolved route can serve any number of concurrent requests."""
+
+    targets: tuple[Target, ...]
+
+    @property
+    def label(self) -> str:
+        """The first choice's ``provider/model`` (what a model name resolves to)."""
+        return self.targets[0].label
+
+
+R = TypeVar("R")
+
+
+class Served(Generic[R]):
+    """A router call's result and the target that produced it (after retries and fallbacks)."""
+
+    __slots__ = ("result", "target")
+
+    def __init__(self, result: R, target: Target) -> None:
+        self.result = result
+        self.target = target
 
 
 @dataclass(frozen=True)
@@ -132,14 +150,16 @@ class RoutingPolicy:
         )
 
 
-def _deadline_error(route: Route, deadline: float) -> ProviderError:
-    return ProviderError(
+def _deadline_error(target: Target, deadline: float) -> ProviderError:
+    error = ProviderError(
         504,
-        f"provider {route.provider.name} did not answer in time: the request deadline of "
+        f"provider {target.provider.name} did not answer in time: the request deadline of "
         f"{deadline:g} s (REQUEST_DEADLINE_SECONDS) passed",
         code="deadline_exceeded",
         kind="timeout",
     )
+    error.target = target
+    return error
 
 
 class _PrimedStream(ChatStream):
@@ -332,12 +352,13 @@ class Router:
             for alias, chain in self._aliases.items()
             if any(self.catalog.lifecycle(*_split(x)) for x in chain)
         }
-        # Resolved target tuples: aliases up front, direct names as they are first seen.
-        self._resolved: dict[str, tuple[Target, ...]] = {}
+        # Resolved routes (immutable, shared by requests): aliases up front, direct names as
+        # they are first seen.
+        self._resolved: dict[str, Route] = {}
         for alias, chain in self._aliases.items():
             targets = tuple(t for t in (self._target(x) for x in chain) if t is not None)
             if targets:
-                self._resolved[alias] = targets
+                self._resolved[alias] = Route(targets)
             else:
                 log.warning(
                     "alias has no configured provider",
@@ -379,9 +400,9 @@ class Router:
         Raises:
             ModelNotFound: unknown alias, unknown or unconfigured provider.
         """
-        targets = self._resolved.get(name)
-        if targets is not None:
-            return Route(self._live(name) if name in self._dated else targets)
+        route = self._resolved.get(name)
+        if route is not None:
+            return Route(self._live(name)) if name in self._dated else route
         if name in self._aliases:
             providers = sorted({t.partition("/")[0] for t in self._aliases[name]})
             raise ModelNotFound(
@@ -404,9 +425,11 @@ class Router:
         dated = self.catalog.lifecycle(prefix, model)
         if dated is not None:  # checked on every request: the date may pass while running
             self.catalog.check_not_retired(name)
-        elif len(self._resolved) < 10_000:
-            self._resolved[name] = (target,)
-        return Route((target,))
+            return Route((target,))
+        route = Route((target,))
+        if len(self._resolved) < 10_000:
+            self._resolved[name] = route
+        return route
 
     def _live(self, alias: str) -> tuple[Target, ...]:
         """An alias's targets today: retired ones redirected to their successor (when the
@@ -445,7 +468,7 @@ class Router:
                 except ProviderError:
                     continue  # every target retired: not offered
             elif chain:
-                first = self._resolved[i][0]
+                first = self._resolved[i].targets[0]
             owner = first.provider.name if first is not None else i.split("/")[0]
             card = self.catalog.card(f"{first.provider.name}/{first.model}" if first else i)
             out.append({"id": i, "object": "model", "created": 0, "owned_by": owner, **card})
@@ -501,7 +524,7 @@ class Router:
             stream, events, held, target.breaker, functools.partial(slots.release, key)
         )
 
-    async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Any:
+    async def _run(self, route: Route, op: str, body: dict[str, Any]) -> Served[Any]:
         deadline = time.monotonic() + self.policy.deadline
         task = asyncio.current_task()
         if task is None:  # not inside a task: no watch, deadlines checked between attempts only
@@ -512,6 +535,13 @@ class Router:
         finally:
             self._watch.forget(task)
 
+    @staticmethod
+    def _left(ctx: RequestContext | None, target: Target) -> None:
+        """The client left (its call is cancelled, so nothing returns or raises to carry the
+        target): the request's own context notes which target the call was on."""
+        if ctx is not None:
+            ctx.target = target
+
     async def _attempts(
         self,
         route: Route,
@@ -519,11 +549,12 @@ class Router:
         body: dict[str, Any],
         deadline: float,
         task: asyncio.Task[Any] | None,
-    ) -> Any:
+    ) -> Served[Any]:
         policy = self.policy
         last: ProviderError | None = None
         targets = route.targets
-        key = current_key.get()
+        ctx = current()
+        key = ctx.key_id if ctx is not None else None  # the fair share is per API key
         for index, target in enumerate(targets):
             breaker = target.breaker
             name = target.provider.name
@@ -534,27 +565,29 @@ class Router:
                 if breaker.state != CLOSED and not breaker.allow():
                     if last is None or last.kind == "circuit_open":
                         last = breaker.open_error()
+                        last.target = target
                     break
-                route.provider = target.provider
-                route.model = target.model
                 if time.monotonic() >= deadline:
-                    raise last or _deadline_error(route, policy.deadline)
+                    raise last or _deadline_error(target, policy.deadline)
                 try:  # a slot of the provider's concurrency, shared fairly between keys
                     await target.slots.acquire(key)
                 except asyncio.CancelledError:
                     if task is None or not self._watch.claim(task):
+                        self._left(ctx, target)
                         raise
-                    raise last or _deadline_error(route, policy.deadline) from None
+                    raise last or _deadline_error(target, policy.deadline) from None
                 started = time.perf_counter()
                 head: list[float] = []
                 try:
                     result = await self._attempt(target, op, body, key, head)
                 except ProviderError as exc:
                     error = exc
+                    error.target = target
                 except asyncio.CancelledError:
                     if task is None or not self._watch.claim(task):
+                        self._left(ctx, target)
                         raise  # the client went away, or shutdown
-                    error = _deadline_error(route, policy.deadline)
+                    error = _deadline_error(target, policy.deadline)
                     self._observe(name, started, error)
                     if op == "stream" and not head:  # no first byte: the provider is slow
                         breaker.failure()
@@ -565,7 +598,7 @@ class Router:
                     elif breaker.failures or breaker.state != CLOSED:
                         breaker.success()
                     self._observe(name, started, None)
-                    return result
+                    return Served(result, target)
                 self._observe(name, started, error)
                 kind = error.kind
                 if (
@@ -606,6 +639,7 @@ class Router:
                     await asyncio.sleep(delay)
                 except asyncio.CancelledError:
                     if task is None or not self._watch.claim(task):
+                        self._left(ctx, target)
                         raise
                     raise last from None
             if has_next:
@@ -625,15 +659,21 @@ class Router:
         assert last is not None  # every path out of the loop above set it
         raise last
 
-    async def chat(self, route: Route, body: dict[str, Any]) -> ChatResult:
-        result: ChatResult = await self._run(route, "chat", body)
-        return result
+    async def chat(self, route: Route, body: dict[str, Any]) -> Served[ChatResult]:
+        """The answer and the target that gave it.
 
-    async def chat_stream(self, route: Route, body: dict[str, Any]) -> ChatStream:
+        Raises:
+            ProviderError: every target failed (or the request itself is at fault); its
+                ``target`` is the one tried last.
+        """
+        served: Served[ChatResult] = await self._run(route, "chat", body)
+        return served
+
+    async def chat_stream(self, route: Route, body: dict[str, Any]) -> Served[ChatStream]:
         """Open a stream and receive its first event, retrying and falling back until then."""
-        result: ChatStream = await self._run(route, "stream", body)
-        return result
+        served: Served[ChatStream] = await self._run(route, "stream", body)
+        return served
 
-    async def embeddings(self, route: Route, body: dict[str, Any]) -> ChatResult:
-        result: ChatResult = await self._run(route, "embeddings", body)
-        return result
+    async def embeddings(self, route: Route, body: dict[str, Any]) -> Served[ChatResult]:
+        served: Served[ChatResult] = await self._run(route, "embeddings", body)
+        return served

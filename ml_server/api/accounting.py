@@ -1,4 +1,8 @@
-"""Per-request usage row and token metrics, shared by the chat and embeddings routes."""
+"""Per-request usage row and token metrics, shared by the routes that call providers.
+
+The provider and model recorded are the target the router says served the call (``Served``),
+or tried last (``ApiError.target``), never the route's first choice by default.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from typing import Any
 import orjson
 from fastapi import Request
 
+from ml_server.context import context_of
 from ml_server.providers.base import ChatResult, ProviderError, Usage
-from ml_server.router import Route
+from ml_server.router import Route, Served, Target
 from ml_server.state import AppState
 from ml_server.usage import UsageRow
 
@@ -31,10 +36,25 @@ def estimate_usage(body: dict[str, Any] | None, output_events: int = 0) -> Usage
     return Usage(prompt_tokens=prompt, completion_tokens=max(0, output_events), estimated=True)
 
 
+def left_on(request: Request, route: Route) -> Target:
+    """The target a call of ``route`` was on when its client left (the router notes it on the
+    request's context; the first choice if the call had not started)."""
+    noted = context_of(request.scope).target
+    for target in route.targets:
+        if target is noted:
+            return target
+    return route.targets[0]
+
+
+def failed_on(exc: ProviderError, route: Route) -> Target:
+    """The target the router tried last for a failed call of ``route``."""
+    return exc.target if exc.target is not None else route.targets[0]
+
+
 def account(
     state: AppState,
     request: Request,
-    route: Route,
+    target: Target,
     *,
     endpoint: str,
     stream: bool,
@@ -42,17 +62,21 @@ def account(
     usage: Usage,
     started: float,
 ) -> None:
+    """Record one provider call's usage row and token metrics under ``target`` (the one that
+    served it, or was tried last), and name it in the request's access log line."""
     latency_ms = int((time.perf_counter() - started) * 1000)
-    scope_state = request.scope["state"]
+    ctx = context_of(request.scope)
     cats = usage.categories()
     prompt, completion = cats.prompt, cats.completion
-    scope_state["log_fields"] = {
-        "model": route.label,
+    name = target.provider.name
+    model = target.model
+    ctx.target = target
+    ctx.log_fields = {
+        "model": f"{name}/{model}",
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "stream": stream,
     }
-    name = route.provider.name
     metrics = state.metrics
     if prompt:
         metrics.count_tokens(name, "prompt", prompt)
@@ -65,7 +89,7 @@ def account(
     if cats.reasoning:
         metrics.count_tokens(name, "reasoning", cats.reasoning)
     cost: Decimal | None = None
-    entry = state.router.catalog.lookup(name, route.model)
+    entry = state.router.catalog.lookup(name, model)
     if entry is not None and entry.price is not None:
         cost = entry.price.cost(
             input=cats.input,
@@ -78,11 +102,11 @@ def account(
     state.usage.record(
         UsageRow(
             created_at=datetime.now(UTC),
-            request_id=scope_state.get("request_id", ""),
-            api_key_id=scope_state.get("api_key_id"),
+            request_id=ctx.request_id,
+            api_key_id=ctx.key_id,
             endpoint=endpoint,
             provider=name,
-            model=route.model[:200],
+            model=model[:200],
             stream=stream,
             status_code=status,
             prompt_tokens=prompt,
@@ -103,21 +127,22 @@ async def accounted_call(
     state: AppState,
     request: Request,
     route: Route,
-    call: Awaitable[ChatResult],
+    call: Awaitable[Served[ChatResult]],
     *,
     endpoint: str,
     started: float,
     body: dict[str, Any] | None = None,
 ) -> ChatResult:
-    """Await a non-streamed provider call and record its usage row, failed or not (a client
-    that left cancels the call: 499 with the prompt estimated, as the provider bills it)."""
+    """Await a non-streamed router call of ``route`` and record its usage row under the target
+    that served it, failed or not (a client that left cancels the call: 499 with the prompt
+    estimated, as the provider bills it)."""
     try:
-        result = await call
+        served = await call
     except asyncio.CancelledError:
         account(
             state,
             request,
-            route,
+            left_on(request, route),
             endpoint=endpoint,
             stream=False,
             status=499,
@@ -129,7 +154,7 @@ async def accounted_call(
         account(
             state,
             request,
-            route,
+            failed_on(exc, route),
             endpoint=endpoint,
             stream=False,
             status=exc.status,
@@ -137,10 +162,11 @@ async def accounted_call(
             started=started,
         )
         raise
+    result = served.result
     account(
         state,
         request,
-        route,
+        served.target,
         endpoint=endpoint,
         stream=False,
         status=200,

@@ -1,4 +1,5 @@
-"""Typed dependencies: the app state, the caller's API key, the parsed JSON body."""
+"""Typed dependencies: the app state, the request's context, the caller's API key, the parsed
+JSON body."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
+from ml_server.context import RequestContext, context_of
 from ml_server.db.keys import KeyInfo
 from ml_server.errors import ApiError, invalid_request
-from ml_server.resilience import current_key
 from ml_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_context(request: Request) -> RequestContext:
+    """The request's ``RequestContext`` (made by ``RequestMiddleware``)."""
+    return context_of(request.scope)
+
+
+ContextDep = Annotated[RequestContext, Depends(get_context)]
 
 
 async def require_key(request: Request, state: StateDep) -> KeyInfo:
@@ -59,8 +68,8 @@ async def require_key(request: Request, state: StateDep) -> KeyInfo:
             type="invalid_request_error",
             code="invalid_api_key",
         )
-    request.scope["state"]["api_key_id"] = info.id
-    current_key.set(info.id)  # the router's per-key fair share of a provider's concurrency
+    # Accounting's key and the router's per-key fair share of a provider's concurrency.
+    context_of(request.scope).key = info
     await state.governor.admit(request, info)  # expiry, models, budgets, RPM/TPM, concurrency
     return info
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml_server.api.deps import json_body, require_key
+from ml_server.context import context_of
 from ml_server.db.keys import KeyInfo
 from ml_server.errors import ApiError, error_body, error_response
 from ml_server.middleware import BodyTimeout, BodyTooLarge
@@ -74,20 +75,20 @@ def endpoint_app(endpoint: Endpoint) -> ASGIApp:
                 if listener is not None and not listener.done():
                     listener.cancel()
         except ClientDisconnect:  # left while sending the body: nothing to answer, no traceback
-            scope["state"]["client_gone"] = True
+            context_of(scope).client_gone = True
             return
         except asyncio.CancelledError:
             if not gone or task is None:
                 raise
             task.uncancel()
-            scope["state"]["client_gone"] = True
+            context_of(scope).client_gone = True
             return
         except ApiError as exc:
             response = error_response(exc)
         except (BodyTooLarge, BodyTimeout):
             raise  # the request middleware answers 413 / 408
         except Exception as exc:  # as the app's 500 handler does
-            rid = scope["state"].get("request_id", "")
+            rid = context_of(scope).request_id
             log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": rid}})
             response = Response(
                 error_body(f"internal error (request id {rid})", "api_error", "internal_error"),

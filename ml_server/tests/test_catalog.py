@@ -226,7 +226,7 @@ def test_a_model_retiring_later_is_served_and_listed_with_the_date(tmp_path: Pat
         "    retired_source: https://example.com/deprecations\n    successor: openai/gpt-4.1\n"
     )
     router: Any = _router(model_catalog.load(extra), {"fast": ["openai/gpt-4o", "openai/gpt-4.1"]})
-    assert router.resolve("openai/gpt-4o").model == "gpt-4o"
+    assert router.resolve("openai/gpt-4o").label == "openai/gpt-4o"
     assert [t.model for t in router.resolve("fast").targets] == ["gpt-4o", "gpt-4.1"]
     card = next(m for m in router.list_models() if m["id"] == "openai/gpt-4o")
     assert card["retires"] == "2999-01-01" and card["successor"] == "openai/gpt-4.1"

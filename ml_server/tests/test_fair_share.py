@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import anthropic
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -56,7 +57,7 @@ def _client(server: ServerProcess, name: str) -> openai.AsyncOpenAI:
 async def _status(coro: object) -> int:
     try:
         await coro  # type: ignore[misc]
-    except openai.APIStatusError as exc:
+    except (openai.APIStatusError, anthropic.APIStatusError) as exc:
         return exc.status_code
     except openai.APIError as exc:  # an SSE error event (the stream had committed to 200)
         return 504 if "did not answer in time" in exc.message else 0
@@ -119,3 +120,50 @@ async def test_a_waiting_key_gets_the_next_slot_before_the_busy_key(
     # B went in as soon as the first slot was free (~1.2 s), not after A's queue (whose calls
     # hold the slots until their deadline, 2 s).
     assert b_took < 1.8, b_took
+
+
+async def _wave(
+    flood: object, fair: object, provider_slots: int = 4
+) -> tuple[list[int], float, int]:
+    """Key A sends 8 slow requests (``flood``: a factory of coroutines) at a provider with
+    ``provider_slots`` slots; 0.2 s later key B sends one fast request (``fair``). Returns A's
+    statuses, how long B took from the start, and B's status."""
+    started = time.monotonic()
+    first = [asyncio.ensure_future(_status(flood())) for _ in range(8)]  # type: ignore[operator]
+    await asyncio.sleep(0.2)
+    b_status = await _status(fair())  # type: ignore[operator]
+    b_took = time.monotonic() - started
+    return list(await asyncio.gather(*first)), b_took, b_status
+
+
+async def test_messages_share_the_providers_slots_with_chat(fserver: ServerProcess) -> None:
+    """/v1/messages calls take the provider's own slots (the ones chat uses): key A's flood of
+    8 slow Messages calls gets 4 of the 4 slots (4 wait, then hit the 2 s deadline), and key
+    B's chat request to the same provider takes the first freed slot, ahead of A's queue."""
+    a_key = fserver.cli("keys", "create", "--name", "tenant-g").stdout.strip()
+    a = anthropic.AsyncAnthropic(base_url=fserver.url, api_key=a_key, max_retries=0, timeout=30)
+    b = _client(fserver, "tenant-h")
+    statuses, b_took, b_status = await _wave(
+        lambda: a.messages.create(
+            model="gemini/x-slow-1200",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "hello there"}],
+        ),
+        lambda: b.chat.completions.create(model="gemini/m-ok", messages=MSG),
+    )
+    assert b_status == 200
+    assert statuses.count(200) == 4, statuses  # only 4 at once reached the provider
+    assert statuses.count(504) == 4, statuses
+    assert 1.0 < b_took < 1.8, b_took  # B waited for a slot, then took the first one freed
+
+
+async def test_responses_share_the_providers_slots_fairly(fserver: ServerProcess) -> None:
+    """/v1/responses: the same for OpenAI's Responses API (both keys on /v1/responses)."""
+    a, b = _client(fserver, "tenant-i"), _client(fserver, "tenant-j")
+    statuses, b_took, b_status = await _wave(
+        lambda: a.responses.create(model="openai/x-slow-1200", input="hello there"),
+        lambda: b.responses.create(model="openai/m-ok", input="hello there"),
+    )
+    assert b_status == 200
+    assert statuses.count(200) == 4, statuses
+    assert 1.0 < b_took < 1.8, b_took

@@ -337,7 +337,9 @@ async def test_router_retries_a_stream_that_fails_before_content(fake: FakeProvi
     try:
         model = "anthropic/claude-flaky-1-streamerror-0"
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-        stream = await router.chat_stream(router.resolve(model), body)
+        served = await router.chat_stream(router.resolve(model), body)
+        assert served.target.label == model
+        stream = served.result
         chunks = [c async for c in stream.events()]
         await stream.aclose()
         text = "".join(

@@ -12,12 +12,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ml_server.api.accounting import account, accounted_call, estimate_usage
+from ml_server.api.accounting import (
+    account,
+    accounted_call,
+    estimate_usage,
+    failed_on,
+    left_on,
+)
 from ml_server.api.deps import BodyDep, KeyDep, StateDep
 from ml_server.errors import ApiError, invalid_request
 from ml_server.memory.chat import inject_memories
 from ml_server.providers.base import ChatStream, ProviderError, Usage
-from ml_server.router import Route
+from ml_server.router import Route, Served, Target
 from ml_server.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -163,7 +169,7 @@ async def chat_completions(
         account(
             state,
             request,
-            route,
+            left_on(request, route),
             endpoint=endpoint,
             stream=True,
             status=499,
@@ -177,7 +183,7 @@ async def chat_completions(
             account(
                 state,
                 request,
-                route,
+                failed_on(failure, route),
                 endpoint=endpoint,
                 stream=True,
                 status=failure.status,
@@ -194,7 +200,7 @@ async def _relay(
     state: AppState,
     request: Request,
     route: Route,
-    opening: asyncio.Future[ChatStream],
+    opening: asyncio.Future[Served[ChatStream]],
     keepalive: float,
     started: float,
     body: dict[str, Any],
@@ -202,6 +208,7 @@ async def _relay(
 ) -> AsyncIterator[bytes]:
     status = 200
     upstream: ChatStream | None = None
+    target: Target | None = None  # who served (or failed) the stream
     events_out = 0  # SSE events relayed: the estimate of the output when no usage comes
     try:
         while not opening.done():
@@ -209,11 +216,12 @@ async def _relay(
             if not done:
                 yield KEEPALIVE
         try:
-            upstream = opening.result()
+            served = opening.result()
         except ApiError as exc:
-            status = exc.status
+            status, target = exc.status, exc.target
             yield _error_event(exc)
             return
+        upstream, target = served.result, served.target
         events = upstream.events().__aiter__()
         try:
             # Before the first event: keep-alive comments while the provider thinks.
@@ -258,7 +266,7 @@ async def _relay(
         account(
             state,
             request,
-            route,
+            target or left_on(request, route),
             endpoint=endpoint,
             stream=True,
             status=status,

@@ -10,6 +10,7 @@ translated (``ml_server.providers.messages_translate``). Errors come in Anthropi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ml_server.api.accounting import account, accounted_call, estimate_usage
+from ml_server.api.accounting import account, accounted_call, estimate_usage, failed_on, left_on
 from ml_server.api.deps import json_body, require_key
 from ml_server.api.routes.chat import EventStreamResponse
 from ml_server.catalog import Catalog
@@ -26,7 +27,7 @@ from ml_server.errors import ApiError, invalid_request
 from ml_server.providers.anthropic import AnthropicProvider
 from ml_server.providers.base import ChatStream, ProviderError, Usage
 from ml_server.providers.messages_translate import MessagesAdapter
-from ml_server.router import Route, Target
+from ml_server.router import Route, Served, Target
 from ml_server.state import AppState
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -88,9 +89,10 @@ def _adapted(route: Route, headers: dict[str, str], catalog: Catalog) -> Route:
         entry = catalog.find(t.provider.name, t.model)
         return entry.max_output_tokens if entry is not None else None
 
+    # The same breaker and concurrency slots as the provider's chat route (replace keeps them).
     return Route(
         tuple(
-            Target(MessagesAdapter(t.provider, headers, cap(t)), t.model, t.breaker)
+            dataclasses.replace(t, provider=MessagesAdapter(t.provider, headers, cap(t)))
             for t in route.targets
         )
     )
@@ -126,7 +128,7 @@ async def relay(
     state: AppState,
     request: Request,
     route: Route,
-    opening: asyncio.Future[ChatStream],
+    opening: asyncio.Future[Served[ChatStream]],
     started: float,
     *,
     endpoint: str,
@@ -139,6 +141,7 @@ async def relay(
     keepalive = state.settings.stream_keepalive_seconds
     status = 200
     upstream: ChatStream | None = None
+    target: Target | None = None  # who served (or failed) the stream
     events_out = 0  # for the estimate when no usage comes
     try:
         while not opening.done():
@@ -146,12 +149,15 @@ async def relay(
             if not done:
                 yield keepalive_event
         try:
-            upstream = opening.result()
+            served = opening.result()
+            upstream, target = served.result, served.target
             async for event in upstream.events():
                 events_out += event.count(b"data: ")
                 yield event
         except ApiError as exc:
             status = exc.status
+            if target is None:
+                target = exc.target
             yield error_event(exc)
     except (asyncio.CancelledError, GeneratorExit):
         status = 499
@@ -165,8 +171,8 @@ async def relay(
             usage = upstream.usage
             if not (usage.prompt_tokens or usage.completion_tokens):
                 usage = estimate_usage(body, events_out)  # opened, so billed: flagged estimate
-        account(state, request, route, endpoint=endpoint, stream=True, status=status,
-                usage=usage, started=started)  # fmt: skip
+        account(state, request, target or left_on(request, route), endpoint=endpoint,
+                stream=True, status=status, usage=usage, started=started)  # fmt: skip
 
 
 async def open_stream(
@@ -177,7 +183,7 @@ async def open_stream(
     *,
     endpoint: str,
     started: float,
-) -> asyncio.Future[ChatStream]:
+) -> asyncio.Future[Served[ChatStream]]:
     """Start opening the stream; wait up to the keep-alive interval so that an early refusal
     keeps its HTTP status (raised, with its usage row)."""
     opening = asyncio.ensure_future(state.router.chat_stream(route, body))
@@ -185,7 +191,7 @@ async def open_stream(
     failure = opening.exception() if opening.done() else None
     if failure is not None:
         if isinstance(failure, ProviderError):
-            account(state, request, route, endpoint=endpoint, stream=True,
+            account(state, request, failed_on(failure, route), endpoint=endpoint, stream=True,
                     status=failure.status, usage=Usage(), started=started)  # fmt: skip
         raise failure
     return opening

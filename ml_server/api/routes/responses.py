@@ -13,6 +13,7 @@ the 404 OpenAI gives for an unknown id, so a key cannot even learn that another 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -37,7 +38,7 @@ from ml_server.providers.responses import (
     ResponsesAdapter,
     stored_call,
 )
-from ml_server.router import Route, Target
+from ml_server.router import Route
 from ml_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def _error_event(exc: ApiError) -> bytes:
 
 def _responses_route(route: Route, model: str, on_created: OnCreated | None = None) -> Route:
     targets = tuple(
-        Target(ResponsesAdapter(t.provider, on_created), t.model, t.breaker)
+        # The same breaker and concurrency slots as the provider's chat route.
+        dataclasses.replace(t, provider=ResponsesAdapter(t.provider, on_created))
         for t in route.targets
         if isinstance(t.provider, OpenAICompatProvider) and t.provider.name in RESPONSES_PROVIDERS
     )
