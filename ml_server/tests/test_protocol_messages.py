@@ -240,19 +240,26 @@ def fallback_server(pg: TempPostgres, fake: FakeProvider) -> Iterator[ServerProc
         proc.stop()
 
 
-def test_fallback_from_anthropic_to_openai(
-    fallback_server: ServerProcess, pg: TempPostgres
+async def test_fallback_from_anthropic_to_openai(
+    fallback_server: ServerProcess, db: asyncpg.Connection
 ) -> None:
+    """Both usage rows (plain and streamed) name the fallback that served them."""
     key = fallback_server.cli("keys", "create", "--name", "fallback").stdout.strip()
     client = anthropic.Anthropic(base_url=fallback_server.url, api_key=key, max_retries=0)
+    rid = "t-mfb-" + uuid.uuid4().hex[:8]
     msg = client.messages.create(
-        model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "still here"}]
-    )
+        model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "still here"}],
+        extra_headers={"X-Request-ID": rid},
+    )  # fmt: skip
     assert msg.content[0].type == "text" and msg.content[0].text == "echo: still here"
     with client.messages.stream(
-        model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "and streamed"}]
-    ) as stream:
+        model="sturdy", max_tokens=20, messages=[{"role": "user", "content": "and streamed"}],
+        extra_headers={"X-Request-ID": rid + "-s"},
+    ) as stream:  # fmt: skip
         assert "".join(stream.text_stream) == "echo: and streamed"
+    for request_id in (rid, rid + "-s"):
+        row = await _row(db, request_id)
+        assert (row["provider"], row["model"], row["status_code"]) == ("openai", "gpt-4o-mini", 200)
 
 
 def test_retired_model_is_refused_in_anthropics_shape(claude: anthropic.Anthropic) -> None:

@@ -136,19 +136,26 @@ async def test_fallback_to_second_target_when_first_returns_5xx(
     assert (row["provider"], row["model"], row["status_code"]) == ("deepseek", "m-ok", 200)
 
 
-def test_fallback_when_first_target_times_out(
-    rserver: ServerProcess, rclient: openai.OpenAI, fake: FakeProvider
+async def test_fallback_when_first_target_times_out(
+    rserver: ServerProcess, rclient: openai.OpenAI, fake: FakeProvider, db: asyncpg.Connection
 ) -> None:
-    """xai's read timeout is 0.5 s (PROVIDER_TIMEOUTS), well inside the 4 s deadline."""
+    """xai's read timeout is 0.5 s (PROVIDER_TIMEOUTS), well inside the 4 s deadline. The
+    stream's usage row names the fallback that served it (the router's answer, not the
+    route's first choice)."""
     retries = r'mlserver_provider_retries_total\{provider="xai"\}'
     retries_before = _metric(rserver, retries, default=0.0)
-    reply = rclient.chat.completions.create(model="fb-timeout", messages=MSG, stream=True)
+    rid = "t-fbs-" + _uid()
+    reply = rclient.chat.completions.create(
+        model="fb-timeout", messages=MSG, stream=True, extra_headers={"X-Request-ID": rid}
+    )
     text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
     assert text == "echo: hello there"
     assert len(_calls(fake, "xai")) == 3
     assert len(_calls(fake, "deepseek")) == 1
     assert _metric(rserver, retries) - retries_before == 2
     assert _metric(rserver, r'mlserver_provider_fallbacks_total\{provider="xai"\}') >= 1
+    row = await _usage_row(db, rid)
+    assert (row["provider"], row["model"], row["status_code"]) == ("deepseek", "m-ok", 200)
 
 
 @pytest.mark.parametrize("stream", [False, True])
