@@ -1,8 +1,8 @@
 """The HTTP base of the providers: one aiohttp session per provider, its credential, JSON posts
 and opened SSE streams, with transport failures and upstream errors mapped to ProviderError.
 
-The providers built on it (``openai_compat``, ``anthropic``) keep only what is theirs: URLs,
-headers, translation and usage parsing.
+The providers built on it (``openai_compat``, ``anthropic``, and ``responses`` through its
+OpenAI provider) keep only what is theirs: URLs, headers, translation and usage parsing.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ class SseStream(ChatStream):
     """An opened upstream SSE response, read line by line.
 
     ``events`` reads the body, splits it into lines and hands each read's complete lines to
-    ``feed`` (synchronous: no await and no list per line on the hot path); what ``feed`` puts
+    ``feed`` (synchronous: no await per read beyond the body's own); what ``feed`` puts
     in ``out`` goes to the client as one chunk. A ProviderError raised by ``feed`` (an error
     inside the stream) goes to the router after what ``out`` already held. When the body ends
     (or ``feed`` says the end marker came), ``finish`` gives the last events or raises for a
