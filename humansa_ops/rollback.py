@@ -105,8 +105,9 @@ def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | N
                 print(f"rollback: release {version}'s assembly for {environment} is in {out}")
                 return 0
             cmd = deploy_command(checkout, environment, version)
-            if os.environ.get("APPROVAL"):
-                cmd.append(f"APPROVAL={os.environ['APPROVAL']}")
+            for setting in ("APPROVAL", "DEPLOY_METHOD"):  # as given to `make rollback`
+                if os.environ.get(setting):
+                    cmd.append(f"{setting}={os.environ[setting]}")
             print(f"rollback: in release {version}'s sources: {' '.join(cmd)}", flush=True)
             return subprocess.run(cmd, cwd=checkout, env=env).returncode
         finally:
