@@ -60,8 +60,8 @@ def _patch_security_group_all_ports() -> None:
 
 
 def _patch_custom_resources() -> None:
-    from moto.cloudformation import cloudformation_backends
     from moto.cloudformation.custom_model import CustomModel
+    from moto.cloudformation.models import cloudformation_backends
     from moto.moto_api._internal import mock_random
 
     if getattr(CustomModel.create_from_cloudformation_json.__func__, _PATCHED, False):  # type: ignore[attr-defined]
@@ -75,7 +75,7 @@ def _patch_custom_resources() -> None:
         region_name: str,
         **kwargs: Any,
     ) -> CustomModel:
-        resource = CustomModel(
+        resource = CustomModel(  # type: ignore[abstract]
             region_name, str(mock_random.uuid4()), kwargs["LogicalId"], resource_name
         )
         stack = cloudformation_backends[account_id][region_name].get_stack(kwargs["StackId"])
@@ -84,7 +84,7 @@ def _patch_custom_resources() -> None:
         return resource
 
     setattr(create, _PATCHED, True)
-    CustomModel.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    CustomModel.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment,arg-type]
 
 
 def _patch_previous_parameters() -> None:
