@@ -28,7 +28,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: prices
 .PHONY: preflight
 .PHONY: image image-test instance-test
-.PHONY: release-deploy
+.PHONY: release-deploy deploy-test
 .PHONY: ami
 .PHONY: checkov checkov-venv bootstrap
 
@@ -156,6 +156,9 @@ image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-i
 
 image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
+
+deploy-test: install ## make bootstrap, release-deploy, rollback with the real CDK CLI against patched moto (~4 min; not in make test)
+	HUMANSA_DEPLOY_TEST=1 $(BIN)/pytest -p no:cacheprovider --durations=3 tests/test_deploy_moto.py
 
 instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_instance.py
