@@ -157,7 +157,7 @@ image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-i
 image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
 
-deploy-test: install ## make bootstrap, release-deploy, rollback with the real CDK CLI against patched moto (~4 min; not in make test)
+deploy-test: install ## make bootstrap, release-deploy, rollback with the real CDK CLI against patched moto (~5 min; not in make test)
 	HUMANSA_DEPLOY_TEST=1 $(BIN)/pytest -p no:cacheprovider --durations=3 tests/test_deploy_moto.py
 
 instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)

@@ -5,7 +5,7 @@ templates, against the patched moto of tests/moto_emulator.py (a named stand-in 
 or exports). After the rollback the Service stack is release A's again: its template, the image
 tag in SSM, the launch template's user data and the group's size.
 
-Slow (bootstrap + three synths and deploys, about 4 minutes on 2 cores): skipped by ``make
+Slow (bootstrap + three synths and deploys, about 5 minutes on 2 cores): skipped by ``make
 test``; ``make deploy-test`` runs it.
 """
 
@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         os.environ.get("HUMANSA_DEPLOY_TEST") != "1",
-        reason="about 4 minutes: `make deploy-test` runs it (HUMANSA_DEPLOY_TEST=1)",
+        reason="about 5 minutes: `make deploy-test` runs it (HUMANSA_DEPLOY_TEST=1)",
     ),
 ]
 
