@@ -385,11 +385,14 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 print(line, flush=True)
             return 0
+        # The stack and a healthy instance first (two cheap calls): installing the plugin does
+        # not help an environment that is not deployed.
+        env.outputs()
+        command = shell_command(env, args.instance)
         problem = None if args.print_command else missing_plugin_message()
-        if problem:  # before any AWS call: nothing to do without the plugin
+        if problem:
             print(f"{prog}: {problem}", file=sys.stderr)
             return 3
-        command = shell_command(env, args.instance)
         if args.print_command:
             print(" ".join(command))
             return 0

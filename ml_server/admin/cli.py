@@ -44,6 +44,10 @@ class CliError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+class BadInput(CliError):
+    """A wrong ENV or option (exit status 2)."""
+
+
 @dataclass(frozen=True)
 class Target:
     url: str
@@ -68,19 +72,39 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from config import naming
+    from config import ConfigError, load_environment, naming
 
     if problem := naming.name_problem(env):
-        raise CliError(f"ENV: {problem}")
-    if region is None:
-        from config import load_environment
-
-        region = load_environment(env).region
+        raise BadInput(f"ENV: {problem}")
+    try:
+        config = load_environment(env)
+    except ConfigError as exc:
+        raise BadInput(f"ENV: {exc}") from None
+    region = region or config.region
     stack = naming.stack_name(env, "Service")
     secret_id = f"/humansa/{env}/ADMIN_API_KEY"
     try:
+        # Who is asking first: the actor for the audit log, and the account a missing stack
+        # was looked for in.
+        identity = boto3.client("sts", region_name=region).get_caller_identity()
+        actor, account = str(identity["Arn"]), str(identity["Account"])
         cfn = boto3.client("cloudformation", region_name=region)
-        stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
+        try:
+            stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
+        except ClientError as exc:
+            # CloudFormation answers a stack that does not exist with ValidationError
+            # ("Stack with id ... does not exist").
+            if exc.response["Error"].get("Code") != "ValidationError":
+                raise
+            other = (
+                f" (config/{env}.yaml names account {config.account})"
+                if account != config.account
+                else ""
+            )
+            raise CliError(
+                f"stack {stack} is not deployed in {region}/{account}{other}: deploy it with "
+                f"`make deploy ENV={env}`"
+            ) from None
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
         if naming.OUTPUT_SERVICE_URL not in outputs:
             raise CliError(
@@ -89,7 +113,6 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
         secret = boto3.client("secretsmanager", region_name=region).get_secret_value(
             SecretId=secret_id
         )["SecretString"]
-        actor = boto3.client("sts", region_name=region).get_caller_identity()["Arn"]
     except ClientError as exc:
         raise CliError(
             f"AWS refused {exc.operation_name} ({exc.response['Error'].get('Code')}): "
@@ -376,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, target)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, BadInput) else 1
     except httpx.HTTPError as exc:
         where = target.url if target is not None else "?"
         hint = (
