@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config import ConfigError, EnvironmentConfig, load_environment, naming
+from humansa_ops import aws_errors
 
 SSM_PLUGIN_DOC = (
     "https://docs.aws.amazon.com/systems-manager/latest/userguide/"
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except (ClientError, BotoCoreError) as exc:
-        print(f"{prog}: AWS said: {exc}", file=sys.stderr)
+        print(f"{prog}: {aws_errors.explain(exc, region=config.region)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

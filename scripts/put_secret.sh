@@ -45,11 +45,12 @@ if [ "$name" = GHCR_TOKEN ]; then
 fi
 if ! failed=$(printf '%s' "$value" | aws secretsmanager put-secret-value --region "$region" \
   --secret-id "$secret_id" --secret-string file:///dev/stdin --query VersionId --output text 2>&1 >/dev/null); then
-  echo "$failed" >&2
   deploy="make deploy ENV=$env_name"
   [ "$name" != GHCR_TOKEN ] || deploy="image.source ghcr: make release-deploy ENV=$env_name VERSION=<version>"
-  case "$failed" in *ResourceNotFoundException*)
-    echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+  case "$failed" in
+    *ResourceNotFoundException*)
+      echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+    *) failed="${failed//$'\n'/ }"; echo "put_secret: $secret_id in $region: ${failed#"${failed%%[![:space:]]*}"}" >&2 ;;
   esac
   exit 1
 fi

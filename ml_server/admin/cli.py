@@ -83,12 +83,13 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
     region = region or config.region
     stack = naming.stack_name(env, "Service")
     secret_id = f"/humansa/{env}/ADMIN_API_KEY"
+    session = boto3.session.Session(region_name=region)
     try:
         # Who is asking first: the actor for the audit log, and the account a missing stack
         # was looked for in.
-        identity = boto3.client("sts", region_name=region).get_caller_identity()
+        identity = session.client("sts").get_caller_identity()
         actor, account = str(identity["Arn"]), str(identity["Account"])
-        cfn = boto3.client("cloudformation", region_name=region)
+        cfn = session.client("cloudformation")
         try:
             stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
         except ClientError as exc:
@@ -110,17 +111,25 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
             raise CliError(
                 f"stack {stack} has no ServiceUrl output: deploy it (make deploy ENV={env})"
             )
-        secret = boto3.client("secretsmanager", region_name=region).get_secret_value(
-            SecretId=secret_id
-        )["SecretString"]
+        secret = session.client("secretsmanager").get_secret_value(SecretId=secret_id)[
+            "SecretString"
+        ]
     except ClientError as exc:
-        raise CliError(
-            f"AWS refused {exc.operation_name} ({exc.response['Error'].get('Code')}): "
-            f"{exc.response['Error'].get('Message')} [stack {stack}, secret {secret_id}, "
-            f"region {region}]"
-        ) from None
+        from humansa_ops.aws_errors import explain
+
+        if exc.response["Error"].get("Code") == "ResourceNotFoundException":
+            raise CliError(
+                f"secret {secret_id} does not exist in {region}: the Service stack creates it "
+                f"(make deploy ENV={env}), then `make secrets ENV={env} NAME=ADMIN_API_KEY`"
+            ) from None
+        line = explain(exc, region=region)
+        if line.startswith("AWS refused"):
+            line += f" [stack {stack}, secret {secret_id}]"
+        raise CliError(line) from None
     except BotoCoreError as exc:
-        raise CliError(f"AWS call failed: {exc} (credentials? region {region})") from None
+        from humansa_ops.aws_errors import explain
+
+        raise CliError(explain(exc, region=region)) from None
     if not secret.strip() or secret.strip() == PLACEHOLDER:
         raise CliError(
             f"{secret_id} is not set yet: `make secrets ENV={env} NAME=ADMIN_API_KEY` "
