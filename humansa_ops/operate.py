@@ -60,7 +60,8 @@ class Environment:
         return naming.stack_name(self.config.name, "Service")
 
     def outputs(self) -> dict[str, str]:
-        """The Service stack's outputs (``OperateError`` when it is not deployed)."""
+        """The Service stack's outputs (``OperateError`` when it is not deployed, or in a state
+        without outputs)."""
         if self._outputs is None:
             stack = _describe_stack(self, self.service_stack)
             if stack is None:
@@ -68,6 +69,11 @@ class Environment:
                     f"{self.service_stack} is not deployed in {self.config.region} "
                     f"(make deploy ENV={self.config.name})"
                 )
+            problem = stack_state_problem(
+                self.service_stack, str(stack.get("StackStatus", "")), self.config.name
+            )
+            if problem:
+                raise OperateError(problem)
             self._outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         return self._outputs
 
@@ -79,6 +85,42 @@ class Environment:
                 f"make deploy ENV={self.config.name})"
             )
         return outputs[key]
+
+
+# "Stack status codes" (AWS CloudFormation User Guide): REVIEW_IN_PROGRESS is a stack made for a
+# change set that was never executed; ROLLBACK_COMPLETE follows a failed creation and allows only
+# a delete. Neither has outputs. (An UPDATE_ROLLBACK_* stack keeps its previous outputs.)
+_CREATION_FAILED = frozenset(
+    {"CREATE_FAILED", "ROLLBACK_IN_PROGRESS", "ROLLBACK_FAILED", "ROLLBACK_COMPLETE"}
+)
+
+
+def stack_state_problem(stack: str, status: str, env_name: str) -> str | None:
+    """Why a stack in ``status`` has no outputs to read, and what to do; None when it has."""
+    deploy = f"make deploy ENV={env_name}"
+    events = f"make status ENV={env_name}"
+    if status == "REVIEW_IN_PROGRESS":
+        return (
+            f"{stack} was never created ({status}: a change set was made but not executed): "
+            f"{deploy}"
+        )
+    if status == "CREATE_IN_PROGRESS":
+        return (
+            f"{stack} is still being created ({status}): wait for the deploy ({events} shows "
+            "its events)"
+        )
+    if status in _CREATION_FAILED:
+        return (
+            f"{stack} failed to create ({status}; {events} shows the events with the reason): "
+            f"fix that, then {deploy} (the CDK CLI deletes a stack whose creation failed and "
+            "creates it again)"
+        )
+    if status.startswith("DELETE_"):
+        return (
+            f"{stack} is being deleted or failed to delete ({status}; {events} shows the "
+            f"events): finish the delete, then {deploy}"
+        )
+    return None
 
 
 def _error_code(exc: Exception) -> str:

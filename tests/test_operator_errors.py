@@ -4,6 +4,7 @@ the fix, never a traceback or a raw AWS error."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -198,3 +199,57 @@ def test_secrets_before_the_deploy_is_one_line(nothing_deployed: str) -> None:
         "put_secret: /humansa/dev/OPENAI_API_KEY does not exist in ap-east-1 yet: the Service "
         "stack creates it (make deploy ENV=dev first)"
     )
+
+
+def test_a_stack_that_was_never_created_is_named_as_such(
+    nothing_deployed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deploy that stopped at the change set leaves the stack in REVIEW_IN_PROGRESS, with no
+    outputs: say that (not "deployed before outputs were added")."""
+    template = {"Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}}}
+    boto3.client("cloudformation", region_name="ap-east-1").create_change_set(
+        StackName="Humansa-Staging-Service",
+        ChangeSetName="cdk-deploy-change-set",
+        ChangeSetType="CREATE",
+        TemplateBody=json.dumps(template),
+    )
+    expected = (
+        "Humansa-Staging-Service was never created (REVIEW_IN_PROGRESS: a change set was made "
+        "but not executed): make deploy ENV=staging"
+    )
+    assert operate.main(["status", "--env", "staging"]) == 1
+    captured = capsys.readouterr()
+    print(captured.out + captured.err)  # shown with -s: what `make status ENV=staging` prints
+    assert "  Humansa-Staging-Service: REVIEW_IN_PROGRESS" in captured.out
+    assert _one_line(captured.err) == f"make status: {expected}"
+    assert operate.main(["logs", "--env", "staging"]) == 1
+    assert _one_line(capsys.readouterr().err) == f"make logs: {expected}"
+    assert cli.main(["--env", "staging", "keys", "list"]) == 1
+    assert _one_line(capsys.readouterr().err) == f"error: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            "ROLLBACK_COMPLETE",
+            "Humansa-Dev-Service failed to create (ROLLBACK_COMPLETE; make status ENV=dev shows "
+            "the events with the reason): fix that, then make deploy ENV=dev (the CDK CLI "
+            "deletes a stack whose creation failed and creates it again)",
+        ),
+        (
+            "CREATE_IN_PROGRESS",
+            "Humansa-Dev-Service is still being created (CREATE_IN_PROGRESS): wait for the "
+            "deploy (make status ENV=dev shows its events)",
+        ),
+        (
+            "DELETE_FAILED",
+            "Humansa-Dev-Service is being deleted or failed to delete (DELETE_FAILED; make "
+            "status ENV=dev shows the events): finish the delete, then make deploy ENV=dev",
+        ),
+        ("UPDATE_ROLLBACK_COMPLETE", None),  # an update rolled back: the old outputs stand
+        ("CREATE_COMPLETE", None),
+    ],
+)
+def test_stack_states_without_outputs_are_named(status: str, expected: str | None) -> None:
+    assert operate.stack_state_problem("Humansa-Dev-Service", status, "dev") == expected

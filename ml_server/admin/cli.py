@@ -106,6 +106,10 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
                 f"stack {stack} is not deployed in {region}/{account}{other}: deploy it with "
                 f"`make deploy ENV={env}`"
             ) from None
+        from humansa_ops.operate import stack_state_problem
+
+        if problem := stack_state_problem(stack, str(stacks[0].get("StackStatus", "")), env):
+            raise CliError(problem)
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
         if naming.OUTPUT_SERVICE_URL not in outputs:
             raise CliError(
