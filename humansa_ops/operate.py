@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from config import ConfigError, EnvironmentConfig, load_environment, naming
@@ -373,6 +374,16 @@ def shell_command(env: Environment, instance: str | None) -> list[str]:
     return ["aws", "ssm", "start-session", "--target", target, "--region", env.config.region]
 
 
+#: The venv's bin folder: ``make shell`` runs its pinned ``aws`` (awscli in requirements-dev.txt)
+#: when none is on PATH (the venv is not activated by make).
+VENV_BIN = Path(sys.executable).parent
+
+
+def aws_cli() -> str | None:
+    """The ``aws`` to run: the one on PATH, else the venv's; None when there is neither."""
+    return shutil.which("aws") or shutil.which("aws", path=str(VENV_BIN))
+
+
 def missing_plugin_message() -> str | None:
     """Why ``make shell`` cannot open a session on this machine, or None."""
     if shutil.which("session-manager-plugin"):
@@ -383,6 +394,13 @@ def missing_plugin_message() -> str | None:
         "(Debian/Ubuntu: download session-manager-plugin.deb from that page, then "
         "`sudo dpkg -i session-manager-plugin.deb`; macOS: `brew install --cask "
         "session-manager-plugin`)"
+    )
+
+
+def missing_cli_message() -> str:
+    return (
+        "needs the AWS CLI (aws is neither on PATH nor in the venv): make install (the venv "
+        "pins awscli), or install the AWS CLI"
     )
 
 
@@ -432,15 +450,16 @@ def main(argv: list[str] | None = None) -> int:
         # not help an environment that is not deployed.
         env.outputs()
         command = shell_command(env, args.instance)
-        problem = None if args.print_command else missing_plugin_message()
-        if problem:
-            print(f"{prog}: {problem}", file=sys.stderr)
-            return 3
         if args.print_command:
             print(" ".join(command))
             return 0
+        executable = aws_cli()
+        problem = missing_plugin_message() if executable else missing_cli_message()
+        if problem:
+            print(f"{prog}: {problem}", file=sys.stderr)
+            return 3
         print(f"{prog}: {' '.join(command)}", flush=True)
-        os.execvp(command[0], command)  # noqa: S606 - replaces this process with the session
+        os.execv(str(executable), command)  # noqa: S606 - replaces this process with the session
     except OperateError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1

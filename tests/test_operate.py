@@ -4,8 +4,12 @@ stack outputs they read, on the shared synth."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -249,3 +253,48 @@ def test_shell_without_the_plugin_says_how_to_install_it(
     command = printed.split()
     assert command[:5] == ["aws", "ssm", "start-session", "--target", command[4]]
     assert command[4].startswith("i-") and command[-1] == REGION
+
+
+@pytest.mark.slow
+def test_shell_runs_the_venvs_aws_cli_when_none_is_on_path(
+    deployed: dict[str, str], aws: str, tmp_path: Path
+) -> None:
+    """`make shell` on a machine whose PATH has no `aws` (the pinned awscli is in the venv):
+    the session starts with the venv's CLI, no FileNotFoundError traceback. moto has no
+    StartSession, so the CLI's own error for that call ends it here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "session-manager-plugin"  # a stand-in: moto never gets that far
+    plugin.write_text("#!/bin/sh\nexit 0\n")
+    plugin.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "humansa_ops.operate", "shell", "--env", ENV],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "AWS_MAX_ATTEMPTS": "1"},
+        timeout=120,
+        check=False,
+    )
+    print(result.stdout + result.stderr)  # shown with -s: what `make shell ENV=dev` prints
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("make shell: aws ssm start-session --target i-"), result.stdout
+    assert "StartSession" in result.stderr  # the AWS CLI ran and called the API
+
+
+@pytest.mark.slow
+def test_shell_without_any_aws_cli_says_how_to_get_it(
+    deployed: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(operate, "VENV_BIN", tmp_path)
+    (tmp_path / "session-manager-plugin").write_text("#!/bin/sh\nexit 0\n")  # a stand-in
+    (tmp_path / "session-manager-plugin").chmod(0o755)
+    assert operate.main(["shell", "--env", ENV]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "make shell: needs the AWS CLI (aws is neither on PATH nor in the venv): make install "
+        "(the venv pins awscli), or install the AWS CLI"
+    ), err
