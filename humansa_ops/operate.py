@@ -66,10 +66,8 @@ class Environment:
         if self._outputs is None:
             stack = _describe_stack(self, self.service_stack)
             if stack is None:
-                raise OperateError(
-                    f"{self.service_stack} is not deployed in {self.config.region} "
-                    f"(make deploy ENV={self.config.name})"
-                )
+                account = str(self.client("sts").get_caller_identity().get("Account", ""))
+                raise OperateError(not_deployed(self.service_stack, self.config, account))
             problem = stack_state_problem(
                 self.service_stack, str(stack.get("StackStatus", "")), self.config.name
             )
@@ -86,6 +84,21 @@ class Environment:
                 f"make deploy ENV={self.config.name})"
             )
         return outputs[key]
+
+
+def not_deployed(stack: str, config: EnvironmentConfig, account: str) -> str:
+    """``stack`` does not exist in the credentials' ``account``: where it was looked for, and
+    the config's account when that is another one (the wrong credentials, not a missing
+    deploy)."""
+    other = (
+        f" (config/{config.name}.yaml names account {config.account})"
+        if account != config.account
+        else ""
+    )
+    return (
+        f"{stack} is not deployed in {config.region}/{account}{other}: deploy it with "
+        f"`make deploy ENV={config.name}`"
+    )
 
 
 # "Stack status codes" (AWS CloudFormation User Guide): REVIEW_IN_PROGRESS is a stack made for a

@@ -208,9 +208,11 @@ def test_status_of_an_environment_not_deployed(
 ) -> None:
     assert operate.main(["status", "--env", "staging"]) == 1
     err = capsys.readouterr().err
+    # moto's account is not the config's: the line says where it looked, and what the config says
     assert err.strip().endswith(
-        "make status: Humansa-Staging-Service is not deployed in ap-east-1 "
-        "(make deploy ENV=staging)"
+        "make status: Humansa-Staging-Service is not deployed in ap-east-1/123456789012 "
+        "(config/staging.yaml names account 992382528744): deploy it with "
+        "`make deploy ENV=staging`"
     ), err
 
 

@@ -102,7 +102,8 @@ def test_shell_checks_the_stack_before_the_plugin(
     line = _one_line(capsys.readouterr().err)
     print(line)  # shown with -s: what `make shell ENV=dev` prints
     assert line == (
-        "make shell: Humansa-Dev-Service is not deployed in ap-east-1 (make deploy ENV=dev)"
+        f"make shell: Humansa-Dev-Service is not deployed in ap-east-1/{ACCOUNT} "
+        "(config/dev.yaml names account 992382528744): deploy it with `make deploy ENV=dev`"
     )
 
 

@@ -97,14 +97,11 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
             # ("Stack with id ... does not exist").
             if exc.response["Error"].get("Code") != "ValidationError":
                 raise
-            other = (
-                f" (config/{env}.yaml names account {config.account})"
-                if account != config.account
-                else ""
-            )
+            from humansa_ops.operate import not_deployed
+
             raise CliError(
-                f"stack {stack} is not deployed in {region}/{account}{other}: deploy it with "
-                f"`make deploy ENV={env}`"
+                "stack "
+                + not_deployed(stack, config.model_copy(update={"region": region}), account)
             ) from None
         from humansa_ops.operate import stack_state_problem
 
