@@ -1033,6 +1033,11 @@ def estimate(
         # The config file name (dev-alice) or the stacks' label (DevAlice): config/naming.py.
         key = env.replace("-", "").lower()
         wanted = {name: s for name, s in by_env.items() if name.lower() == key}
+        known = environment_names()
+        if not wanted and key not in {"ci", *(n.replace("-", "") for n in known)}:
+            raise CostError(
+                f"--env {env}: no config/{env}.yaml; known environments: {', '.join(known)}"
+            )
         if not wanted:
             raise CostError(
                 f"--env {env}: no such environment; found: {', '.join(sorted(by_env))}"

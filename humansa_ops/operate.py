@@ -340,6 +340,8 @@ def log_events(
     poll_seconds: float = 2.0,
 ) -> Iterator[str]:
     """Lines of the server (or boot) log group, oldest first; with ``follow``, keep polling."""
+    from botocore.exceptions import ClientError
+
     key = naming.OUTPUT_SETUP_LOG_GROUP if setup else naming.OUTPUT_APP_LOG_GROUP
     group = env.output(key)
     logs = env.client("logs")
@@ -350,7 +352,15 @@ def log_events(
         kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start}
         newest = start
         while True:
-            page = logs.filter_log_events(**kwargs)
+            try:
+                page = logs.filter_log_events(**kwargs)
+            except ClientError as exc:
+                if _error_code(exc) != "ResourceNotFoundException":
+                    raise
+                raise OperateError(
+                    f"log group {group} does not exist in {env.config.region}: "
+                    f"{env.service_stack} creates it (make deploy ENV={env.config.name})"
+                ) from None
             for event in page.get("events", []):
                 if event["eventId"] in seen:
                     continue
@@ -382,7 +392,19 @@ def pick_instance(env: Environment) -> str:
 
 
 def shell_command(env: Environment, instance: str | None) -> list[str]:
-    """The ``aws ssm start-session`` command for ``instance`` (default: a healthy one)."""
+    """The ``aws ssm start-session`` command for ``instance`` (default: a healthy one), which
+    must be an instance of the environment's group."""
+    if instance:
+        asg_name = env.output(naming.OUTPUT_ASG_NAME)
+        groups = env.client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[asg_name]
+        )["AutoScalingGroups"]
+        ids = [str(i["InstanceId"]) for i in (groups[0].get("Instances", []) if groups else [])]
+        if instance not in ids:
+            raise OperateError(
+                f"{instance} is not an instance of {asg_name} (its instances: "
+                f"{', '.join(ids) or 'none'}; make status ENV={env.config.name})"
+            )
     target = instance or pick_instance(env)
     return ["aws", "ssm", "start-session", "--target", target, "--region", env.config.region]
 

@@ -413,8 +413,10 @@ def test_json_and_summary_modes() -> None:
 
 
 def test_unknown_env_and_missing_assembly(table: cost.PriceTable, tmp_path: Path) -> None:
-    with pytest.raises(cost.CostError, match="--env qa: no such environment; found: Dev"):
-        cost.estimate(FIXTURES / "dev", table, env="qa")
+    with pytest.raises(
+        cost.CostError, match=r"--env staging: no such environment; found: Dev \(make synth"
+    ):
+        cost.estimate(FIXTURES / "dev", table, env="staging")
     with pytest.raises(cost.CostError, match="run `make synth` first"):
         cost.estimate(tmp_path, table)
 
@@ -541,3 +543,12 @@ def test_an_environment_names_its_cost_assumptions_in_its_config(
         r"\(allowed: alb_lcu_per_hour, ",
     ):
         cost.estimate(_personal_assembly(tmp_path, "Dave"), table)
+
+
+def test_an_env_without_a_config_file_says_so(table: cost.PriceTable) -> None:
+    """`make cost ENV=qa` with no config/qa.yaml: not "make synth ENV=qa first" (that fails)."""
+    with pytest.raises(
+        cost.CostError,
+        match=r"^--env qa: no config/qa.yaml; known environments: dev, staging, production$",
+    ):
+        cost.estimate(FIXTURES / "dev", table, env="qa")

@@ -300,3 +300,21 @@ def test_shell_without_any_aws_cli_says_how_to_get_it(
         "make shell: needs the AWS CLI (aws is neither on PATH nor in the venv): make install "
         "(the venv pins awscli), or install the AWS CLI"
     ), err
+
+
+@pytest.mark.slow
+def test_shell_refuses_an_instance_outside_the_group(
+    deployed: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """INSTANCE=<typo or another environment's>: say so and list the group's instances, before
+    a session is tried."""
+    bogus = "i-0123456789abcdef0"
+    assert operate.main(["shell", "--env", ENV, "--instance", bogus, "--print-command"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"make shell: {bogus} is not an instance of {deployed['asg']} (its instances: "
+    ), err
+    assert deployed["instance"] in err and err.endswith("; make status ENV=dev)"), err
+    ok = ["shell", "--env", ENV, "--instance", deployed["instance"], "--print-command"]
+    assert operate.main(ok) == 0
+    assert capsys.readouterr().out.split()[4] == deployed["instance"]

@@ -254,3 +254,24 @@ def test_a_stack_that_was_never_created_is_named_as_such(
 )
 def test_stack_states_without_outputs_are_named(status: str, expected: str | None) -> None:
     assert operate.stack_state_problem("Humansa-Dev-Service", status, "dev") == expected
+
+
+def test_logs_of_a_missing_log_group_names_it(
+    nothing_deployed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Service stack names a log group that is gone (deleted by hand): name it and the fix."""
+    group = "/aws/ec2/humansa-ml/production"
+    outputs = {"AppLogGroup": group, "SetupLogGroup": f"{group}/setup"}
+    template = {
+        "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    boto3.client("cloudformation", region_name="ap-east-1").create_stack(
+        StackName="Humansa-Production-Service", TemplateBody=json.dumps(template)
+    )
+    assert operate.main(["logs", "--env", "production", "--setup"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line == (
+        f"make logs: log group {group}/setup does not exist in ap-east-1: "
+        "Humansa-Production-Service creates it (make deploy ENV=production)"
+    ), line
