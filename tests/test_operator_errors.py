@@ -275,3 +275,20 @@ def test_logs_of_a_missing_log_group_names_it(
         f"make logs: log group {group}/setup does not exist in ap-east-1: "
         "Humansa-Production-Service creates it (make deploy ENV=production)"
     ), line
+
+
+def test_secrets_uses_the_venvs_aws_cli_when_none_is_on_path(nothing_deployed: str) -> None:
+    """`make secrets` with no `aws` on PATH (the pinned awscli is in the venv, not activated)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "put_secret.sh"), "dev", "OPENAI_API_KEY"],
+        input="sk-not-a-real-key",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert _one_line(result.stderr).startswith(
+        "put_secret: /humansa/dev/OPENAI_API_KEY does not exist in ap-east-1 yet"
+    ), result.stderr
