@@ -200,10 +200,25 @@ def status(env: Environment, out: Callable[[str], None] = print) -> int:
     out("")
     for key in (naming.OUTPUT_SERVICE_URL, naming.OUTPUT_DASHBOARD_URL):
         out(f"{key}: {outputs.get(key, '(no output)')}")
-    _status_rollout(env, out)
-    _status_targets(env, out)
-    _status_image(env, out)
-    _status_alarms(env, out)
+    from botocore.exceptions import ClientError
+
+    unavailable = 0
+    for title, section in (
+        ("Auto Scaling group and rollout", _status_rollout),
+        ("Targets", _status_targets),
+        ("Image", _status_image),
+        ("Alarms", _status_alarms),
+    ):
+        # One denied or failed call (a read-only role without one permission, a target group
+        # deleted by hand) costs its section, not the rest of the picture.
+        try:
+            section(env, out)
+        except ClientError as exc:
+            unavailable += 1
+            out("")
+            out(f"{title}: unavailable - {aws_errors.explain(exc, region=cfg.region)}")
+    if unavailable:
+        raise OperateError(f"{unavailable} section(s) unavailable (see above)")
     return 0
 
 

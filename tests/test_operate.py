@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -318,3 +319,46 @@ def test_shell_refuses_an_instance_outside_the_group(
     ok = ["shell", "--env", ENV, "--instance", deployed["instance"], "--print-command"]
     assert operate.main(ok) == 0
     assert capsys.readouterr().out.split()[4] == deployed["instance"]
+
+
+@pytest.mark.slow
+def test_status_shows_the_rest_when_one_call_is_denied(
+    deployed: dict[str, str],
+    aws: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials that may not call DescribeTargetHealth: that section says so in one line, the
+    others (image, alarms) are still shown, and the exit status is 1."""
+    iam = _client("iam")
+    iam.create_user(UserName="no-target-health")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"},
+            {
+                "Effect": "Deny",
+                "Action": "elasticloadbalancing:DescribeTargetHealth",
+                "Resource": "*",
+            },
+        ],
+    }
+    iam.put_user_policy(
+        UserName="no-target-health", PolicyName="read", PolicyDocument=json.dumps(policy)
+    )
+    key = iam.create_access_key(UserName="no-target-health")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    httpx.post(f"{aws}/moto-api/reset-auth", content=b"0", timeout=10)
+    try:
+        code = operate.main(["status", "--env", ENV])
+    finally:
+        httpx.post(f"{aws}/moto-api/reset-auth", content=b"inf", timeout=10)
+    captured = capsys.readouterr()
+    print(captured.out + captured.err)
+    assert code == 1
+    assert "Targets: unavailable - the credentials may not call DescribeTargetHealth" in (
+        captured.out
+    )
+    assert "Alarms in ALARM (Humansa-Dev-*): 1" in captured.out
+    assert captured.err.strip() == "make status: 1 section(s) unavailable (see above)"
