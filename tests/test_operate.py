@@ -312,7 +312,8 @@ def test_shell_refuses_an_instance_outside_the_group(
     bogus = "i-0123456789abcdef0"
     assert operate.main(["shell", "--env", ENV, "--instance", bogus, "--print-command"]) == 1
     err = capsys.readouterr().err.strip()
-    print(err)  # shown with -s: what `make shell ENV=dev INSTANCE=i-0123456789abcdef0` prints
+    with capsys.disabled():  # shown with -s: `make shell ENV=dev INSTANCE=i-0123456789abcdef0`
+        print(err)
     assert err.startswith(
         f"make shell: {bogus} is not an instance of {deployed['asg']} (its instances: "
     ), err
