@@ -320,6 +320,22 @@ class ImageConfig(_Section):
     ghcr_repository: GithubRepository = "owner/humansa-ml-server"
 
 
+class CostConfig(_Section):
+    """What ``make cost`` assumes about this environment's traffic (docs/cost.md, Assumptions).
+
+    Args:
+        assumptions_like: price with this entry of ``assumptions.environments`` in
+            ``humansa_ops/pricing/prices.yaml`` (e.g. ``dev``). Default: the environment's own
+            entry; a personal environment ``<base>-<person>`` without one takes its base's
+            (``dev-alice`` -> ``dev``); else ``assumptions.default``.
+        assumptions: this environment's own figures over those, e.g.
+            ``{alb_lcu_per_hour: 0.1}`` (the names of ``assumptions.default``). Default none.
+    """
+
+    assumptions_like: str | None = None
+    assumptions: dict[str, float] = Field(default_factory=dict)
+
+
 class GithubConfig(_Section):
     """The GitHub repository that deploys this app.
 
@@ -344,6 +360,7 @@ class EnvironmentConfig(_Section):
         monitoring: alarms and dashboard (``config.monitoring.MonitoringConfig``).
         rotation: scheduled rotation of the database secret (``RotationConfig``). Default:
             enabled, every 30 days.
+        cost: the traffic assumptions of ``make cost`` (``CostConfig``). Default: by name.
     """
 
     name: str
@@ -360,6 +377,7 @@ class EnvironmentConfig(_Section):
     scaling: ScalingConfig = ScalingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     rotation: RotationConfig = RotationConfig()
+    cost: CostConfig = CostConfig()
 
     @property
     def title(self) -> str:

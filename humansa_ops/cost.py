@@ -29,6 +29,9 @@ from typing import Any
 
 import yaml
 
+from config import ConfigError, EnvironmentConfig, environment_names, load_environment
+from config.naming import title as env_title
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRICES = Path(__file__).resolve().parent / "pricing" / "prices.yaml"
 DEFAULT_REGION = "ap-east-1"
@@ -183,6 +186,7 @@ class Estimate:
     unsourced: set[str] = field(default_factory=set)
     assumptions: dict[str, Any] = field(default_factory=dict)
     unpriced: list[str] = field(default_factory=list)
+    assumptions_from: str = "default"
 
     @property
     def total_usd(self) -> float:
@@ -200,6 +204,7 @@ class Estimate:
             "unsourced_prices": sorted(self.unsourced),
             "unpriced": self.unpriced,
             "assumptions": self.assumptions,
+            "assumptions_from": self.assumptions_from,
         }
 
 
@@ -234,10 +239,56 @@ class PriceTable:
     def regions(self) -> list[str]:
         return sorted(self._regions)
 
+    @property
+    def environments(self) -> list[str]:
+        """The entries of ``assumptions.environments`` (lower case)."""
+        return sorted(self._env_assumptions)
+
     def assumptions_for(self, env: str) -> dict[str, Any]:
+        """The defaults with the entry ``env`` of ``assumptions.environments`` over them."""
         merged = dict(self._default_assumptions)
         merged.update(self._env_assumptions.get(env.lower(), {}))
         return merged
+
+    def assumptions_of(self, config: EnvironmentConfig) -> tuple[dict[str, Any], str]:
+        """An environment's assumptions and where they come from (docs/cost.md, Assumptions).
+
+        ``cost.assumptions_like`` in its config names the entry; else its own entry; else, for
+        a personal environment ``<base>-<person>``, its base's; else the defaults. Its own
+        ``cost.assumptions`` go over that.
+        """
+        shown = f"config/{config.name}.yaml"
+        like = config.cost.assumptions_like
+        base = config.name.split("-", 1)[0]
+        if like is not None:
+            if like.lower() not in self._env_assumptions:
+                raise CostError(
+                    f"{shown}: cost.assumptions_like={like}: humansa_ops/pricing/prices.yaml "
+                    f"has assumptions for {', '.join(sorted(self._env_assumptions))} "
+                    "(or leave it out)"
+                )
+            entry, basis = like.lower(), f"{like.lower()} ({shown} cost.assumptions_like)"
+        elif config.name in self._env_assumptions:
+            entry, basis = config.name, config.name
+        elif base != config.name and base in self._env_assumptions:
+            entry, basis = base, f"{base} ({config.name} is a personal environment of {base})"
+        else:
+            entry, basis = "", "default"
+        merged = self.assumptions_for(entry) if entry else dict(self._default_assumptions)
+        own = dict(config.cost.assumptions)
+        allowed = sorted(
+            k for k, v in self._default_assumptions.items() if isinstance(v, int | float)
+        )
+        for key in own:
+            if key not in allowed:
+                raise CostError(
+                    f"{shown}: cost.assumptions.{key} is not a traffic assumption "
+                    f"(allowed: {', '.join(allowed)})"
+                )
+        merged.update(own)
+        if own:
+            basis += f", own: {', '.join(sorted(own))}"
+        return merged, basis
 
     def get(self, region: str, key: str, *, resource_type: str, resource: str) -> Price:
         if region not in self._regions:
@@ -982,6 +1033,11 @@ def estimate(
         # The config file name (dev-alice) or the stacks' label (DevAlice): config/naming.py.
         key = env.replace("-", "").lower()
         wanted = {name: s for name, s in by_env.items() if name.lower() == key}
+        known = environment_names()
+        if not wanted and key not in {"ci", *(n.replace("-", "") for n in known)}:
+            raise CostError(
+                f"--env {env}: no config/{env}.yaml; known environments: {', '.join(known)}"
+            )
         if not wanted:
             raise CostError(
                 f"--env {env}: no such environment; found: {', '.join(sorted(by_env))}"
@@ -991,7 +1047,10 @@ def estimate(
     result: dict[str, Estimate] = {}
     for name, env_stacks in by_env.items():
         regions = sorted({region or s.region for s in env_stacks})
-        est = Estimate(name=name, region=regions[0], assumptions=table.assumptions_for(name))
+        assumptions, basis = _assumptions(table, name)
+        est = Estimate(
+            name=name, region=regions[0], assumptions=assumptions, assumptions_from=basis
+        )
         for stack in env_stacks:
             est.stacks.append(stack.name)
             est.region = region or stack.region  # each stack is priced at its own region
@@ -1000,6 +1059,20 @@ def estimate(
         est.region = ", ".join(regions)
         result[name] = est
     return result
+
+
+def _assumptions(table: PriceTable, label: str) -> tuple[dict[str, Any], str]:
+    """The assumptions of the environment whose stacks are ``Humansa-<label>-*``: from its
+    config/<name>.yaml when one has that title, else by the label (CI, an old assembly)."""
+    names = [n for n in environment_names() if env_title(n) == label]
+    if not names:
+        basis = label.lower() if label.lower() in table.environments else "default"
+        return table.assumptions_for(label), basis
+    try:
+        config = load_environment(names[0])
+    except ConfigError as exc:
+        raise CostError(str(exc)) from None
+    return table.assumptions_of(config)
 
 
 # --------------------------------------------------------------------------- output
@@ -1035,7 +1108,8 @@ def render_table(estimates: Mapping[str, Estimate], table: PriceTable) -> str:
         )
         used = {k: v for k, v in est.assumptions.items() if k in _ASSUMPTION_LABELS}
         lines.append(
-            "  assumptions: " + "; ".join(f"{v:g} {_ASSUMPTION_LABELS[k]}" for k, v in used.items())
+            f"  assumptions ({est.assumptions_from}): "
+            + "; ".join(f"{v:g} {_ASSUMPTION_LABELS[k]}" for k, v in used.items())
         )
         spot = est.assumptions.get("spot_discount") or {}
         lines.append(

@@ -23,9 +23,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from config import ConfigError, EnvironmentConfig, load_environment, naming
+from humansa_ops import aws_errors
 
 SSM_PLUGIN_DOC = (
     "https://docs.aws.amazon.com/systems-manager/latest/userguide/"
@@ -59,14 +61,18 @@ class Environment:
         return naming.stack_name(self.config.name, "Service")
 
     def outputs(self) -> dict[str, str]:
-        """The Service stack's outputs (``OperateError`` when it is not deployed)."""
+        """The Service stack's outputs (``OperateError`` when it is not deployed, or in a state
+        without outputs)."""
         if self._outputs is None:
             stack = _describe_stack(self, self.service_stack)
             if stack is None:
-                raise OperateError(
-                    f"{self.service_stack} is not deployed in {self.config.region} "
-                    f"(make deploy ENV={self.config.name})"
-                )
+                account = str(self.client("sts").get_caller_identity().get("Account", ""))
+                raise OperateError(not_deployed(self.service_stack, self.config, account))
+            problem = stack_state_problem(
+                self.service_stack, str(stack.get("StackStatus", "")), self.config.name
+            )
+            if problem:
+                raise OperateError(problem)
             self._outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         return self._outputs
 
@@ -78,6 +84,57 @@ class Environment:
                 f"make deploy ENV={self.config.name})"
             )
         return outputs[key]
+
+
+def not_deployed(stack: str, config: EnvironmentConfig, account: str) -> str:
+    """``stack`` does not exist in the credentials' ``account``: where it was looked for, and
+    the config's account when that is another one (the wrong credentials, not a missing
+    deploy)."""
+    other = (
+        f" (config/{config.name}.yaml names account {config.account})"
+        if account != config.account
+        else ""
+    )
+    return (
+        f"{stack} is not deployed in {config.region}/{account}{other}: deploy it with "
+        f"`make deploy ENV={config.name}`"
+    )
+
+
+# "Stack status codes" (AWS CloudFormation User Guide): REVIEW_IN_PROGRESS is a stack made for a
+# change set that was never executed; ROLLBACK_COMPLETE follows a failed creation and allows only
+# a delete. Neither has outputs. (An UPDATE_ROLLBACK_* stack keeps its previous outputs.)
+_CREATION_FAILED = frozenset(
+    {"CREATE_FAILED", "ROLLBACK_IN_PROGRESS", "ROLLBACK_FAILED", "ROLLBACK_COMPLETE"}
+)
+
+
+def stack_state_problem(stack: str, status: str, env_name: str) -> str | None:
+    """Why a stack in ``status`` has no outputs to read, and what to do; None when it has."""
+    deploy = f"make deploy ENV={env_name}"
+    events = f"make status ENV={env_name}"
+    if status == "REVIEW_IN_PROGRESS":
+        return (
+            f"{stack} was never created ({status}: a change set was made but not executed): "
+            f"{deploy}"
+        )
+    if status == "CREATE_IN_PROGRESS":
+        return (
+            f"{stack} is still being created ({status}): wait for the deploy ({events} shows "
+            "its events)"
+        )
+    if status in _CREATION_FAILED:
+        return (
+            f"{stack} failed to create ({status}; {events} shows the events with the reason): "
+            f"fix that, then {deploy} (the CDK CLI deletes a stack whose creation failed and "
+            "creates it again)"
+        )
+    if status.startswith("DELETE_"):
+        return (
+            f"{stack} is being deleted or failed to delete ({status}; {events} shows the "
+            f"events): finish the delete, then {deploy}"
+        )
+    return None
 
 
 def _error_code(exc: Exception) -> str:
@@ -143,10 +200,25 @@ def status(env: Environment, out: Callable[[str], None] = print) -> int:
     out("")
     for key in (naming.OUTPUT_SERVICE_URL, naming.OUTPUT_DASHBOARD_URL):
         out(f"{key}: {outputs.get(key, '(no output)')}")
-    _status_rollout(env, out)
-    _status_targets(env, out)
-    _status_image(env, out)
-    _status_alarms(env, out)
+    from botocore.exceptions import ClientError
+
+    unavailable = 0
+    for title, section in (
+        ("Auto Scaling group and rollout", _status_rollout),
+        ("Targets", _status_targets),
+        ("Image", _status_image),
+        ("Alarms", _status_alarms),
+    ):
+        # One denied or failed call (a read-only role without one permission, a target group
+        # deleted by hand) costs its section, not the rest of the picture.
+        try:
+            section(env, out)
+        except ClientError as exc:
+            unavailable += 1
+            out("")
+            out(f"{title}: unavailable - {aws_errors.explain(exc, region=cfg.region)}")
+    if unavailable:
+        raise OperateError(f"{unavailable} section(s) unavailable (see above)")
     return 0
 
 
@@ -283,6 +355,8 @@ def log_events(
     poll_seconds: float = 2.0,
 ) -> Iterator[str]:
     """Lines of the server (or boot) log group, oldest first; with ``follow``, keep polling."""
+    from botocore.exceptions import ClientError
+
     key = naming.OUTPUT_SETUP_LOG_GROUP if setup else naming.OUTPUT_APP_LOG_GROUP
     group = env.output(key)
     logs = env.client("logs")
@@ -293,7 +367,15 @@ def log_events(
         kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start}
         newest = start
         while True:
-            page = logs.filter_log_events(**kwargs)
+            try:
+                page = logs.filter_log_events(**kwargs)
+            except ClientError as exc:
+                if _error_code(exc) != "ResourceNotFoundException":
+                    raise
+                raise OperateError(
+                    f"log group {group} does not exist in {env.config.region}: "
+                    f"{env.service_stack} creates it (make deploy ENV={env.config.name})"
+                ) from None
             for event in page.get("events", []):
                 if event["eventId"] in seen:
                     continue
@@ -325,9 +407,31 @@ def pick_instance(env: Environment) -> str:
 
 
 def shell_command(env: Environment, instance: str | None) -> list[str]:
-    """The ``aws ssm start-session`` command for ``instance`` (default: a healthy one)."""
+    """The ``aws ssm start-session`` command for ``instance`` (default: a healthy one), which
+    must be an instance of the environment's group."""
+    if instance:
+        asg_name = env.output(naming.OUTPUT_ASG_NAME)
+        groups = env.client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[asg_name]
+        )["AutoScalingGroups"]
+        ids = [str(i["InstanceId"]) for i in (groups[0].get("Instances", []) if groups else [])]
+        if instance not in ids:
+            raise OperateError(
+                f"{instance} is not an instance of {asg_name} (its instances: "
+                f"{', '.join(ids) or 'none'}; make status ENV={env.config.name})"
+            )
     target = instance or pick_instance(env)
     return ["aws", "ssm", "start-session", "--target", target, "--region", env.config.region]
+
+
+#: The venv's bin folder: ``make shell`` runs its pinned ``aws`` (awscli in requirements-dev.txt)
+#: when none is on PATH (the venv is not activated by make).
+VENV_BIN = Path(sys.executable).parent
+
+
+def aws_cli() -> str | None:
+    """The ``aws`` to run: the one on PATH, else the venv's; None when there is neither."""
+    return shutil.which("aws") or shutil.which("aws", path=str(VENV_BIN))
 
 
 def missing_plugin_message() -> str | None:
@@ -340,6 +444,13 @@ def missing_plugin_message() -> str | None:
         "(Debian/Ubuntu: download session-manager-plugin.deb from that page, then "
         "`sudo dpkg -i session-manager-plugin.deb`; macOS: `brew install --cask "
         "session-manager-plugin`)"
+    )
+
+
+def missing_cli_message() -> str:
+    return (
+        "needs the AWS CLI (aws is neither on PATH nor in the venv): make install (the venv "
+        "pins awscli), or install the AWS CLI"
     )
 
 
@@ -385,21 +496,25 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 print(line, flush=True)
             return 0
-        problem = None if args.print_command else missing_plugin_message()
-        if problem:  # before any AWS call: nothing to do without the plugin
-            print(f"{prog}: {problem}", file=sys.stderr)
-            return 3
+        # The stack and a healthy instance first (two cheap calls): installing the plugin does
+        # not help an environment that is not deployed.
+        env.outputs()
         command = shell_command(env, args.instance)
         if args.print_command:
             print(" ".join(command))
             return 0
+        executable = aws_cli()
+        problem = missing_plugin_message() if executable else missing_cli_message()
+        if problem:
+            print(f"{prog}: {problem}", file=sys.stderr)
+            return 3
         print(f"{prog}: {' '.join(command)}", flush=True)
-        os.execvp(command[0], command)  # noqa: S606 - replaces this process with the session
+        os.execv(str(executable), command)  # noqa: S606 - replaces this process with the session
     except OperateError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except (ClientError, BotoCoreError) as exc:
-        print(f"{prog}: AWS said: {exc}", file=sys.stderr)
+        print(f"{prog}: {aws_errors.explain(exc, region=config.region)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -27,6 +27,10 @@ case " $NAMES " in *" $name "*) [ -n "$name" ] ;; *) false ;; esac \
 # The environment's region, from its config file (a top-level `region: <name>` line).
 region="$(sed -n 's/^region:[[:space:]]*"\{0,1\}\([a-z0-9-]*\)"\{0,1\}.*$/\1/p' "$config_dir/$env_name.yaml" | head -n 1)"
 [ -n "$region" ] || { echo "put_secret: no region: in $config_dir/$env_name.yaml" >&2; exit 2; }
+# The AWS CLI on PATH, else the venv's pinned awscli (make does not activate the venv).
+aws="$(command -v aws || true)"
+[ -n "$aws" ] || [ ! -x "$root/.venv/bin/aws" ] || aws="$root/.venv/bin/aws"
+[ -n "$aws" ] || { echo "put_secret: needs the AWS CLI (aws is neither on PATH nor in .venv): make install (the venv pins awscli), or install the AWS CLI" >&2; exit 3; }
 if [ -t 0 ]; then
   read -r -s -p "Value for /humansa/$env_name/$name (not echoed): " value
   echo >&2
@@ -43,13 +47,14 @@ if [ "$name" = GHCR_TOKEN ]; then
   value=$(printf '%s' "$value" | python3 -c \
     'import json, os, sys; print(json.dumps({"username": os.environ["GHCR_USERNAME"], "accessToken": sys.stdin.read()}))')
 fi
-if ! failed=$(printf '%s' "$value" | aws secretsmanager put-secret-value --region "$region" \
+if ! failed=$(printf '%s' "$value" | "$aws" secretsmanager put-secret-value --region "$region" \
   --secret-id "$secret_id" --secret-string file:///dev/stdin --query VersionId --output text 2>&1 >/dev/null); then
-  echo "$failed" >&2
   deploy="make deploy ENV=$env_name"
   [ "$name" != GHCR_TOKEN ] || deploy="image.source ghcr: make release-deploy ENV=$env_name VERSION=<version>"
-  case "$failed" in *ResourceNotFoundException*)
-    echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+  case "$failed" in
+    *ResourceNotFoundException*)
+      echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+    *) failed="${failed//$'\n'/ }"; echo "put_secret: $secret_id in $region: ${failed#"${failed%%[![:space:]]*}"}" >&2 ;;
   esac
   exit 1
 fi

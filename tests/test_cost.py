@@ -413,8 +413,10 @@ def test_json_and_summary_modes() -> None:
 
 
 def test_unknown_env_and_missing_assembly(table: cost.PriceTable, tmp_path: Path) -> None:
-    with pytest.raises(cost.CostError, match="--env qa: no such environment; found: Dev"):
-        cost.estimate(FIXTURES / "dev", table, env="qa")
+    with pytest.raises(
+        cost.CostError, match=r"--env staging: no such environment; found: Dev \(make synth"
+    ):
+        cost.estimate(FIXTURES / "dev", table, env="staging")
     with pytest.raises(cost.CostError, match="run `make synth` first"):
         cost.estimate(tmp_path, table)
 
@@ -464,3 +466,89 @@ def test_only_data_event_selectors_are_unpriced(
     _edit(folder / "Humansa-CI.template.json", "Trail022F0CF2", EventSelectors=selectors)
     ci = cost.estimate(folder, table, region="us-east-1")["CI"]
     assert ci.not_priced == not_priced
+
+
+def _personal_assembly(tmp_path: Path, title: str) -> Path:
+    """The dev fixture assembly renamed to ``Humansa-<title>-*`` (what `make synth ENV=...`
+    writes for a copy of config/dev.yaml)."""
+    dest = tmp_path / f"assembly-{title}"
+    dest.mkdir()
+    for source in (FIXTURES / "dev").iterdir():
+        text = source.read_text().replace("Humansa-Dev-", f"Humansa-{title}-")
+        (dest / source.name.replace("Humansa-Dev-", f"Humansa-{title}-")).write_text(text)
+    return dest
+
+
+def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **extra: str) -> Path:
+    """A config folder with dev.yaml and staging.yaml, plus ``name=<yaml appended to a copy of
+    dev.yaml>`` for each extra environment."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    dev = (ROOT / "config" / "dev.yaml").read_text()
+    (folder / "dev.yaml").write_text(dev)
+    (folder / "staging.yaml").write_text((ROOT / "config" / "staging.yaml").read_text())
+    for name, tail in extra.items():
+        (folder / f"{name.replace('_', '-')}.yaml").write_text(dev + tail)
+    monkeypatch.setenv("HUMANSA_CONFIG_DIR", str(folder))
+    return folder
+
+
+def test_a_personal_environment_is_priced_with_its_base_environments_traffic(
+    table: cost.PriceTable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make cost ENV=dev-alice` (config/dev-alice.yaml, a copy of dev.yaml) uses dev's
+    traffic assumptions, not the defaults: the same templates cost what dev costs."""
+    _config_dir(tmp_path, monkeypatch, dev_alice="")
+    alice = cost.estimate(_personal_assembly(tmp_path, "DevAlice"), table, region="us-east-1")
+    dev = cost.estimate(FIXTURES / "dev", table, region="us-east-1")["Dev"]
+    est = alice["DevAlice"]
+    assert est.assumptions == table.assumptions_for("dev") != table.assumptions_for("default")
+    assert est.assumptions_from == "dev (dev-alice is a personal environment of dev)"
+    assert round(est.total_usd, 6) == round(dev.total_usd, 6)
+    assert "assumptions (dev (dev-alice is a personal environment of dev)):" in (
+        cost.render_table(alice, table)
+    )
+
+
+def test_an_environment_names_its_cost_assumptions_in_its_config(
+    table: cost.PriceTable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cost.assumptions_like` picks another entry of prices.yaml; `cost.assumptions` sets the
+    environment's own figures over it; a name the table lacks fails in one line."""
+    _config_dir(
+        tmp_path,
+        monkeypatch,
+        alice="cost:\n  assumptions_like: staging\n  assumptions: {alb_lcu_per_hour: 0.1}\n",
+        bob="cost:\n  assumptions: {nat_gateway_gb_per_month: 1}\n",
+        carol="cost:\n  assumptions_like: qa\n",
+        dave="cost:\n  assumptions: {alb_lcu: 1}\n",
+    )
+    alice = cost.estimate(_personal_assembly(tmp_path, "Alice"), table)["Alice"]
+    assert alice.assumptions == {**table.assumptions_for("staging"), "alb_lcu_per_hour": 0.1}
+    assert alice.assumptions_from == (
+        "staging (config/alice.yaml cost.assumptions_like), own: alb_lcu_per_hour"
+    )
+    bob = cost.estimate(_personal_assembly(tmp_path, "Bob"), table)["Bob"]
+    assert bob.assumptions == {**table.assumptions_for("default"), "nat_gateway_gb_per_month": 1}
+    assert bob.assumptions_from == "default, own: nat_gateway_gb_per_month"
+    with pytest.raises(
+        cost.CostError,
+        match=r"config/carol.yaml: cost.assumptions_like=qa: humansa_ops/pricing/prices.yaml "
+        r"has assumptions for dev, staging",
+    ):
+        cost.estimate(_personal_assembly(tmp_path, "Carol"), table)
+    with pytest.raises(
+        cost.CostError,
+        match=r"config/dave.yaml: cost.assumptions.alb_lcu is not a traffic assumption "
+        r"\(allowed: alb_lcu_per_hour, ",
+    ):
+        cost.estimate(_personal_assembly(tmp_path, "Dave"), table)
+
+
+def test_an_env_without_a_config_file_says_so(table: cost.PriceTable) -> None:
+    """`make cost ENV=qa` with no config/qa.yaml: not "make synth ENV=qa first" (that fails)."""
+    with pytest.raises(
+        cost.CostError,
+        match=r"^--env qa: no config/qa.yaml; known environments: dev, staging, production$",
+    ):
+        cost.estimate(FIXTURES / "dev", table, env="qa")

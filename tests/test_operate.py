@@ -4,11 +4,16 @@ stack outputs they read, on the shared synth."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -204,9 +209,11 @@ def test_status_of_an_environment_not_deployed(
 ) -> None:
     assert operate.main(["status", "--env", "staging"]) == 1
     err = capsys.readouterr().err
+    # moto's account is not the config's: the line says where it looked, and what the config says
     assert err.strip().endswith(
-        "make status: Humansa-Staging-Service is not deployed in ap-east-1 "
-        "(make deploy ENV=staging)"
+        "make status: Humansa-Staging-Service is not deployed in ap-east-1/123456789012 "
+        "(config/staging.yaml names account 992382528744): deploy it with "
+        "`make deploy ENV=staging`"
     ), err
 
 
@@ -249,3 +256,111 @@ def test_shell_without_the_plugin_says_how_to_install_it(
     command = printed.split()
     assert command[:5] == ["aws", "ssm", "start-session", "--target", command[4]]
     assert command[4].startswith("i-") and command[-1] == REGION
+
+
+@pytest.mark.slow
+def test_shell_runs_the_venvs_aws_cli_when_none_is_on_path(
+    deployed: dict[str, str], aws: str, tmp_path: Path
+) -> None:
+    """`make shell` on a machine whose PATH has no `aws` (the pinned awscli is in the venv):
+    the session starts with the venv's CLI, no FileNotFoundError traceback. moto has no
+    StartSession, so the CLI's own error for that call ends it here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "session-manager-plugin"  # a stand-in: moto never gets that far
+    plugin.write_text("#!/bin/sh\nexit 0\n")
+    plugin.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "humansa_ops.operate", "shell", "--env", ENV],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "AWS_MAX_ATTEMPTS": "1"},
+        timeout=120,
+        check=False,
+    )
+    print(result.stdout + result.stderr)  # shown with -s: what `make shell ENV=dev` prints
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("make shell: aws ssm start-session --target i-"), result.stdout
+    assert "StartSession" in result.stderr  # the AWS CLI ran and called the API
+
+
+@pytest.mark.slow
+def test_shell_without_any_aws_cli_says_how_to_get_it(
+    deployed: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(operate, "VENV_BIN", tmp_path)
+    (tmp_path / "session-manager-plugin").write_text("#!/bin/sh\nexit 0\n")  # a stand-in
+    (tmp_path / "session-manager-plugin").chmod(0o755)
+    assert operate.main(["shell", "--env", ENV]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "make shell: needs the AWS CLI (aws is neither on PATH nor in the venv): make install "
+        "(the venv pins awscli), or install the AWS CLI"
+    ), err
+
+
+@pytest.mark.slow
+def test_shell_refuses_an_instance_outside_the_group(
+    deployed: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """INSTANCE=<typo or another environment's>: say so and list the group's instances, before
+    a session is tried."""
+    bogus = "i-0123456789abcdef0"
+    assert operate.main(["shell", "--env", ENV, "--instance", bogus, "--print-command"]) == 1
+    err = capsys.readouterr().err.strip()
+    with capsys.disabled():  # shown with -s: `make shell ENV=dev INSTANCE=i-0123456789abcdef0`
+        print(err)
+    assert err.startswith(
+        f"make shell: {bogus} is not an instance of {deployed['asg']} (its instances: "
+    ), err
+    assert deployed["instance"] in err and err.endswith("; make status ENV=dev)"), err
+    ok = ["shell", "--env", ENV, "--instance", deployed["instance"], "--print-command"]
+    assert operate.main(ok) == 0
+    assert capsys.readouterr().out.split()[4] == deployed["instance"]
+
+
+@pytest.mark.slow
+def test_status_shows_the_rest_when_one_call_is_denied(
+    deployed: dict[str, str],
+    aws: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials that may not call DescribeTargetHealth: that section says so in one line, the
+    others (image, alarms) are still shown, and the exit status is 1."""
+    iam = _client("iam")
+    iam.create_user(UserName="no-target-health")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"},
+            {
+                "Effect": "Deny",
+                "Action": "elasticloadbalancing:DescribeTargetHealth",
+                "Resource": "*",
+            },
+        ],
+    }
+    iam.put_user_policy(
+        UserName="no-target-health", PolicyName="read", PolicyDocument=json.dumps(policy)
+    )
+    key = iam.create_access_key(UserName="no-target-health")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    httpx.post(f"{aws}/moto-api/reset-auth", content=b"0", timeout=10)
+    try:
+        code = operate.main(["status", "--env", ENV])
+    finally:
+        httpx.post(f"{aws}/moto-api/reset-auth", content=b"inf", timeout=10)
+    captured = capsys.readouterr()
+    print(captured.out + captured.err)
+    assert code == 1
+    assert "Targets: unavailable - the credentials may not call DescribeTargetHealth" in (
+        captured.out
+    )
+    assert "Alarms in ALARM (Humansa-Dev-*): 1" in captured.out
+    assert captured.err.strip() == "make status: 1 section(s) unavailable (see above)"

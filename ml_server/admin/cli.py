@@ -44,6 +44,10 @@ class CliError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+class BadInput(CliError):
+    """A wrong ENV or option (exit status 2)."""
+
+
 @dataclass(frozen=True)
 class Target:
     url: str
@@ -68,36 +72,65 @@ def deployed_target(env: str, *, region: str | None = None) -> Target:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from config import naming
+    from config import ConfigError, load_environment, naming
 
     if problem := naming.name_problem(env):
-        raise CliError(f"ENV: {problem}")
-    if region is None:
-        from config import load_environment
-
-        region = load_environment(env).region
+        raise BadInput(f"ENV: {problem}")
+    try:
+        config = load_environment(env)
+    except ConfigError as exc:
+        raise BadInput(f"ENV: {exc}") from None
+    region = region or config.region
     stack = naming.stack_name(env, "Service")
     secret_id = f"/humansa/{env}/ADMIN_API_KEY"
+    session = boto3.session.Session(region_name=region)
     try:
-        cfn = boto3.client("cloudformation", region_name=region)
-        stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
+        # Who is asking first: the actor for the audit log, and the account a missing stack
+        # was looked for in.
+        identity = session.client("sts").get_caller_identity()
+        actor, account = str(identity["Arn"]), str(identity["Account"])
+        cfn = session.client("cloudformation")
+        try:
+            stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
+        except ClientError as exc:
+            # CloudFormation answers a stack that does not exist with ValidationError
+            # ("Stack with id ... does not exist").
+            if exc.response["Error"].get("Code") != "ValidationError":
+                raise
+            from humansa_ops.operate import not_deployed
+
+            raise CliError(
+                "stack "
+                + not_deployed(stack, config.model_copy(update={"region": region}), account)
+            ) from None
+        from humansa_ops.operate import stack_state_problem
+
+        if problem := stack_state_problem(stack, str(stacks[0].get("StackStatus", "")), env):
+            raise CliError(problem)
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
         if naming.OUTPUT_SERVICE_URL not in outputs:
             raise CliError(
                 f"stack {stack} has no ServiceUrl output: deploy it (make deploy ENV={env})"
             )
-        secret = boto3.client("secretsmanager", region_name=region).get_secret_value(
-            SecretId=secret_id
-        )["SecretString"]
-        actor = boto3.client("sts", region_name=region).get_caller_identity()["Arn"]
+        secret = session.client("secretsmanager").get_secret_value(SecretId=secret_id)[
+            "SecretString"
+        ]
     except ClientError as exc:
-        raise CliError(
-            f"AWS refused {exc.operation_name} ({exc.response['Error'].get('Code')}): "
-            f"{exc.response['Error'].get('Message')} [stack {stack}, secret {secret_id}, "
-            f"region {region}]"
-        ) from None
+        from humansa_ops.aws_errors import explain
+
+        if exc.response["Error"].get("Code") == "ResourceNotFoundException":
+            raise CliError(
+                f"secret {secret_id} does not exist in {region}: the Service stack creates it "
+                f"(make deploy ENV={env}), then `make secrets ENV={env} NAME=ADMIN_API_KEY`"
+            ) from None
+        line = explain(exc, region=region)
+        if line.startswith("AWS refused"):
+            line += f" [stack {stack}, secret {secret_id}]"
+        raise CliError(line) from None
     except BotoCoreError as exc:
-        raise CliError(f"AWS call failed: {exc} (credentials? region {region})") from None
+        from humansa_ops.aws_errors import explain
+
+        raise CliError(explain(exc, region=region)) from None
     if not secret.strip() or secret.strip() == PLACEHOLDER:
         raise CliError(
             f"{secret_id} is not set yet: `make secrets ENV={env} NAME=ADMIN_API_KEY` "
@@ -376,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, target)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, BadInput) else 1
     except httpx.HTTPError as exc:
         where = target.url if target is not None else "?"
         hint = (
