@@ -86,8 +86,8 @@ class ServiceStack(Stack):
             config=config.image,
             architecture=config.fleet.architecture,
             environment=config.name,
+            ghcr_token=data.ghcr_token.secret,
             tag=tag,
-            retain=config.termination_protection,
         )
         self.logs = ServiceLogs(
             self, "Logs", environment=config.name, retain=config.termination_protection
