@@ -8,6 +8,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from components.acks import arn_partition
+
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com"
 
@@ -180,7 +182,7 @@ class GitHubOidc(Construct):
         )
         cdk.Validations.of(self.deploy_role).acknowledge(
             cdk.Acknowledgment(
-                id="AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:"
+                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:secretsmanager:"
                 f"*:{stack.account}:secret:{GHCR_TOKEN_SECRET_PATTERN}]",
                 reason="DescribeSecret (metadata, never the value) on the environments' GHCR "
                 "token secrets: one per environment, in the environment's region, with a "
@@ -229,7 +231,7 @@ class GitHubOidc(Construct):
         # pattern covers every stack of the app; the actions are Describe/Get/List only.
         cdk.Validations.of(self.diff_role).acknowledge(
             cdk.Acknowledgment(
-                id="AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:cloudformation:"
+                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:cloudformation:"
                 f"{stack.region}:{stack.account}:stack/{stack_name_pattern}/*]",
                 reason="Read-only (DescribeStacks, GetTemplate, ListStackResources) on the app's "
                 "stacks; a stack ARN ends in a generated ID, so it needs the trailing wildcard.",

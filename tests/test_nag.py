@@ -85,7 +85,8 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
     # RDS11 + LogRetention IAM4, IAM5 + the app-user function IAM4 (basic, VPC access) + the
     # GHCR token's SMG4
     assert rows["Humansa-Production-Data"][1:] == ["6", "0"]
-    assert rows["Humansa-CI"][1:] == ["1", "0"]
+    # the diff role's stack ARNs + the deploy role's DescribeSecret on the GHCR tokens (IAM5)
+    assert rows["Humansa-CI"][1:] == ["2", "0"]
     # 4 foundation + the launch hook's group ARN (IAM5) + 11 secrets (10 provider, the admin
     # key: SMG4) + EC26 of the spot group
     assert rows["Humansa-Dev-Service"][1:] == ["17", "0"]
