@@ -79,7 +79,7 @@ diff: install ## What a deploy would change (ENV=name): against AWS if credentia
 
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
-	@scripts/preflight --env $(ENV) --tls-only
+	@scripts/preflight --env $(ENV) --deploy-guards $(if $(findstring image_source=ghcr,$(CDK_ARGS)),--image-source ghcr,)
 	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) $(if $(DEPLOY_METHOD),--method=$(DEPLOY_METHOD),) -c env=$(ENV) $(CDK_ARGS)
 
 preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker

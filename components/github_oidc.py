@@ -8,6 +8,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from components.acks import arn_partition
+
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com"
 
@@ -32,6 +34,10 @@ DIFF_BOOTSTRAP_ROLES: tuple[str, ...] = ()
 #: (docs/infrastructure.md, "Deploy role session"); the chained bootstrap-role sessions
 #: (at most 1 h each) are renewed by the CDK CLI from it.
 DEPLOY_SESSION_HOURS = 4
+
+#: The environments' GHCR token secrets (config/naming.py ``ghcr_token_secret_name``), whose
+#: metadata the release guard reads with the deploy role.
+GHCR_TOKEN_SECRET_PATTERN = "ecr-pullthroughcache/humansa/*"  # noqa: S105 - a name pattern
 
 #: What `cdk diff --method=template` may read itself when it cannot use the lookup role.
 DIFF_READ_ACTIONS = (
@@ -61,7 +67,8 @@ class GitHubOidc(Construct):
     ``deploy_environments`` GitHub environments (token ``sub`` =
     ``repo:<owner/name>:environment:<name>``) and may only assume the CDK bootstrap
     roles (deploy, file publishing, image publishing, lookup) of this account and region, so what
-    it can change is exactly what `cdk deploy` can change, through CloudFormation.
+    it can change is exactly what `cdk deploy` can change, through CloudFormation; besides, it
+    may describe (never read) the GHCR token secrets, for the release guard.
 
     The diff role is trusted only for pull-request jobs of the same repository (``sub`` =
     ``repo:<owner/name>:pull_request``). It may read the ``Humansa-*`` CloudFormation stacks and
@@ -143,7 +150,7 @@ class GitHubOidc(Construct):
             role_name=deploy_role_name,
             description=f"GitHub Actions deploys of {github_repository} "
             f"(environments {', '.join(deploy_environments)}): may only assume the CDK "
-            "bootstrap roles",
+            "bootstrap roles and describe the GHCR token secrets",
             assumed_by=self._github_principal(
                 self.deploy_subjects[0] if len(self.deploy_subjects) == 1 else self.deploy_subjects
             ),
@@ -154,6 +161,32 @@ class GitHubOidc(Construct):
                 sid="AssumeCdkBootstrapRoles",
                 actions=["sts:AssumeRole"],
                 resources=[self.bootstrap_role_arn(kind) for kind in DEPLOY_BOOTSTRAP_ROLES],
+            )
+        )
+
+        # The release guard (humansa_ops/preflight.py) reads the GHCR token secrets' metadata
+        # (versions, deletion date), never their value, before it deploys the ghcr source.
+        ghcr_tokens = stack.format_arn(
+            service="secretsmanager",
+            region="*",
+            resource="secret",
+            resource_name=f"{GHCR_TOKEN_SECRET_PATTERN}",
+            arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.deploy_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="DescribeGhcrTokens",
+                actions=["secretsmanager:DescribeSecret"],
+                resources=[ghcr_tokens],
+            )
+        )
+        cdk.Validations.of(self.deploy_role).acknowledge(
+            cdk.Acknowledgment(
+                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:secretsmanager:"
+                f"*:{stack.account}:secret:{GHCR_TOKEN_SECRET_PATTERN}]",
+                reason="DescribeSecret (metadata, never the value) on the environments' GHCR "
+                "token secrets: one per environment, in the environment's region, with a "
+                "random ARN suffix.",
             )
         )
 
@@ -198,7 +231,7 @@ class GitHubOidc(Construct):
         # pattern covers every stack of the app; the actions are Describe/Get/List only.
         cdk.Validations.of(self.diff_role).acknowledge(
             cdk.Acknowledgment(
-                id="AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:cloudformation:"
+                id=f"AwsSolutions::AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:cloudformation:"
                 f"{stack.region}:{stack.account}:stack/{stack_name_pattern}/*]",
                 reason="Read-only (DescribeStacks, GetTemplate, ListStackResources) on the app's "
                 "stacks; a stack ARN ends in a generated ID, so it needs the trailing wildcard.",

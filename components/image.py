@@ -13,8 +13,13 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from components.acks import acknowledge
-from components.boot import GHCR_TOKEN_SECRET_NAME, PLACEHOLDER_SECRET_VALUE
+from components.boot import PLACEHOLDER_SECRET_VALUE
 from config.model import Architecture, ImageConfig
+from config.naming import (
+    PULL_THROUGH_SECRET_PREFIX,
+    ghcr_token_secret_name,
+    legacy_ghcr_token_secret_name,
+)
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "ml_server"
 _PLATFORMS = {
@@ -22,19 +27,71 @@ _PLATFORMS = {
     "x86_64": ecr_assets.Platform.LINUX_AMD64,
 }
 GHCR_REGISTRY = "ghcr.io"
-PULL_THROUGH_SECRET_PREFIX = "ecr-pullthroughcache/"  # noqa: S105 - a name prefix
-"""AWS requires this name prefix on a pull-through cache rule's upstream credential secret."""
+
+__all__ = [
+    "PULL_THROUGH_SECRET_PREFIX",
+    "GhcrToken",
+    "ServerImage",
+    "ghcr_cache_prefix",
+    "ghcr_token_secret_name",
+    "legacy_ghcr_token_secret_name",
+]
 
 
 def ghcr_cache_prefix(environment: str) -> str:
-    """ECR repository prefix of the GHCR cache rule: one per environment, so three environments
-    can share an account and region (a prefix is unique per registry)."""
-    return f"ghcr-humansa-{environment}"
+    """ECR repository prefix of the GHCR cache rule, ``humansa-<env>-ghcr``: one per
+    environment, so three environments can share an account and region (a prefix is unique per
+    registry). Until the token moved to the Data stack it was ``ghcr-humansa-<env>``: a rule's
+    credential cannot change in place, so the moved rule needed a prefix of its own (docs/boot.md,
+    "The GHCR token")."""
+    return f"humansa-{environment}-ghcr"
 
 
-def ghcr_token_secret_name(environment: str) -> str:
-    """``ecr-pullthroughcache/humansa/<env>/GHCR_TOKEN``."""
-    return f"{PULL_THROUGH_SECRET_PREFIX}humansa/{environment}/{GHCR_TOKEN_SECRET_NAME}"
+class GhcrToken(Construct):
+    """The GHCR credential of the ECR pull-through cache, created in the Data stack.
+
+    It exists before any Service stack (any ``image.source``: a release deploys ``ghcr``
+    whatever the config says), so the operator can put the token with ``make secrets ... NAME=
+    GHCR_TOKEN`` before the first ``ghcr`` fleet boots; the release guard
+    (``humansa_ops/preflight.py``) refuses to deploy ``ghcr`` while it holds its placeholder.
+    Never read by instances (only ECR reads it).
+
+    Attributes:
+        secret: the ``Secret`` named ``ghcr_token_secret_name(environment)``.
+
+    Args:
+        environment: environment name.
+        retain: keep the secret when the stack is deleted. Default false.
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, environment: str, retain: bool = False
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.secret = secretsmanager.Secret(
+            self,
+            "Secret",
+            secret_name=ghcr_token_secret_name(environment),
+            description=(
+                "GHCR credential of the ECR pull-through cache: JSON "
+                '{"username": "<github user>", "accessToken": "<PAT with read:packages>"}. '
+                f"Set it with 'GHCR_USERNAME=<user> make secrets ENV={environment} "
+                "NAME=GHCR_TOKEN'. Never read by instances."
+            ),
+            # Fixed public placeholder in the shape ECR expects; the operator replaces it.
+            secret_string_value=SecretValue.unsafe_plain_text(
+                json.dumps(
+                    {"username": PLACEHOLDER_SECRET_VALUE, "accessToken": PLACEHOLDER_SECRET_VALUE}
+                )
+            ),
+            removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
+        )
+        acknowledge(
+            self.secret,
+            "AwsSolutions-SMG4",
+            "GitHub token for the ECR pull-through cache: rotated at GitHub (PAT expiry), "
+            "then put here by the operator; no rotation Lambda can mint a GitHub PAT.",
+        )
 
 
 class ServerImage(Construct):
@@ -42,9 +99,9 @@ class ServerImage(Construct):
 
     ``asset`` (default): a ``DockerImageAsset`` of ``ml_server/`` for the fleet's architecture,
     in the CDK bootstrap ECR repository. ``ghcr``: an ECR pull-through cache rule for
-    ``ghcr.io`` whose upstream credential is the GHCR token secret (a placeholder the operator
-    fills; never read by instances); instances pull
-    ``<account>.dkr.ecr.<region>.amazonaws.com/ghcr-humansa-<env>/<owner>/<name>:<tag>`` with
+    ``ghcr.io`` whose upstream credential is the Data stack's ``GhcrToken`` (never read by
+    instances); instances pull
+    ``<account>.dkr.ecr.<region>.amazonaws.com/humansa-<env>-ghcr/<owner>/<name>:<tag>`` with
     their own role, and ECR fetches the image from GHCR on the first pull.
 
     Attributes:
@@ -58,9 +115,9 @@ class ServerImage(Construct):
         config: the ``image`` section.
         architecture: ``arm64`` or ``x86_64`` (the asset's platform; the GHCR image must be
             multi-platform).
-        environment: environment name (names the cache prefix and the token secret).
+        environment: environment name (names the cache prefix).
+        ghcr_token: the Data stack's ``GhcrToken.secret``, the ``ghcr`` source's credential.
         tag: image tag for the ``ghcr`` source. Default: ``config.tag``.
-        retain: keep the token secret when the stack is deleted. Default false.
     """
 
     def __init__(
@@ -71,14 +128,14 @@ class ServerImage(Construct):
         config: ImageConfig,
         architecture: Architecture,
         environment: str,
+        ghcr_token: secretsmanager.ISecret,
         tag: str | None = None,
-        retain: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.source = config.source
         self.asset: ecr_assets.DockerImageAsset | None = None
         self.cache_rule: ecr.CfnPullThroughCacheRule | None = None
-        self.ghcr_token: secretsmanager.Secret | None = None
+        self.ghcr_token: secretsmanager.ISecret | None = None
         if config.source == "asset":
             self.asset = ecr_assets.DockerImageAsset(
                 self,
@@ -99,29 +156,7 @@ class ServerImage(Construct):
             return
 
         self.prefix = ghcr_cache_prefix(environment)
-        self.ghcr_token = secretsmanager.Secret(
-            self,
-            "GhcrToken",
-            secret_name=ghcr_token_secret_name(environment),
-            description=(
-                "GHCR credential of the ECR pull-through cache: JSON "
-                '{"username": "<github user>", "accessToken": "<PAT with read:packages>"}. '
-                "Never read by instances."
-            ),
-            # Fixed public placeholder in the shape ECR expects; the operator replaces it.
-            secret_string_value=SecretValue.unsafe_plain_text(
-                json.dumps(
-                    {"username": PLACEHOLDER_SECRET_VALUE, "accessToken": PLACEHOLDER_SECRET_VALUE}
-                )
-            ),
-            removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
-        )
-        acknowledge(
-            self.ghcr_token,
-            "AwsSolutions-SMG4",
-            "GitHub token for the ECR pull-through cache: rotated at GitHub (PAT expiry), "
-            "then put here by the operator; no rotation Lambda can mint a GitHub PAT.",
-        )
+        self.ghcr_token = ghcr_token
         self.cache_rule = ecr.CfnPullThroughCacheRule(
             self,
             "GhcrCache",

@@ -94,3 +94,19 @@ def parameter_path(name: str) -> str:
 def log_group(name: str, *, setup: bool = False) -> str:
     """The server's (or the boot's) CloudWatch log group."""
     return f"/aws/ec2/humansa-ml/{name}" + ("/setup" if setup else "")
+
+
+#: AWS requires this name prefix on a pull-through cache rule's upstream credential secret.
+PULL_THROUGH_SECRET_PREFIX: Final = "ecr-pullthroughcache/"  # noqa: S105 - a name prefix
+
+
+def ghcr_token_secret_name(name: str) -> str:
+    """``ecr-pullthroughcache/humansa/<name>/ghcr-credential``: the GHCR token of the pull-through
+    cache, a Data stack secret (``make secrets ENV=<name> NAME=GHCR_TOKEN`` writes it)."""
+    return f"{PULL_THROUGH_SECRET_PREFIX}humansa/{name}/ghcr-credential"
+
+
+def legacy_ghcr_token_secret_name(name: str) -> str:
+    """``ecr-pullthroughcache/humansa/<name>/GHCR_TOKEN``: the Service stack's token before it
+    moved to the Data stack (docs/boot.md, "The GHCR token")."""
+    return f"{PULL_THROUGH_SECRET_PREFIX}humansa/{name}/GHCR_TOKEN"

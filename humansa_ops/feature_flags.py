@@ -25,12 +25,6 @@ LEFT_OFF: dict[str, str] = {
         "stack from being deleted or changed while another uses its output, and moto (the "
         "emulator the deploy tests use) rejects the Fn::GetStackOutput that weak ones emit"
     ),
-    "@aws-cdk/core:enablePartitionLiterals": (
-        "only swaps ${AWS::Partition} for the literal 'aws' in ARNs, and the cdk-nag "
-        "acknowledgments (stacks/service_stack.py, components/github_oidc.py, "
-        "components/database.py) name the ARNs with <AWS::Partition>: turning it on makes "
-        "four IAM5 findings unacknowledged; no behaviour to gain"
-    ),
     "@aws-cdk/aws-secretsmanager:useAttachedSecretResourcePolicyForSecretTargetAttachments": (
         "moves the database secret's resource policy (Deny secretsmanager:DeleteSecret) to a "
         "new logical id: CloudFormation creates the new AWS::SecretsManager::ResourcePolicy and "

@@ -4,7 +4,10 @@
 Prints one table of checks (``ok``, ``warning``, ``BLOCKER``, ``not checked``) and exits 1 when
 any check is a blocker, 2 on a configuration problem. Before any AWS call it refuses a
 ``production`` without ``service.certificate_arn`` (unless ``service.allow_plain_http`` holds a
-written reason): ``--tls-only`` runs only that guard (``make deploy`` calls it first).
+written reason): ``--tls-only`` runs only that guard. ``--deploy-guards`` (what ``make deploy``
+calls first) runs that guard and, when the deploy's image source is ``ghcr`` (``image.source``,
+or ``--image-source ghcr`` as ``make release-deploy`` passes), refuses while the GHCR token
+secret is missing or still holds its placeholder: one line naming the command to run.
 
 Checks: the region is enabled (ap-east-1 is opt-in), the CDK bootstrap is present and recent
 enough, every instance type is offered in the configured AZs (EC2 and RDS with the pinned engine
@@ -13,7 +16,8 @@ OIDC provider, parameters and secrets under ``/humansa/<env>/``, the log groups)
 VPC quotas leave room. What the API (or the emulator) cannot answer is reported as ``not
 checked``, never as ``ok``.
 
-Usage: ``scripts/preflight --env production [--tls-only]`` (or ``python -m humansa_ops.preflight``).
+Usage: ``scripts/preflight --env production [--tls-only | --deploy-guards [--image-source ghcr]]``
+(or ``python -m humansa_ops.preflight``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from config import (  # noqa: E402
     config_dir,
     load_account,
     load_environment,
+    naming,
 )
 
 OK = "ok"
@@ -101,6 +106,51 @@ def plain_http_refusal(cfg: EnvironmentConfig) -> str | None:
         + ACM_HINT.format(region=cfg.region)
         + " (or set service.allow_plain_http to a written reason)"
     )
+
+
+def ghcr_token_refusal(cfg: EnvironmentConfig, session: Any) -> str | None:
+    """The one-line refusal to deploy the ``ghcr`` image source, else None.
+
+    The pull-through cache fetches the image from GHCR with the Data stack's token secret on an
+    instance's first pull; while the secret is missing or holds the placeholder CloudFormation
+    wrote, the new fleet cannot pull and the rollout fails. Decided from ``DescribeSecret``
+    (metadata only: the token is never read here): the secret exists, is not scheduled for
+    deletion, and has a version besides the one it was created with (``make secrets`` adds one;
+    Secrets Manager keeps the labels AWSCURRENT and AWSPREVIOUS on the last two).
+    """
+    name = naming.ghcr_token_secret_name(cfg.name)
+    image = f"ghcr.io/{cfg.image.ghcr_repository}"
+    put = f"`GHCR_USERNAME=<github user> make secrets ENV={cfg.name} NAME=GHCR_TOKEN`"
+    sm = session.client("secretsmanager", region_name=cfg.region)
+    try:
+        described = sm.describe_secret(SecretId=name)
+    except Exception as exc:
+        code = _error_code(exc)
+        if code == "ResourceNotFoundException":
+            data = naming.stack_name(cfg.name, "Data")
+            return (
+                f"{name} does not exist in {cfg.region} yet, so the fleet could not pull {image}: "
+                f"create it with `npx cdk deploy -c env={cfg.name} {data}` (Network and Data "
+                f"only), then put the token with {put}"
+            )
+        if code in {"AccessDeniedException", "AccessDenied"}:
+            return (
+                f"cannot check {name} (secretsmanager:DescribeSecret denied): deploy the account "
+                "stack first (`make deploy ENV=ci` lets the deploy role describe it), or deploy "
+                "with credentials that may"
+            )
+        raise
+    if described.get("DeletedDate"):
+        return (
+            f"{name} is scheduled for deletion: `aws secretsmanager restore-secret --secret-id "
+            f"{name} --region {cfg.region}`, then put the token with {put}"
+        )
+    if len(described.get("VersionIdsToStages") or {}) < 2:
+        return (
+            f"{name} still holds its placeholder, so the fleet could not pull {image}: put the "
+            f"token first with {put}"
+        )
+    return None
 
 
 def _format_table(checks: Iterable[Check]) -> str:
@@ -525,9 +575,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tls-only", action="store_true", help="only the production TLS guard (no AWS call)"
     )
+    parser.add_argument(
+        "--deploy-guards",
+        action="store_true",
+        help="what make deploy checks first: the TLS guard and, for the ghcr image source, the "
+        "GHCR token (an AWS call only then)",
+    )
+    parser.add_argument(
+        "--image-source",
+        choices=("asset", "ghcr"),
+        help="the deploy's image source when it overrides image.source (-c image_source=)",
+    )
     args = parser.parse_args(argv)
     if args.env == CI_SELECTOR:
-        if args.tls_only:
+        if args.tls_only or args.deploy_guards:
             return 0
         print("preflight: ENV=ci is the account stack; run it for an environment", file=sys.stderr)
         return 2
@@ -544,6 +605,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls_only:
         return 0
     import boto3  # only now: the guard above makes no AWS call
+
+    if args.deploy_guards:
+        if (args.image_source or cfg.image.source) != "ghcr":
+            return 0
+        ghcr_refusal = ghcr_token_refusal(cfg, boto3.Session())
+        if ghcr_refusal:
+            print(f"deploy refused: {ghcr_refusal}", file=sys.stderr)
+            return 2
+        return 0
 
     checks = Preflight(cfg, account, boto3.Session()).run()
     print(f"preflight {cfg.name} ({cfg.account}, {cfg.region})")

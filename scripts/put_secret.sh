@@ -3,7 +3,8 @@
 # line, the shell history or the terminal.  Usage: make secrets ENV=production NAME=OPENAI_API_KEY
 # To mark a provider as not configured again, put the placeholder value UNSET.
 # GHCR_TOKEN (the ECR pull-through cache credential) is stored as the JSON ECR requires,
-# {"username": $GHCR_USERNAME, "accessToken": <stdin>}, under ecr-pullthroughcache/humansa/<env>/.
+# {"username": $GHCR_USERNAME, "accessToken": <stdin>}, in ecr-pullthroughcache/humansa/<env>/ghcr-credential
+# (a Data stack secret: it exists before the first ghcr fleet, docs/boot.md "The GHCR token").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 config_dir="${HUMANSA_CONFIG_DIR:-$root/config}"
@@ -42,18 +43,22 @@ secret_id="/humansa/$env_name/$name"
 if [ "$name" = GHCR_TOKEN ]; then
   [ -n "${GHCR_USERNAME:-}" ] \
     || { echo "put_secret: GHCR_TOKEN needs GHCR_USERNAME=<GitHub user owning the token>" >&2; exit 2; }
-  secret_id="ecr-pullthroughcache/humansa/$env_name/GHCR_TOKEN"
+  [ "$value" != UNSET ] || { echo "put_secret: GHCR_TOKEN has no 'not configured' value; put a token" >&2; exit 2; }
+  secret_id="ecr-pullthroughcache/humansa/$env_name/ghcr-credential"
   # The token goes through stdin into the JSON; only the user name is in the environment.
   value=$(printf '%s' "$value" | python3 -c \
     'import json, os, sys; print(json.dumps({"username": os.environ["GHCR_USERNAME"], "accessToken": sys.stdin.read()}))')
 fi
 if ! failed=$(printf '%s' "$value" | "$aws" secretsmanager put-secret-value --region "$region" \
   --secret-id "$secret_id" --secret-string file:///dev/stdin --query VersionId --output text 2>&1 >/dev/null); then
-  deploy="make deploy ENV=$env_name"
-  [ "$name" != GHCR_TOKEN ] || deploy="image.source ghcr: make release-deploy ENV=$env_name VERSION=<version>"
   case "$failed" in
     *ResourceNotFoundException*)
-      echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it ($deploy first)" >&2 ;;
+      if [ "$name" = GHCR_TOKEN ]; then
+        title="$(printf '%s' "$env_name" | sed -E 's/(^|-)([a-z0-9])/\U\2/g')"
+        echo "put_secret: $secret_id does not exist in $region yet: the Data stack creates it (npx cdk deploy -c env=$env_name Humansa-$title-Data deploys only Network and Data)" >&2
+      else
+        echo "put_secret: $secret_id does not exist in $region yet: the Service stack creates it (make deploy ENV=$env_name first)" >&2
+      fi ;;
     *) failed="${failed//$'\n'/ }"; echo "put_secret: $secret_id in $region: ${failed#"${failed%%[![:space:]]*}"}" >&2 ;;
   esac
   exit 1

@@ -11,6 +11,7 @@ from constructs import Construct
 from components.acks import acknowledge
 from components.database import DB_NAME, DB_PORT, Database
 from components.db_bootstrap import APP_USERNAME, DatabaseAppUser
+from components.image import GhcrToken
 from components.network import Network
 from components.parameters import Parameters
 from components.rotation import AppUserSecretRotation, DatabaseSecretRotation
@@ -30,6 +31,8 @@ class DataStack(Stack):
         app_rotation: the app secret's ``AppUserSecretRotation`` (alternating users), else None.
         parameters: ``db_host``, ``db_port``, ``db_username``, ``db_name`` under
             ``/humansa/<env>/`` (the password stays in the secret).
+        ghcr_token: the ``GhcrToken`` (``.secret``): the GHCR credential of the Service stack's
+            pull-through cache, here so it exists before the first ``ghcr`` fleet boots.
 
     Args:
         config: the environment.
@@ -104,6 +107,11 @@ class DataStack(Stack):
                     f"rotation.enabled is false in config/{config.name}.yaml: the database "
                     "passwords are not rotated on a schedule in this environment.",
                 )
+        # Before any Service stack: `make secrets ... NAME=GHCR_TOKEN` works after this stack
+        # alone, and the release guard refuses a ghcr deploy while it holds the placeholder.
+        self.ghcr_token = GhcrToken(
+            self, "GhcrToken", environment=config.name, retain=config.termination_protection
+        )
         endpoint = self.database.instance.instance_endpoint
         self.parameters = Parameters(
             self,

@@ -9,7 +9,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from components.acks import acknowledge
+from components.acks import acknowledge, arn_partition
 from components.boot import (
     LAUNCH_HOOK_NAME,
     METRICS_NAMESPACE_PREFIX,
@@ -86,8 +86,8 @@ class ServiceStack(Stack):
             config=config.image,
             architecture=config.fleet.architecture,
             environment=config.name,
+            ghcr_token=data.ghcr_token.secret,
             tag=tag,
-            retain=config.termination_protection,
         )
         self.logs = ServiceLogs(
             self, "Logs", environment=config.name, retain=config.termination_protection
@@ -223,7 +223,7 @@ class ServiceStack(Stack):
         )
         acknowledge(
             role,
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:autoscaling:"
+            f"AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:autoscaling:"
             f"{config.region}:{config.account}:autoScalingGroup:*:autoScalingGroupName/"
             f"{group_name(config)}]",
             "A group's ARN carries a UUID assigned when it is created; the name pins the grant "
@@ -246,7 +246,7 @@ class ServiceStack(Stack):
         if self.image.cache_rule is not None:
             acknowledge(
                 role,
-                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecr:"
+                f"AwsSolutions-IAM5[Resource::arn:{arn_partition(self)}:ecr:"
                 f"{config.region}:{config.account}:repository/{self.image.prefix}/*]",
                 "Pull-through cache repositories are created on the first pull under the "
                 "environment's cache prefix; their names are only known as prefix/*.",

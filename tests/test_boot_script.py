@@ -405,20 +405,26 @@ def test_put_secret_reads_stdin_and_keeps_the_value_off_the_command_line(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "secret_id", "deploy"),
+    ("name", "secret_id", "creates"),
     [
-        ("XAI_API_KEY", "/humansa/staging/XAI_API_KEY", "make deploy ENV=staging"),
+        (
+            "XAI_API_KEY",
+            "/humansa/staging/XAI_API_KEY",
+            "the Service stack creates it (make deploy ENV=staging first)",
+        ),
         (
             "GHCR_TOKEN",
-            "ecr-pullthroughcache/humansa/staging/GHCR_TOKEN",
-            "image.source ghcr: make release-deploy ENV=staging VERSION=<version>",
+            "ecr-pullthroughcache/humansa/staging/ghcr-credential",
+            "the Data stack creates it (npx cdk deploy -c env=staging Humansa-Staging-Data "
+            "deploys only Network and Data)",
         ),
     ],
 )
 def test_put_secret_before_the_deploy_says_to_deploy_first(
-    moto: h.Moto, sandbox: h.Sandbox, name: str, secret_id: str, deploy: str
+    moto: h.Moto, sandbox: h.Sandbox, name: str, secret_id: str, creates: str
 ) -> None:
-    """The secrets are resources of the Service stack: none exists before the first deploy."""
+    """The provider secrets are the Service stack's, the GHCR token the Data stack's: none
+    exists before that stack's first deploy."""
     done = subprocess.run(
         [str(REPO / "scripts/put_secret.sh"), "staging", name],
         input="test-not-a-real-key",
@@ -429,8 +435,7 @@ def test_put_secret_before_the_deploy_says_to_deploy_first(
     )
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"put_secret: {secret_id} does not exist in ap-east-1 yet: "
-        f"the Service stack creates it ({deploy} first)"
+        f"put_secret: {secret_id} does not exist in ap-east-1 yet: {creates}"
     )
 
 
@@ -438,7 +443,7 @@ def test_put_secret_stores_the_ghcr_token_as_ecr_pull_through_cache_json(
     moto: h.Moto, sandbox: h.Sandbox
 ) -> None:
     token = "ghcr-test-not-a-real-token-17"
-    secret_id = "ecr-pullthroughcache/humansa/production/GHCR_TOKEN"
+    secret_id = "ecr-pullthroughcache/humansa/production/ghcr-credential"
     moto.client("secretsmanager").create_secret(Name=secret_id, SecretString="UNSET")
     env = sandbox.env(moto.endpoint, AWS_DEFAULT_REGION=h.REGION)
     refused = subprocess.run(

@@ -139,7 +139,11 @@ def test_existing_provider_is_trusted_by_arn(templates: dict[str, Template]) -> 
 
 
 def test_deploy_role_can_only_assume_the_bootstrap_roles(templates: dict[str, Template]) -> None:
-    statements = _statements(templates["Humansa-CI"], "humansa-github-actions-role")
+    statements = [
+        s
+        for s in _statements(templates["Humansa-CI"], "humansa-github-actions-role")
+        if s.get("Sid") != "DescribeGhcrTokens"  # the release guard's metadata read, below
+    ]
     actions = {a for s in statements for a in _as_list(s["Action"])}
     resources = {r for s in statements for r in _as_list(_flatten(s["Resource"]))}
     assert actions == {"sts:AssumeRole"}
@@ -225,3 +229,31 @@ def test_deploy_session_outlasts_the_worst_deploy_plus_rollback(
     role = templates["Humansa-CI"].to_json()["Resources"][role_id]
     assert role["Properties"]["MaxSessionDuration"] >= worst, worst
     assert worst > 3600  # the default one hour would not do
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_the_deploy_role_may_describe_but_never_read_the_ghcr_token(
+    templates: dict[str, Template], env: str
+) -> None:
+    """The release guard (humansa_ops/preflight.py) runs with the deploy role: IAM allows its
+    DescribeSecret on the environment's GHCR token, and nothing that reads a value."""
+    from config.naming import ghcr_token_secret_name
+    from tests.iam_contract import Call, evaluate
+
+    statements = [
+        {**s, "Resource": _flatten(s["Resource"])}
+        for s in _statements(templates["Humansa-CI"], "humansa-github-actions-role")
+    ]
+    cfg = load_environment(env)
+    arn = (
+        f"arn:aws:secretsmanager:{cfg.region}:{cfg.account}:secret:"
+        f"{ghcr_token_secret_name(env)}-AbCdEf"
+    )
+    describe = evaluate(statements, Call("secretsmanager:DescribeSecret", arn, {}, "preflight"))
+    assert describe.allowed, describe.reason
+    for action in ("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"):
+        assert not evaluate(statements, Call(action, arn, {}, "test")).allowed, action
+    provider_key = arn.replace(ghcr_token_secret_name(env), f"/humansa/{env}/OPENAI_API_KEY")
+    assert not evaluate(
+        statements, Call("secretsmanager:DescribeSecret", provider_key, {}, "test")
+    ).allowed

@@ -108,11 +108,12 @@ def test_production_secret_is_retained_with_the_snapshot(synth: Synth) -> None:
     for env in ("dev", "staging", "production"):
         template = synth.template_json(env, "Data")
         (db,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::RDS::DBInstance"]
-        # the master secret and the app secret (humansa_app)
+        # the master secret, the app secret (humansa_app) and the GHCR token (retained with
+        # termination_protection, which production sets too)
         secrets = [
             r for r in template["Resources"].values() if r["Type"] == "AWS::SecretsManager::Secret"
         ]
-        assert len(secrets) == 2
+        assert len(secrets) == 3
         for secret in secrets:
             if env == "production":
                 assert db["DeletionPolicy"] == "Snapshot"

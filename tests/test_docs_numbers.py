@@ -24,6 +24,7 @@ from components.load_balancer import DEREGISTRATION_DELAY_SECONDS
 from config import naming
 from config.model import ServiceConfig
 from config.monitoring import AlarmThresholds, AuditConfig, RotationConfig
+from humansa_ops import feature_flags
 from humansa_ops.cost import DEFAULT_PRICES, PriceTable
 from ml_server.app import USAGE_FLUSH_AT_EXIT_SECONDS
 from ml_server.config import Settings
@@ -385,6 +386,17 @@ CHECKS: list[Check] = [
         "docs/security.md",
         r"`aws-waf-logs-humansa-<env>` \((\d+) days\)",
         lambda f: (f.log_retention("production", "aws-waf-logs-humansa-production"),),
+    ),
+    # docs/infrastructure.md, "CDK feature flags": the installed aws-cdk-lib's recommended list
+    Check(
+        "docs/infrastructure.md",
+        r"pinned aws-cdk-lib \(([\d.]+): (\d+) flags, the\s+recommended-feature-flags\.json in its"
+        r" bundle, what `cdk init` copies\), all but (\w+),",
+        lambda f: (
+            feature_flags.cdk_lib_version(),
+            len(feature_flags.recommended()),
+            _word(len(feature_flags.LEFT_OFF)),
+        ),
     ),
     # README.md
     Check(

@@ -69,9 +69,11 @@ class _EmulatedSecret(CloudFormationModel):
         value = json.loads(generate.get("SecretStringTemplate", "{}"))
         if "GenerateStringKey" in generate:
             value[generate["GenerateStringKey"]] = f"emulated-{uuid.uuid4().hex}"
+        # A fixed SecretString (the placeholders) is stored as the template gives it.
+        secret_string = properties.get("SecretString", json.dumps(value))
         created = secretsmanager_backends[account_id][region_name].create_secret(
             name=properties.get("Name", resource_name),
-            secret_string=json.dumps(value),
+            secret_string=secret_string,
             secret_binary=None,
             description=properties.get("Description"),
             tags=None,
@@ -264,7 +266,10 @@ def _zip_directory(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _seed_bootstrap(endpoint: str, synth: Synth, account: str) -> None:
+def _seed_bootstrap(
+    endpoint: str, outdir: Path, account: str, stacks: tuple[str, ...] = STACKS
+) -> None:
+    """What ``cdk bootstrap`` provides, and the file assets of ``stacks`` in ``outdir``."""
     _client(endpoint, "ssm").put_parameter(
         Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String"
     )
@@ -274,10 +279,10 @@ def _seed_bootstrap(endpoint: str, synth: Synth, account: str) -> None:
     _client(endpoint, "ecr").create_repository(
         repositoryName=f"cdk-hnb659fds-container-assets-{account}-{REGION}"
     )
-    for stack in STACKS:
-        assets = json.loads((synth.outdir / f"{stack}.assets.json").read_text())
+    for stack in stacks:
+        assets = json.loads((outdir / f"{stack}.assets.json").read_text())
         for file_asset in assets.get("files", {}).values():
-            source = synth.outdir / file_asset["source"]["path"]
+            source = outdir / file_asset["source"]["path"]
             if source.suffix == ".json":  # the template itself; passed as TemplateBody
                 continue
             for destination in file_asset["destinations"].values():
@@ -328,7 +333,7 @@ def _wait(cfn: Any, stack_id: str) -> str:
 def deployed(endpoint: str, synth: Synth) -> dict[str, int]:
     account = _client(endpoint, "sts").get_caller_identity()["Account"]
     assert account == ACCOUNT
-    _seed_bootstrap(endpoint, synth, account)
+    _seed_bootstrap(endpoint, synth.outdir, account)
     # The AL2023 AMI parameter the launch templates resolve ships with moto; check, don't seed.
     ssm = _client(endpoint, "ssm")
     ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64")

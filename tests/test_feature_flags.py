@@ -114,8 +114,35 @@ def _atoms(document: dict[str, Any]) -> set[str]:
     return atoms
 
 
+def _partition_literal(value: Any) -> Any:
+    """``value`` as ``@aws-cdk/core:enablePartitionLiterals`` writes it: ``{"Ref":
+    "AWS::Partition"}`` becomes ``aws`` (every stack has a concrete region in the ``aws``
+    partition) and a ``Fn::Join`` with "" is merged into its literal runs, one string when
+    nothing else is left. Both synths are compared in this form, so that flag's only change
+    (the literal instead of the pseudo parameter) is accounted for and nothing else hides."""
+    if isinstance(value, list):
+        return [_partition_literal(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if value == {"Ref": "AWS::Partition"}:
+        return "aws"
+    if set(value) == {"Fn::Join"} and value["Fn::Join"][0] == "":
+        parts: list[Any] = []
+        for part in _partition_literal(value["Fn::Join"][1]):
+            if isinstance(part, str) and parts and isinstance(parts[-1], str):
+                parts[-1] += part
+            else:
+                parts.append(part)
+        return (
+            parts[0] if len(parts) == 1 and isinstance(parts[0], str) else {"Fn::Join": ["", parts]}
+        )
+    return {k: _partition_literal(v) for k, v in value.items()}
+
+
 def _changes(on: dict[str, Any], off: dict[str, Any]) -> list[str]:
-    """What the flags changed in one template, except policies that allow exactly the same."""
+    """What the flags changed in one template, except policies that allow exactly the same
+    and the partition literal (:func:`_partition_literal`)."""
+    on, off = _partition_literal(on), _partition_literal(off)
     found: list[str] = []
     for section in ("Parameters", "Conditions", "Mappings", "Rules", "Outputs"):
         if on.get(section) != off.get(section):
@@ -172,12 +199,43 @@ def test_the_flags_change_the_templates_only_by_merging_policy_statements(
     assert minimized > 0  # the comparison saw the flags at work (minimizePolicies merges)
 
 
+def _partition_refs(value: Any, where: str = "") -> list[str]:
+    """Where ``value`` holds ``{"Ref": "AWS::Partition"}`` (dotted paths)."""
+    if isinstance(value, dict):
+        if value == {"Ref": "AWS::Partition"}:
+            return [where]
+        return [p for k, v in value.items() for p in _partition_refs(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _partition_refs(v, f"{where}[{i}]")]
+    return []
+
+
+def test_partition_literals_leave_the_pseudo_parameter_only_in_aws_managed_policy_arns(
+    synth: Synth, flags_off: Path
+) -> None:
+    """``enablePartitionLiterals``: with the flags, ARNs CDK formats for a stack read
+    ``arn:aws:`` where the synth without them writes ``Fn::Join`` with ``Ref AWS::Partition``;
+    AWS managed policy ARNs (``ManagedPolicyArns``, CDK's ``from_aws_managed_policy_name``)
+    keep the pseudo parameter either way, so their cdk-nag IAM4 acknowledgments still name
+    ``<AWS::Partition>``. Every other difference disappears once the literal is written in
+    (:func:`_partition_literal`, used by the comparisons above)."""
+    rewritten = 0
+    for path in synth.template_files():
+        on = json.loads(path.read_text(encoding="utf-8"))
+        off = json.loads((flags_off / path.name).read_text(encoding="utf-8"))
+        left = [p for p in _partition_refs(on) if ".ManagedPolicyArns[" not in p]
+        assert left == [], f"{path.name}: Ref AWS::Partition with the flag at {left}"
+        rewritten += len(_partition_refs(off)) - len(_partition_refs(on))
+    assert rewritten > 0  # the flags-off synth wrote the pseudo parameter where the flag did not
+
+
 def test_no_stateful_resource_is_touched_beyond_its_key_policy(
     synth: Synth, flags_off: Path
 ) -> None:
     for path in synth.template_files():
-        on = json.loads(path.read_text(encoding="utf-8")).get("Resources", {})
-        off = json.loads((flags_off / path.name).read_text(encoding="utf-8")).get("Resources", {})
+        on = _partition_literal(json.loads(path.read_text(encoding="utf-8"))).get("Resources", {})
+        off = json.loads((flags_off / path.name).read_text(encoding="utf-8"))
+        off = _partition_literal(off).get("Resources", {})
         stateful_on = {k for k, r in on.items() if r["Type"] in STATEFUL}
         stateful_off = {k for k, r in off.items() if r["Type"] in STATEFUL}
         assert stateful_on == stateful_off, f"{path.name}: stateful logical ids differ"

@@ -3,13 +3,18 @@ scaling, spot capacity, architecture, and the GHCR image source (GIVEN the real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from aws_cdk import App
@@ -31,6 +36,7 @@ from config import ConfigError, load_environment
 from config.model import is_graviton
 from stacks.service_stack import REFRESH_ALARMS
 from tests import boot_harness as h
+from tests import test_emulator_deploy as emu
 from tests.conftest import ENVIRONMENTS, ROOT, Synth, cdk_context
 from tests.ops_checks import (
     alarm_topic,
@@ -481,6 +487,7 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         app.synth()  # raises on any unacknowledged cdk-nag finding
         yield {
             "outdir": outdir,
+            "config_dir": tmp / "config",
             "dev": Template.from_stack(dev.service),
             "staging": Template.from_stack(staging.service),
         }
@@ -502,35 +509,42 @@ def test_x86_64_fleet_builds_an_amd64_image(variants: dict[str, Any]) -> None:
 def test_ghcr_source_uses_the_pull_through_cache(variants: dict[str, Any]) -> None:
     template: Template = variants["staging"]
     data = template.to_json()
-    _, token = only_resource(
-        template, "AWS::SecretsManager::Secret", {"Name": ghcr_token_secret_name("staging")}
+    # The token is the Data stack's (it exists before the first ghcr fleet boots).
+    stored = json.loads((variants["outdir"] / "Humansa-Staging-Data.template.json").read_text())
+    data_stack = Template.from_json(stored)
+    token_id, token = only_resource(
+        data_stack, "AWS::SecretsManager::Secret", {"Name": ghcr_token_secret_name("staging")}
     )
     assert token["Name"].startswith("ecr-pullthroughcache/")
     assert json.loads(token["SecretString"]) == {
         "username": PLACEHOLDER_SECRET_VALUE,
         "accessToken": PLACEHOLDER_SECRET_VALUE,
     }
-    token_id = next(
-        k
-        for k, r in _resources(data, "AWS::SecretsManager::Secret").items()
-        if r["Properties"]["Name"] == ghcr_token_secret_name("staging")
-    )
+    assert stored["Resources"][token_id]["DeletionPolicy"] == "Delete"  # staging: no retention
+    (export,) = [
+        o["Export"]["Name"] for o in stored["Outputs"].values() if o["Value"] == {"Ref": token_id}
+    ]
     template.has_resource_properties(
         "AWS::ECR::PullThroughCacheRule",
         {
-            "EcrRepositoryPrefix": "ghcr-humansa-staging",
+            "EcrRepositoryPrefix": "humansa-staging-ghcr",
             "UpstreamRegistry": "github-container-registry",
             "UpstreamRegistryUrl": "ghcr.io",
-            "CredentialArn": {"Ref": token_id},
+            "CredentialArn": {"Fn::ImportValue": export},
         },
     )
+    assert _resources(data, "AWS::SecretsManager::Secret").keys() == {
+        k
+        for k, r in _resources(data, "AWS::SecretsManager::Secret").items()
+        if r["Properties"]["Name"].startswith("/humansa/staging/")
+    }, "the Service stack creates no GHCR token of its own"
     # No image asset; instances pull the cached image with the release tag.
     assert _resources(data, "AWS::ECR::Repository") == {}
     (launch_template,) = _resources(data, "AWS::EC2::LaunchTemplate").values()
     user_data = json.dumps(launch_template["Properties"]["LaunchTemplateData"]["UserData"])
     image = (
         '992382528744.dkr.ecr.ap-east-1.", {"Ref": "AWS::URLSuffix"}, '
-        f'"/ghcr-humansa-staging/acme/humansa-ml-server:{VARIANT_TAG}'
+        f'"/humansa-staging-ghcr/acme/humansa-ml-server:{VARIANT_TAG}'
     )
     assert image in user_data
     assert "cdk-hnb659fds-container-assets" not in user_data
@@ -548,8 +562,121 @@ def test_ghcr_source_uses_the_pull_through_cache(variants: dict[str, Any]) -> No
         "ecr:BatchImportUpstreamImage",
         "ecr:CreateRepository",
     }
-    assert json.dumps(cache["Resource"]).endswith(':repository/ghcr-humansa-staging/*"]]}')
-    assert token_id not in json.dumps(statements)
+    assert json.dumps(cache["Resource"]).endswith(':repository/humansa-staging-ghcr/*"]]}')
+    assert export not in json.dumps(statements)
+
+
+def test_the_ghcr_token_exists_after_the_data_stack_alone_and_is_the_cache_rule_credential(
+    variants: dict[str, Any], tmp_path: Path
+) -> None:
+    """GIVEN staging with image.source ghcr, WHEN only its Network and Data stacks are created
+    (moto's CloudFormation), THEN the GHCR token secret exists with its placeholder, the
+    release guard refuses with the command to run, `make secrets` can put the token, the guard
+    then passes, and the Service stack's cache rule names that same secret (moto has no
+    pull-through cache: its CredentialArn is resolved through the stacks' exports)."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.iam_contract import Templates
+
+    outdir = variants["outdir"]
+    stacks = ("Humansa-Staging-Network", "Humansa-Staging-Data")
+    name = ghcr_token_secret_name("staging")
+    emu._patch_moto_gaps()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        # moto's backends are process-wide: start from an empty account.
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - moto on 127.0.0.1
+        emu._seed_bootstrap(endpoint, outdir, emu.ACCOUNT, stacks)
+        cfn = emu._client(endpoint, "cloudformation")
+        for stack in stacks:
+            template = json.loads((outdir / f"{stack}.template.json").read_text())
+            stack_id = cfn.create_stack(
+                StackName=stack,
+                TemplateBody=json.dumps(template),
+                Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+            )["StackId"]
+            emu._answer_custom_resources(endpoint, stack_id, template)
+            assert emu._wait(cfn, stack_id) == "CREATE_COMPLETE", stack
+        sm = emu._client(endpoint, "secretsmanager")
+        secret = sm.describe_secret(SecretId=name)
+        assert json.loads(sm.get_secret_value(SecretId=name)["SecretString"]) == {
+            "username": PLACEHOLDER_SECRET_VALUE,
+            "accessToken": PLACEHOLDER_SECRET_VALUE,
+        }
+        # The operator's credentials: an IAM user's key in the stacks' account.
+        iam = emu._client(endpoint, "iam")
+        iam.create_user(UserName="operator")
+        key = iam.create_access_key(UserName="operator")["AccessKey"]
+        credentials = {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+        session = boto3.Session(
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            region_name=h.REGION,
+        )
+        from humansa_ops.preflight import ghcr_token_refusal
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AWS_ENDPOINT_URL", endpoint)
+            cfg = load_environment("staging")
+            assert ghcr_token_refusal(cfg, session) == (
+                f"{name} still holds its placeholder, so the fleet could not pull "
+                "ghcr.io/acme/humansa-ml-server: put the token first with "
+                "`GHCR_USERNAME=<github user> make secrets ENV=staging NAME=GHCR_TOKEN`"
+            )
+            put = subprocess.run(
+                [str(ROOT / "scripts/put_secret.sh"), "staging", "GHCR_TOKEN"],
+                input="ghcr-test-not-a-real-token-3",
+                env={
+                    "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                    "HUMANSA_CONFIG_DIR": str(variants["config_dir"]),
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                    "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                    "GHCR_USERNAME": "acme-bot",
+                    **credentials,
+                },
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert put.returncode == 0, put.stderr
+            assert json.loads(sm.get_secret_value(SecretId=name)["SecretString"]) == {
+                "username": "acme-bot",
+                "accessToken": "ghcr-test-not-a-real-token-3",
+            }
+            assert ghcr_token_refusal(cfg, session) is None
+
+        # The Service stack's cache rule and the instance role, as CloudFormation resolves them.
+        names = (*stacks, "Humansa-Staging-Service")
+        templates = Templates(
+            {n: json.loads((outdir / f"{n}.template.json").read_text()) for n in names},
+            h.REGION,
+            emu.ACCOUNT,
+            lambda _stack, _id, props: sm.describe_secret(SecretId=props["Name"])["ARN"],
+        )
+        service = templates.resources("Humansa-Staging-Service")
+        (rule,) = [r for r in service.values() if r["Type"] == "AWS::ECR::PullThroughCacheRule"]
+        credential = rule["Properties"]["CredentialArn"]
+        assert templates.resolve(credential, "Humansa-Staging-Service") == secret["ARN"]
+        assert not [
+            r
+            for r in service.values()
+            if r["Type"] == "AWS::SecretsManager::Secret"
+            and "ghcr" in json.dumps(r["Properties"].get("Name", "")).lower()
+        ], "the Service stack must not create a GHCR token of its own"
+    finally:
+        # moto's backends are process-wide: leave them empty for the next module.
+        with contextlib.suppress(Exception):
+            reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310
+            urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - moto on 127.0.0.1
+        server.stop()
 
 
 # --- configuration errors ---------------------------------------------------------------

@@ -18,14 +18,20 @@ SERVICE = {
 }
 # cdk-nag's EC26 cannot follow the launch template inside a MixedInstancesPolicy (spot fleets).
 SERVICE_SPOT = SERVICE | {"AwsSolutions-EC26"}
-# No SMG4 on Data: the database secret rotates on a schedule (rotation.enabled, the default).
+# Data's SMG4 is the GHCR token only (rotated at GitHub); the database secrets rotate on a
+# schedule (rotation.enabled, the default).
 # IAM4/IAM5: CDK's LogRetention function (RDS log group retention).
 LOG_RETENTION = {"AwsSolutions-IAM4", "AwsSolutions-IAM5"}
-DATA_UNPROTECTED = LOG_RETENTION | {
-    "AwsSolutions-RDS3",
-    "AwsSolutions-RDS10",
-    "AwsSolutions-RDS11",
-}
+GHCR_TOKEN = {"AwsSolutions-SMG4"}
+DATA_UNPROTECTED = (
+    LOG_RETENTION
+    | GHCR_TOKEN
+    | {
+        "AwsSolutions-RDS3",
+        "AwsSolutions-RDS10",
+        "AwsSolutions-RDS11",
+    }
+)
 EXPECTED = {
     "Humansa-Dev-Network": {"AwsSolutions-EC28", "AwsSolutions-EC29"},
     "Humansa-Dev-Data": DATA_UNPROTECTED,
@@ -34,7 +40,7 @@ EXPECTED = {
     "Humansa-Staging-Data": DATA_UNPROTECTED,
     "Humansa-Staging-Service": SERVICE_SPOT,
     "Humansa-Production-Network": set(),
-    "Humansa-Production-Data": LOG_RETENTION | {"AwsSolutions-RDS11"},
+    "Humansa-Production-Data": LOG_RETENTION | GHCR_TOKEN | {"AwsSolutions-RDS11"},
     "Humansa-Production-Service": SERVICE,
     "Humansa-CI": {"AwsSolutions-IAM5"},
 }
@@ -76,9 +82,11 @@ def test_summary_prints_each_stack(synth: Synth, capsys: Any) -> None:
         line.split()[0]: line.split()[1:4] for line in lines[1:] if not line.startswith(transport)
     }
     assert set(rows) == set(EXPECTED)
-    # RDS11 + LogRetention IAM4, IAM5 + the app-user function IAM4 (basic, VPC access)
-    assert rows["Humansa-Production-Data"][1:] == ["5", "0"]
-    assert rows["Humansa-CI"][1:] == ["1", "0"]
+    # RDS11 + LogRetention IAM4, IAM5 + the app-user function IAM4 (basic, VPC access) + the
+    # GHCR token's SMG4
+    assert rows["Humansa-Production-Data"][1:] == ["6", "0"]
+    # the diff role's stack ARNs + the deploy role's DescribeSecret on the GHCR tokens (IAM5)
+    assert rows["Humansa-CI"][1:] == ["2", "0"]
     # 4 foundation + the launch hook's group ARN (IAM5) + 11 secrets (10 provider, the admin
     # key: SMG4) + EC26 of the spot group
     assert rows["Humansa-Dev-Service"][1:] == ["17", "0"]

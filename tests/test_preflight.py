@@ -294,10 +294,63 @@ def test_make_deploy_runs_the_guard_before_cdk() -> None:
     )
     lines = result.stdout.splitlines()
     guard = next(
-        i for i, line in enumerate(lines) if "scripts/preflight --env production --tls-only" in line
+        i
+        for i, line in enumerate(lines)
+        if line.strip() == "scripts/preflight --env production --deploy-guards"
     )
     deploy = next(i for i, line in enumerate(lines) if " deploy --all " in line)
     assert guard < deploy
+
+
+def test_make_release_deploy_guards_the_ghcr_source() -> None:
+    result = subprocess.run(
+        ["make", "-n", "release-deploy", "ENV=staging", "VERSION=1.2.3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    guard = next(
+        i
+        for i, line in enumerate(lines)
+        if "scripts/preflight --env staging --deploy-guards --image-source ghcr" in line
+    )
+    deploy = next(i for i, line in enumerate(lines) if " deploy --all " in line)
+    assert guard < deploy
+
+
+def test_the_deploy_guard_refuses_ghcr_until_the_token_is_put(moto_env: dict[str, str]) -> None:
+    """GIVEN a ghcr deploy of staging: no secret, then the placeholder CloudFormation writes,
+    then a token put with `make secrets` (a second version)."""
+    name = "ecr-pullthroughcache/humansa/staging/ghcr-credential"
+    put = "`GHCR_USERNAME=<github user> make secrets ENV=staging NAME=GHCR_TOKEN`"
+    args = ("--env", "staging", "--deploy-guards", "--image-source", "ghcr")
+    missing = _run(moto_env, *args)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        f"deploy refused: {name} does not exist in ap-east-1 yet, so the fleet could not pull "
+        "ghcr.io/owner/humansa-ml-server: create it with `npx cdk deploy -c env=staging "
+        f"Humansa-Staging-Data` (Network and Data only), then put the token with {put}"
+    ]
+    sm = _client(moto_env, "secretsmanager")
+    sm.create_secret(
+        Name=name, SecretString=json.dumps({"username": "UNSET", "accessToken": "UNSET"})
+    )
+    placeholder = _run(moto_env, *args)
+    assert placeholder.returncode == 2
+    assert placeholder.stderr.splitlines() == [
+        f"deploy refused: {name} still holds its placeholder, so the fleet could not pull "
+        f"ghcr.io/owner/humansa-ml-server: put the token first with {put}"
+    ]
+    sm.put_secret_value(
+        SecretId=name, SecretString=json.dumps({"username": "bot", "accessToken": "t-not-real"})
+    )
+    assert _run(moto_env, *args).returncode == 0
+    # The asset source (staging's image.source) needs no token and makes no AWS call.
+    offline = {"PATH": os.environ["PATH"], "AWS_EC2_METADATA_DISABLED": "true"}
+    assert _run(offline, "--env", "staging", "--deploy-guards").returncode == 0
 
 
 def test_cli_bootstrap_version_matches_the_pinned_cli() -> None:
