@@ -49,6 +49,8 @@ put_policy() {  # name file: create the managed policy, or make the file its def
 
 put_policy humansa-permissions-boundary bootstrap/permissions-boundary.json
 put_policy humansa-cdk-execution bootstrap/execution-policy.json
-node_modules/.bin/cdk bootstrap "aws://${account}/${region}" --no-notices \
+# --app '': the environment is named, so the CLI needs no synth of the app (it would run
+# app.py for every environment, ~1 min, only to list environments it then ignores).
+node_modules/.bin/cdk bootstrap "aws://${account}/${region}" --app '' --no-notices \
   --qualifier "$qualifier" \
   --cloudformation-execution-policies "arn:aws:iam::${account}:policy/humansa-cdk-execution"
