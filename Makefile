@@ -12,6 +12,10 @@ CDK_ARGS ?=
 # CI has no terminal to answer the approval prompt: the PR diff review is the approval there.
 APPROVAL ?= $(if $(CI),never,broadening)
 REGION ?=
+# How `cdk deploy` applies a stack: empty = the CLI's default, change sets (what reviews of
+# `cdk diff` expect); DEPLOY_METHOD=direct = CreateStack/UpdateStack (`cdk deploy --method`),
+# for emulators without working change sets (docs/operations.md, moto).
+DEPLOY_METHOD ?=
 
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -24,7 +28,7 @@ CDK_ENV_ARG := $(if $(ENV),-c env=$(ENV),)
 .PHONY: prices
 .PHONY: preflight
 .PHONY: image image-test instance-test
-.PHONY: release-deploy
+.PHONY: release-deploy deploy-test
 .PHONY: ami
 .PHONY: checkov checkov-venv bootstrap
 
@@ -76,7 +80,7 @@ diff: install ## What a deploy would change (ENV=name): against AWS if credentia
 deploy: install ## Deploy one environment (ENV=dev|staging|production) or the account stack (ENV=ci) [CDK_ARGS="-c image_tag=1.2.3"]
 	@test -n "$(ENV)" || { echo "make deploy needs ENV=<name> (dev, staging, production, or ci for the account-level Humansa-CI)" >&2; exit 2; }
 	@scripts/preflight --env $(ENV) --tls-only
-	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) -c env=$(ENV) $(CDK_ARGS)
+	$(CDK) deploy --all --no-notices --require-approval $(APPROVAL) $(if $(DEPLOY_METHOD),--method=$(DEPLOY_METHOD),) -c env=$(ENV) $(CDK_ARGS)
 
 preflight: install ## Before the first deploy (ENV=name, with credentials): blockers and warnings, exit 1 on a blocker
 	@test -n "$(ENV)" || { echo "make preflight needs ENV=<name> (dev, staging, production)" >&2; exit 2; }
@@ -133,7 +137,7 @@ shell: $(VENV)/.installed ## Session Manager shell on a healthy instance of ENV=
 
 rollback: install ## Deploy exactly what release TO=<version> deployed (its commit and image) to ENV=name
 	@test -n "$(ENV)" -a -n "$(TO)" || { echo "make rollback needs ENV=<name> TO=<version> (tag release-<version>)" >&2; exit 2; }
-	@APPROVAL=$(APPROVAL) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
+	@APPROVAL=$(APPROVAL) DEPLOY_METHOD=$(DEPLOY_METHOD) $(PY) -m humansa_ops.rollback --env "$(ENV)" --to "$(TO)"
 
 bootstrap: install ## cdk bootstrap ENV=name|ci with the scoped execution policy + role boundary (bootstrap/)
 	PY=$(PY) scripts/bootstrap.sh "$(ENV)"
@@ -152,6 +156,9 @@ image: ## Build ml_server/Dockerfile (docker, else podman; a debootstrap stand-i
 
 image-test: install image ## Run the built image as the rendered unit does (root; buildah, PostgreSQL, moto)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_image.py
+
+deploy-test: install ## make bootstrap, release-deploy, rollback with the real CDK CLI against patched moto (~5 min; not in make test)
+	HUMANSA_DEPLOY_TEST=1 $(BIN)/pytest -p no:cacheprovider --durations=3 tests/test_deploy_moto.py
 
 instance-test: install image ## Boot the rendered user data under systemd in systemd-nspawn (root; moto for AWS)
 	$(BIN)/pytest -p no:cacheprovider system_tests/test_instance.py

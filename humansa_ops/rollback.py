@@ -28,6 +28,21 @@ from pathlib import Path
 from config import naming
 from humansa_ops.make_diff import TOOLS_ROOT, MakeDiffError, _cdk, _run, _tool_env
 
+# Linked from this clone into the release's checkout, already installed. The release's `make
+# deploy` must not rebuild them: its checkout's files are newer than the links' .installed
+# markers, and `npm ci` would empty this clone's node_modules through the link. So the files
+# the Makefile's install rules depend on get an old timestamp in the (temporary) checkout.
+SHARED_TOOLS = (".venv", "node_modules", "components/db_bootstrap_handler/vendor")
+PINS = (
+    "requirements.txt",
+    "requirements-dev.txt",
+    "ml_server/requirements.txt",
+    "package.json",
+    "package-lock.json",
+    "components/db_bootstrap_handler/requirements.txt",
+)
+INSTALL_INPUTS = (*PINS, "ml_server/certs/rds-ca-bundle.pem")
+
 VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 TAG_PREFIX = "release-"
 
@@ -68,6 +83,39 @@ def release_commit(repo: Path, version: str, env: dict[str, str]) -> str:
     return probe.stdout.strip()
 
 
+def link_tools(checkout: Path, version: str) -> list[str]:
+    """Link this clone's installed tools into the release's ``checkout`` (those it lacks) and
+    date the install rules' inputs there so that its ``make`` keeps them; the linked names."""
+    linked = []
+    for shared in SHARED_TOOLS:  # + the Lambda asset's vendored packages (make install; not in git)
+        source = TOOLS_ROOT / shared
+        if (
+            source.exists()
+            and not (checkout / shared).exists()
+            and (checkout / shared).parent.is_dir()
+        ):
+            (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
+            linked.append(shared)
+    changed = [
+        pin
+        for pin in PINS
+        if (TOOLS_ROOT / pin).is_file()
+        and (checkout / pin).is_file()
+        and (TOOLS_ROOT / pin).read_bytes() != (checkout / pin).read_bytes()
+    ]
+    if linked:
+        for name in INSTALL_INPUTS:
+            if (checkout / name).is_file():
+                os.utime(checkout / name, (0, 0))
+    if changed:
+        print(
+            f"rollback: note: release {version} pins other tool versions "
+            f"({', '.join(changed)}); it runs with this clone's installed ones",
+            flush=True,
+        )
+    return linked
+
+
 def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | None = None) -> int:
     env = _tool_env()
     commit = release_commit(repo, version, env)
@@ -80,15 +128,7 @@ def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | N
             env=env,
         )
         try:
-            # + the Lambda asset's vendored packages (make install; not in git)
-            for shared in (".venv", "node_modules", "components/db_bootstrap_handler/vendor"):
-                source = TOOLS_ROOT / shared
-                if (
-                    source.exists()
-                    and not (checkout / shared).exists()
-                    and (checkout / shared).parent.is_dir()
-                ):
-                    (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
+            link_tools(checkout, version)
             if not (checkout / "config" / f"{environment}.yaml").is_file():
                 raise MakeDiffError(
                     f"release {version} has no config/{environment}.yaml: it never deployed "
@@ -105,8 +145,9 @@ def rollback(repo: Path, environment: str, version: str, *, synth_only: Path | N
                 print(f"rollback: release {version}'s assembly for {environment} is in {out}")
                 return 0
             cmd = deploy_command(checkout, environment, version)
-            if os.environ.get("APPROVAL"):
-                cmd.append(f"APPROVAL={os.environ['APPROVAL']}")
+            for setting in ("APPROVAL", "DEPLOY_METHOD"):  # as given to `make rollback`
+                if os.environ.get(setting):
+                    cmd.append(f"{setting}={os.environ[setting]}")
             print(f"rollback: in release {version}'s sources: {' '.join(cmd)}", flush=True)
             return subprocess.run(cmd, cwd=checkout, env=env).returncode
         finally:

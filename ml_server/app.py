@@ -39,7 +39,7 @@ from ml_server.errors import ApiError, error_body, error_response
 from ml_server.limits import GovernedUsageRecorder, Governor, GovernorCollector
 from ml_server.metrics import Metrics
 from ml_server.middleware import RequestMiddleware
-from ml_server.provider_keys import ProviderKeyFiles
+from ml_server.provider_keys import ProviderKeyFiles, provider_adder
 from ml_server.resilience import RateLimiter
 from ml_server.router import Router, RoutingPolicy, build_providers
 from ml_server.state import AppState
@@ -185,7 +185,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ml = state
         await router.start()
         key_files = ProviderKeyFiles(
-            settings.secrets_dir, router.providers, settings.provider_key_reload_seconds
+            settings.secrets_dir,
+            router.providers,
+            settings.provider_key_reload_seconds,
+            add=provider_adder(settings, catalog, router),
         )
         router.on_auth_failure = key_files.check_after_auth_failure
         key_files.start()

@@ -228,11 +228,19 @@ def _retired(router: Router, name: str) -> bool:
 
 
 def build_providers(
-    settings: Settings, catalog: model_catalog.Catalog | None = None
+    settings: Settings, catalog: model_catalog.Catalog | None = None, *, only: str | None = None
 ) -> dict[str, Provider]:
-    """One provider object per configured credential (plus ``fake`` when enabled)."""
+    """One provider object per configured credential (plus ``fake`` when enabled).
+
+    Args:
+        only: build just this provider (one whose key file appeared while running,
+            ml_server/provider_keys.py); empty when it is not configured.
+    """
     providers: dict[str, Provider] = {}
     models = catalog or model_catalog.default()
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
 
     def read_timeout(name: str) -> float:
         """``PROVIDER_TIMEOUTS[name].read`` or PROVIDER_TIMEOUT_SECONDS."""
@@ -247,7 +255,7 @@ def build_providers(
         )
 
     def bearer(name: str, key: Any, base_url: str, *, stream_usage: bool = True) -> None:
-        if key is not None and key.get_secret_value():
+        if wanted(name) and key is not None and key.get_secret_value():
             providers[name] = OpenAICompatProvider(
                 name,
                 base_url,
@@ -262,7 +270,12 @@ def build_providers(
     bearer("xai", settings.xai_api_key, settings.xai_base_url)
     bearer("gemini", settings.google_api_key, settings.gemini_base_url)
     cred = settings.azure_inference_credential
-    if settings.azure_inference_endpoint and cred is not None and cred.get_secret_value():
+    if (
+        wanted("azure")
+        and settings.azure_inference_endpoint
+        and cred is not None
+        and cred.get_secret_value()
+    ):
         providers["azure"] = OpenAICompatProvider(
             "azure",
             settings.azure_inference_endpoint,
@@ -277,7 +290,7 @@ def build_providers(
             stream_usage=True,
         )
     key = settings.anthropic_api_key
-    if key is not None and key.get_secret_value():
+    if wanted("anthropic") and key is not None and key.get_secret_value():
         providers["anthropic"] = AnthropicProvider(
             key.get_secret_value(),
             settings.anthropic_base_url,
@@ -288,7 +301,7 @@ def build_providers(
             max_output=lambda m: getattr(models.find("anthropic", m), "max_output_tokens", None),
             adaptive=lambda m: getattr(models.find("anthropic", m), "thinking", None) == "adaptive",
         )
-    if settings.fake_provider_enabled:
+    if wanted("fake") and settings.fake_provider_enabled:
         providers["fake"] = FakeProvider()
     return providers
 
@@ -677,3 +690,28 @@ class Router:
     async def embeddings(self, route: Route, body: dict[str, Any]) -> Served[ChatResult]:
         served: Served[ChatResult] = await self._run(route, "embeddings", body)
         return served
+
+    async def add_provider(self, name: str, provider: Provider) -> None:
+        """Serve a provider built after start (its key file appeared, provider_keys.py): it
+        gets its breaker and concurrency slots as at start, ``provider/...`` names resolve to
+        it, aliases naming it are resolved again (their targets in their order), and
+        ``/v1/models`` lists its models.
+
+        Raises:
+            ValueError: a provider of that name is already served.
+        """
+        if name in self.providers:
+            raise ValueError(f"provider {name} is already configured")
+        await provider.start()
+        breaker = CircuitBreaker(
+            name, threshold=self.policy.breaker_threshold, cooldown=self.policy.breaker_cooldown
+        )
+        self.breakers[name] = breaker
+        self.slots[name] = FairShare(name, self.policy.provider_concurrency)
+        self.collector._breakers.append(breaker)  # scraped from now on
+        self.providers[name] = provider  # last: resolvable only once complete
+        for alias, chain in self._aliases.items():
+            if any(_split(target)[0] == name for target in chain):
+                targets = tuple(t for t in (self._target(x) for x in chain) if t is not None)
+                if targets:
+                    self._resolved[alias] = Route(targets)

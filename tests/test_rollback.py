@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from humansa_ops.rollback import SHARED_TOOLS, link_tools
 from tests.project_copy import ROOT, commit, copy_project, git
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
@@ -132,3 +133,30 @@ def test_a_bad_version_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "TO='../x' is not a release version" in done.stderr
+
+
+def test_the_release_checkout_keeps_the_linked_tools(tmp_path: Path) -> None:
+    # GIVEN a release's fresh checkout: its files are newer than the tools' .installed markers
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    checkout = tmp_path / "release"
+    git(repo, "worktree", "add", "--detach", "--quiet", str(checkout), "HEAD")
+
+    # WHEN make rollback links this clone's installed tools into it
+    linked = link_tools(checkout, "1.0.0")
+
+    # THEN the release's make deploy uses them as they are: `npm ci` there would empty the
+    # linked node_modules (this clone's), `pip install` rewrite the linked venv
+    assert {".venv", "node_modules"} <= set(linked) <= set(SHARED_TOOLS)
+    done = subprocess.run(
+        ["make", "-n", "release-deploy", "ENV=dev", "VERSION=1.0.0"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cdk deploy --all" in done.stdout
+    assert "npm ci" not in done.stdout
+    assert "pip install" not in done.stdout

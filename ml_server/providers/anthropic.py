@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -22,12 +22,10 @@ from ml_server.providers.anthropic_translate import (
 from ml_server.providers.base import (
     ChatResult,
     ChatStream,
-    Provider,
     ProviderError,
-    error_from_upstream,
-    sse_lines,
+    chunk_event,
 )
-from ml_server.providers.http import make_session, transport_errors
+from ml_server.providers.http import HttpProvider, SseStream, json_of
 
 __all__ = ["AnthropicProvider", "from_anthropic", "to_anthropic"]
 
@@ -50,14 +48,16 @@ def _translate_request(
         ) from exc
 
 
-def _anthropic_error(provider: str, status: int, raw: bytes, headers: Any) -> ProviderError:
-    err = error_from_upstream(provider, status, raw, headers)
-    if status == 529:  # Anthropic's "overloaded"
-        err.status, err.kind = 503, "http_5xx"
-    return err
+def _truncated() -> ProviderError:
+    return ProviderError(
+        502,
+        "provider anthropic ended the stream before message_stop",
+        code="provider_stream_truncated",
+        kind="connection",
+    )
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HttpProvider):
     """Args:
     default_max_tokens: max_tokens for a model the catalogue does not know
         (ANTHROPIC_DEFAULT_MAX_TOKENS).
@@ -77,37 +77,23 @@ class AnthropicProvider(Provider):
         max_output: MaxOutput | None = None,
         adaptive: Callable[[str], bool] | None = None,
     ) -> None:
-        self.name = "anthropic"
-        self.base_url = base_url.rstrip("/")
-        self._url = self.base_url + "/messages"
-        self._headers = {"x-api-key": api_key, "anthropic-version": version}
+        super().__init__(
+            "anthropic",
+            base_url,
+            {"x-api-key": api_key, "anthropic-version": version},
+            credential_header="x-api-key",
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
         self._max_tokens = default_max_tokens
         self._max_output = max_output
         self._adaptive = adaptive
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
 
-    def set_credential(self, value: str) -> bool:
-        self._headers["x-api-key"] = value
-        if self._session is not None:  # the session's default headers, sent with every request
-            self._session.headers["x-api-key"] = value
-        return True
-
-    async def start(self) -> None:
-        self._session = make_session(
-            self._headers, timeout=self._timeout, connect_timeout=self._connect_timeout
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("provider anthropic used before start()")
-        return self._session
+    def upstream_error(self, status: int, body: bytes, headers: Any) -> ProviderError:
+        err = super().upstream_error(status, body, headers)
+        if status == 529:  # Anthropic's "overloaded"
+            err.status, err.kind = 503, "http_5xx"
+        return err
 
     def _payload(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         limit = self._max_output(model) if self._max_output is not None else None
@@ -119,20 +105,8 @@ class AnthropicProvider(Provider):
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
         payload = self._payload(model, body)
         payload.pop("stream", None)
-        with transport_errors(self.name):
-            async with self.session.post(self._url, data=orjson.dumps(payload)) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise _anthropic_error(self.name, resp.status, raw, resp.headers)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(
-                502,
-                "provider anthropic sent a response that is not JSON",
-                code="provider_bad_response",
-            ) from exc
-        out, usage = from_anthropic(data, model)
+        raw = (await self.post_json("/messages", payload))[2]
+        out, usage = from_anthropic(json_of(self.name, raw), model)
         return ChatResult(orjson.dumps(out), usage)
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
@@ -140,65 +114,33 @@ class AnthropicProvider(Provider):
         payload["stream"] = True
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        with transport_errors(self.name):
-            ctx = self.session.post(self._url, data=orjson.dumps(payload))
-            resp = await ctx.__aenter__()
-            if resp.status >= 400:
-                raw = await resp.read()
-                resp.release()
-                raise _anthropic_error(self.name, resp.status, raw, resp.headers)
+        resp = await self.open_stream("/messages", payload)
         return _AnthropicStream(resp, model, include_usage=include_usage)
 
     # --- /v1/messages: native pass-through ------------------------------------------------------
-    async def _post_native(
-        self, path: str, model: str, body: dict[str, Any], headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        payload = {**body, "model": model}
-        with transport_errors(self.name):
-            ctx = self.session.post(
-                self.base_url + path, data=orjson.dumps(payload), headers=headers
-            )
-            resp = await ctx.__aenter__()
-            if resp.status >= 400:
-                raw = await resp.read()
-                resp.release()
-                raise _anthropic_error(self.name, resp.status, raw, resp.headers)
-        return resp
-
     async def messages(
         self, model: str, body: dict[str, Any], headers: dict[str, str]
     ) -> ChatResult:
         """POST /messages with the client's body (only ``model`` rewritten); bytes back as sent."""
-        resp = await self._post_native("/messages", model, {**body, "stream": False}, headers)
-        with transport_errors(self.name):
-            raw = await resp.read()
-        resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(
-                502, "provider anthropic sent a response that is not JSON",
-                code="provider_bad_response",
-            ) from exc  # fmt: skip
+        payload = {**body, "model": model, "stream": False}
+        raw = (await self.post_json("/messages", payload, headers))[2]
+        data = json_of(self.name, raw)
         return ChatResult(raw, usage_of(data.get("usage") if isinstance(data, dict) else None)[0])
 
     async def messages_stream(
         self, model: str, body: dict[str, Any], headers: dict[str, str]
     ) -> ChatStream:
-        resp = await self._post_native("/messages", model, {**body, "stream": True}, headers)
-        return _NativeStream(resp)
+        payload = {**body, "model": model, "stream": True}
+        return _NativeStream(await self.open_stream("/messages", payload, headers))
 
     async def count_tokens(
         self, model: str, body: dict[str, Any], headers: dict[str, str]
     ) -> bytes:
-        resp = await self._post_native("/messages/count_tokens", model, body, headers)
-        with transport_errors(self.name):
-            raw = await resp.read()
-        resp.release()
-        return raw
+        payload = {**body, "model": model}
+        return (await self.post_json("/messages/count_tokens", payload, headers))[2]
 
 
-class _NativeStream(ChatStream):
+class _NativeStream(SseStream):
     """Anthropic's own stream, passed on event by event (usage read on the way).
 
     Events are held back until the first content event, so an ``event: error`` before any
@@ -207,9 +149,10 @@ class _NativeStream(ChatStream):
     """
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        super().__init__()
-        self._resp = resp
+        super().__init__("anthropic", resp)
         self._raw_usage: dict[str, Any] = {}
+        self._held: list[bytes] = []
+        self._started = self._finished = False
 
     def _look(self, data: bytes) -> bool:
         """Read usage and errors from one event; True for content."""
@@ -229,44 +172,30 @@ class _NativeStream(ChatStream):
             self.usage = usage_of(self._raw_usage)[0]
         return kind in ("content_block_start", "content_block_delta", "message_delta")
 
-    async def events(self) -> AsyncIterator[bytes]:
-        buffer = bytearray()
-        held: list[bytes] = []
-        started = finished = False
-        with transport_errors("anthropic"):
-            async for chunk in self._resp.content.iter_any():
-                lines = sse_lines(buffer, chunk)
-                for line in lines:
-                    if line.startswith(b"data:"):
-                        try:
-                            started = self._look(line[5:]) or started
-                        except ProviderError:
-                            if started and held:
-                                yield b"".join(held)
-                            raise
-                        finished = finished or b'"message_stop"' in line
-                    held.append(line + b"\n")
-                if started and held:
-                    yield b"".join(held)
-                    held.clear()
-        if not finished:
-            raise ProviderError(
-                502,
-                "provider anthropic ended the stream before message_stop",
-                code="provider_stream_truncated",
-                kind="connection",
-            )
-        if held:
-            yield b"".join(held)
+    def feed(self, lines: list[bytes], out: list[bytes]) -> bool:
+        held = self._held
+        for line in lines:
+            if line.startswith(b"data:"):
+                try:
+                    self._started = self._look(line[5:]) or self._started
+                except ProviderError:
+                    if self._started:  # after content: what came before still goes out
+                        out.extend(held)
+                    raise
+                self._finished = self._finished or b'"message_stop"' in line
+            held.append(line + b"\n")
+        if self._started and held:
+            out.extend(held)
+            held.clear()
+        return False
 
-    async def aclose(self) -> None:
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
+    def finish(self, done: bool) -> tuple[bytes, ...]:
+        if not self._finished:
+            raise _truncated()
+        return (b"".join(self._held),) if self._held else ()
 
 
-class _AnthropicStream(ChatStream):
+class _AnthropicStream(SseStream):
     """Anthropic stream events -> OpenAI chat.completion.chunk events.
 
     The role chunk of ``message_start`` is held back until the first content (or the end), so
@@ -276,8 +205,7 @@ class _AnthropicStream(ChatStream):
     """
 
     def __init__(self, resp: aiohttp.ClientResponse, model: str, *, include_usage: bool) -> None:
-        super().__init__()
-        self._resp = resp
+        super().__init__("anthropic", resp)
         self._model = model
         self._include_usage = include_usage
         self._id = "chatcmpl-anthropic"
@@ -287,23 +215,10 @@ class _AnthropicStream(ChatStream):
         self._json_blocks: set[int] = set()  # the json_object forced tool's blocks
         self._raw_usage: dict[str, Any] = {}
         self._openai_usage: dict[str, Any] = usage_of({})[1]
+        self._role_sent = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return (
-            b"data: "
-            + orjson.dumps(
-                {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [
-                        {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                    ],
-                }
-            )
-            + b"\n\n"
-        )
+        return chunk_event(self._id, self._created, self._model, delta, finish)
 
     def _add_usage(self, u: Any) -> None:
         if isinstance(u, dict):
@@ -391,67 +306,32 @@ class _AnthropicStream(ChatStream):
             raise stream_error("anthropic", event.get("error"))
         return None  # ping, message_stop
 
-    async def events(self) -> AsyncIterator[bytes]:
-        buffer = bytearray()
-        role_sent = False
-        finished = False
-        with transport_errors("anthropic"):
-            async for chunk in self._resp.content.iter_any():
-                out: list[bytes] = []
-                for line in sse_lines(buffer, chunk):
-                    if not line.startswith(b"data:"):
-                        continue
-                    try:
-                        event = orjson.loads(line[5:])
-                    except orjson.JSONDecodeError:
-                        continue
-                    if not isinstance(event, dict):
-                        continue
-                    if event.get("type") == "message_stop":
-                        finished = True
-                        break
-                    try:
-                        piece = self._translate(event)
-                    except ProviderError:
-                        if out:  # what came before the error still reaches the client
-                            yield b"".join(out)
-                        raise
-                    if piece is not None:
-                        if not role_sent:
-                            out.append(self._chunk({"role": "assistant", "content": ""}))
-                            role_sent = True
-                        out.append(piece)
-                if out:
-                    yield b"".join(out)
-                if finished:
-                    break
-        if not finished:
-            raise ProviderError(
-                502,
-                "provider anthropic ended the stream before message_stop",
-                code="provider_stream_truncated",
-                kind="connection",
-            )
-        if not role_sent:
-            yield self._chunk({"role": "assistant", "content": ""})
-        if self._include_usage:
-            yield (
-                b"data: "
-                + orjson.dumps(
-                    {
-                        "id": self._id,
-                        "object": "chat.completion.chunk",
-                        "created": self._created,
-                        "model": self._model,
-                        "choices": [],
-                        "usage": self._openai_usage,
-                    }
-                )
-                + b"\n\n"
-            )
+    def feed(self, lines: list[bytes], out: list[bytes]) -> bool:
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                event = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("type") == "message_stop":
+                return True
+            piece = self._translate(event)
+            if piece is not None:
+                if not self._role_sent:
+                    out.append(self._chunk({"role": "assistant", "content": ""}))
+                    self._role_sent = True
+                out.append(piece)
+        return False
 
-    async def aclose(self) -> None:
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
+    def finish(self, done: bool) -> list[bytes]:
+        if not done:
+            raise _truncated()
+        last = []
+        if not self._role_sent:
+            last.append(self._chunk({"role": "assistant", "content": ""}))
+        if self._include_usage:
+            last.append(chunk_event(self._id, self._created, self._model, usage=self._openai_usage))
+        return last

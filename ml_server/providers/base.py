@@ -379,3 +379,29 @@ def sse_lines(buffer: bytearray, chunk: bytes) -> list[bytes]:
         start = nl + 1
     del buffer[:start]
     return lines
+
+
+def chunk_event(
+    chunk_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any] | None = None,
+    finish: str | None = None,
+    *,
+    usage: dict[str, Any] | None = None,
+) -> bytes:
+    """One OpenAI ``chat.completion.chunk`` SSE event: one choice with ``delta`` (and
+    ``finish``), or, with ``usage``, the final chunk of ``stream_options.include_usage`` (no
+    choices)."""
+    data: dict[str, Any] = {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": []
+        if usage is not None
+        else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    if usage is not None:
+        data["usage"] = usage
+    return b"data: " + orjson.dumps(data) + b"\n\n"

@@ -12,7 +12,13 @@ from typing import Any
 
 import orjson
 
-from ml_server.providers.base import ChatResult, ChatStream, Provider, Usage
+from ml_server.providers.base import (
+    ChatResult,
+    ChatStream,
+    Provider,
+    Usage,
+    chunk_event,
+)
 
 FAKE_MODELS = ("echo", "embed")
 
@@ -130,19 +136,7 @@ class _FakeStream(ChatStream):
         self._include_usage = include_usage
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return (
-            b"data: "
-            + orjson.dumps(
-                {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion.chunk",
-                    "created": int(time.time()),
-                    "model": self._model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-            )
-            + b"\n\n"
-        )
+        return chunk_event("chatcmpl-fake", int(time.time()), self._model, delta, finish)
 
     async def events(self) -> AsyncIterator[bytes]:
         yield self._chunk({"role": "assistant", "content": ""})
@@ -150,24 +144,15 @@ class _FakeStream(ChatStream):
         for i, word in enumerate(words):
             yield self._chunk({"content": word if i == 0 else " " + word})
         yield self._chunk({}, "stop")
-        self.usage = self._final_usage
+        self.usage = u = self._final_usage
         if self._include_usage:
-            u = self.usage
-            yield (
-                b"data: "
-                + orjson.dumps(
-                    {
-                        "id": "chatcmpl-fake",
-                        "object": "chat.completion.chunk",
-                        "created": int(time.time()),
-                        "model": self._model,
-                        "choices": [],
-                        "usage": {
-                            "prompt_tokens": u.prompt_tokens,
-                            "completion_tokens": u.completion_tokens,
-                            "total_tokens": u.prompt_tokens + u.completion_tokens,
-                        },
-                    }
-                )
-                + b"\n\n"
+            yield chunk_event(
+                "chatcmpl-fake",
+                int(time.time()),
+                self._model,
+                usage={
+                    "prompt_tokens": u.prompt_tokens,
+                    "completion_tokens": u.completion_tokens,
+                    "total_tokens": u.prompt_tokens + u.completion_tokens,
+                },
             )

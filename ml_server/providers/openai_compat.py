@@ -7,25 +7,19 @@ the response bytes go back untouched (parsed once with orjson to read the token 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from ml_server.providers.base import (
     ChatResult,
     ChatStream,
-    Provider,
-    ProviderError,
     StreamError,
     Usage,
-    error_from_upstream,
-    sse_lines,
     usage_from_openai,
 )
-from ml_server.providers.http import make_session, transport_errors
+from ml_server.providers.http import HttpProvider, SseStream, json_of
 
 # With include_usage, OpenAI puts ``"usage": null`` in every chunk but the last: no need to parse.
 _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
@@ -37,11 +31,12 @@ def _usage(data: Any) -> Usage:
     return Usage()
 
 
-class OpenAICompatProvider(Provider):
+class OpenAICompatProvider(HttpProvider):
     """Args:
     name: our provider prefix (``openai``, ``deepseek``, ...).
     base_url: the URL that ``/chat/completions`` is appended to.
-    auth_headers: e.g. ``{"Authorization": "Bearer ..."}`` or ``{"api-key": ...}``.
+    auth_headers: e.g. ``{"Authorization": "Bearer ..."}`` or ``{"api-key": ...}`` (the key
+        ``set_credential`` swaps), plus any other header sent with every request.
     query: query string added to every URL (Azure's ``api-version``).
     stream_usage: whether the provider accepts ``stream_options.include_usage``.
     """
@@ -57,69 +52,30 @@ class OpenAICompatProvider(Provider):
         query: str = "",
         stream_usage: bool = True,
     ) -> None:
-        self.name = name
-        self._base = base_url.rstrip("/")
-        self._auth = auth_headers
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._query = f"?{query}" if query else ""
-        self._stream_usage = stream_usage
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
-
-    def set_credential(self, value: str) -> bool:
-        header = "Authorization" if "Authorization" in self._auth else "api-key"
-        if header not in self._auth:
-            return False
-        self._auth[header] = f"Bearer {value}" if header == "Authorization" else value
-        if self._session is not None:  # the session's default headers, sent with every request
-            self._session.headers[header] = self._auth[header]
-        return True
-
-    async def start(self) -> None:
-        self._session = make_session(
-            self._auth, timeout=self._timeout, connect_timeout=self._connect_timeout
+        bearer = "Authorization" in auth_headers
+        header = "Authorization" if bearer else "api-key" if "api-key" in auth_headers else None
+        super().__init__(
+            name,
+            base_url,
+            auth_headers,
+            credential_header=header,
+            credential_prefix="Bearer " if bearer else "",
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            query=query,
         )
+        self._stream_usage = stream_usage
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _url(self, path: str) -> URL:
-        # Parsed once per path: aiohttp would otherwise parse the string on every request.
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = URL(f"{self._base}{path}{self._query}")
-        return url
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"provider {self.name} used before start()")
-        return self._session
-
-    async def _post_json(self, path: str, model: str, body: dict[str, Any]) -> ChatResult:
+    async def _call(self, path: str, model: str, body: dict[str, Any]) -> ChatResult:
         body["model"] = model
-        with transport_errors(self.name):
-            async with self.session.post(self._url(path), data=orjson.dumps(body)) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise error_from_upstream(self.name, resp.status, raw, resp.headers)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(
-                502,
-                f"provider {self.name} sent a response that is not JSON",
-                code="provider_bad_response",
-            ) from exc
-        return ChatResult(raw, _usage(data))
+        raw = (await self.post_json(path, body))[2]
+        return ChatResult(raw, _usage(json_of(self.name, raw)))
 
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
-        return await self._post_json("/chat/completions", model, body)
+        return await self._call("/chat/completions", model, body)
 
     async def embeddings(self, model: str, body: dict[str, Any]) -> ChatResult:
-        return await self._post_json("/embeddings", model, body)
+        return await self._call("/embeddings", model, body)
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
         body["model"] = model
@@ -135,66 +91,46 @@ class OpenAICompatProvider(Provider):
                     "include_usage": True,
                 },
             }
-        with transport_errors(self.name):
-            ctx = self.session.post(self._url("/chat/completions"), data=orjson.dumps(payload))
-            resp = await ctx.__aenter__()
-            if resp.status >= 400:
-                raw = await resp.read()
-                resp.release()
-                raise error_from_upstream(self.name, resp.status, raw, resp.headers)
+        resp = await self.open_stream("/chat/completions", payload)
         return _OpenAIStream(self.name, resp, hide_usage_chunk=not client_wants_usage)
 
 
-class _OpenAIStream(ChatStream):
+class _OpenAIStream(SseStream):
+    """The provider's events passed on, those of each upstream read joined into one chunk (one
+    write to our client); usage read on the way, the usage-only chunk hidden unless asked for."""
+
     def __init__(
         self, provider: str, resp: aiohttp.ClientResponse, *, hide_usage_chunk: bool
     ) -> None:
-        super().__init__()
-        self._provider = provider
-        self._resp = resp
+        super().__init__(provider, resp)
         self._hide_usage_chunk = hide_usage_chunk
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """The events of each upstream read, joined into one chunk (one write to our client)."""
-        buffer = bytearray()
-        with transport_errors(self._provider):
-            async for chunk in self._resp.content.iter_any():
-                out: list[bytes] = []
-                done = False
-                for line in sse_lines(buffer, chunk):
-                    if not line.startswith(b"data:"):
-                        continue  # comments, event names, blank separators
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    if payload.startswith(b'{"error"'):
-                        try:
-                            err = orjson.loads(payload).get("error")
-                        except (orjson.JSONDecodeError, AttributeError):
-                            err = None
-                        if out:
-                            yield b"".join(out)
-                        raise StreamError.from_event(self._provider, err)
-                    if b'"usage"' in payload and not _NULL_USAGE.search(payload):
-                        try:
-                            data = orjson.loads(payload)
-                        except orjson.JSONDecodeError:
-                            data = None
-                        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-                            self.usage = _usage(data)
-                            if self._hide_usage_chunk and not data.get("choices"):
-                                continue
-                    out.append(b"data: " + payload + b"\n\n")
-                if out:
-                    yield b"".join(out)
-                if done:
-                    return
-            # The body ended without "data: [DONE]": a cut stream, not a complete answer.
-            raise StreamError.incomplete(self._provider)
+    def feed(self, lines: list[bytes], out: list[bytes]) -> bool:
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # comments, event names, blank separators
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return True
+            if payload.startswith(b'{"error"'):
+                try:
+                    err = orjson.loads(payload).get("error")
+                except (orjson.JSONDecodeError, AttributeError):
+                    err = None
+                raise StreamError.from_event(self._provider, err)
+            if b'"usage"' in payload and not _NULL_USAGE.search(payload):
+                try:
+                    data = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    data = None
+                if isinstance(data, dict) and isinstance(data.get("usage"), dict):
+                    self.usage = _usage(data)
+                    if self._hide_usage_chunk and not data.get("choices"):
+                        continue
+            out.append(b"data: " + payload + b"\n\n")
+        return False
 
-    async def aclose(self) -> None:
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()  # a half-read stream cannot go back to the pool
+    def finish(self, done: bool) -> tuple[bytes, ...]:
+        if not done:  # the body ended without "data: [DONE]": a cut stream, not a whole answer
+            raise StreamError.incomplete(self._provider)
+        return ()

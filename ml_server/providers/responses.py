@@ -12,7 +12,7 @@ completions would drop that state silently; use /v1/chat/completions or /v1/mess
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,10 +25,8 @@ from ml_server.providers.base import (
     Provider,
     ProviderError,
     Usage,
-    error_from_upstream,
-    sse_lines,
 )
-from ml_server.providers.http import transport_errors
+from ml_server.providers.http import SseStream, json_of
 from ml_server.providers.openai_compat import OpenAICompatProvider
 
 # Providers whose OpenAI-compatible endpoint has /responses.
@@ -68,32 +66,10 @@ class ResponsesAdapter(Provider):
         self.inner = inner
         self._on_created = on_created
 
-    async def _open(self, model: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        payload = {**body, "model": model}
-        with transport_errors(self.name):
-            ctx = self.inner.session.post(
-                self.inner._url("/responses"),  # the provider's parsed URL (query included)
-                data=orjson.dumps(payload),
-            )
-            resp = await ctx.__aenter__()
-            if resp.status >= 400:
-                raw = await resp.read()
-                resp.release()
-                raise error_from_upstream(self.name, resp.status, raw, resp.headers)
-        return resp
-
     async def chat(self, model: str, body: dict[str, Any]) -> ChatResult:
-        resp = await self._open(model, {**body, "stream": False})
-        with transport_errors(self.name):
-            raw = await resp.read()
-        resp.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(
-                502, f"provider {self.name} sent a response that is not JSON",
-                code="provider_bad_response",
-            ) from exc  # fmt: skip
+        payload = {**body, "model": model, "stream": False}
+        raw = (await self.inner.post_json("/responses", payload))[2]
+        data = json_of(self.name, raw)
         if isinstance(data, dict) and isinstance(data.get("id"), str) and self._on_created:
             await self._on_created(data["id"])
         return ChatResult(
@@ -101,7 +77,8 @@ class ResponsesAdapter(Provider):
         )
 
     async def chat_stream(self, model: str, body: dict[str, Any]) -> ChatStream:
-        resp = await self._open(model, {**body, "stream": True})
+        payload = {**body, "model": model, "stream": True}
+        resp = await self.inner.open_stream("/responses", payload)
         return _ResponsesStream(self.name, resp, self._on_created)
 
 
@@ -116,31 +93,36 @@ async def stored_call(
 
     Returns the status and body of a 2xx answer. Raises: ProviderError for any other.
     """
-    base = provider._url("/responses")  # the provider's parsed URL, its own query included
+    base = provider.url("/responses")  # the provider's parsed URL, its own query included
     url = URL(base).with_path(f"{base.path}/{response_id}{suffix}")
     url = url.with_query([*base.query.items(), *query])
-    with transport_errors(provider.name):
-        async with provider.session.request(method, url) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise error_from_upstream(provider.name, resp.status, raw, resp.headers)
-            return resp.status, raw
+    status, _, raw = await provider.request(method, url)
+    return status, raw
 
 
-class _ResponsesStream(ChatStream):
+class _ResponsesStream(SseStream):
     """OpenAI's Responses events passed on as they come; usage read from the final event.
 
     An ``error`` event before any output raises (the router may retry); after output it raises
-    too and the route ends the stream with its own error event.
+    too and the route ends the stream with its own error event. ``events`` is its own: the
+    owner of the ``response.created`` id is recorded (awaited) before that event goes out.
     """
 
     def __init__(
         self, provider: str, resp: aiohttp.ClientResponse, on_created: OnCreated | None = None
     ) -> None:
-        super().__init__()
-        self._provider = provider
-        self._resp = resp
+        super().__init__(provider, resp)
         self._on_created = on_created
+
+    def feed(self, lines: list[bytes], out: list[bytes]) -> bool:
+        for line in lines:
+            if line.startswith(b"data:"):
+                if self._on_created is not None:
+                    self._created(line[5:])
+                if b'"error"' in line or any(f in line for f in _FINAL_EVENTS):
+                    self._look(line[5:])
+            out.append(line + b"\n")
+        return False
 
     def _look(self, data: bytes) -> None:
         try:
@@ -159,29 +141,9 @@ class _ResponsesStream(ChatStream):
         if isinstance(response, dict) and isinstance(response.get("usage"), dict):
             self.usage = usage_of_response(response["usage"])
 
-    async def events(self) -> AsyncIterator[bytes]:
-        buffer = bytearray()
-        with transport_errors(self._provider):
-            async for chunk in self._resp.content.iter_any():
-                out: list[bytes] = []
-                for line in sse_lines(buffer, chunk):
-                    if self._on_created is not None and line.startswith(b"data:"):
-                        await self._created(line[5:])
-                    if line.startswith(b"data:") and (
-                        b'"error"' in line or any(f in line for f in _FINAL_EVENTS)
-                    ):
-                        try:
-                            self._look(line[5:])
-                        except ProviderError:
-                            if out:
-                                yield b"".join(out)
-                            raise
-                    out.append(line + b"\n")
-                if out:
-                    yield b"".join(out)
-
-    async def _created(self, data: bytes) -> None:
-        """Report the id of the ``response.created`` event (the first one) once."""
+    def _created(self, data: bytes) -> None:
+        """Report the id of the ``response.created`` event (the first one) once, before the
+        event goes out."""
         if b'"response.created"' not in data:
             return
         on_created, self._on_created = self._on_created, None
@@ -192,10 +154,4 @@ class _ResponsesStream(ChatStream):
         response = event.get("response") if isinstance(event, dict) else None
         rid = response.get("id") if isinstance(response, dict) else None
         if on_created is not None and isinstance(rid, str):
-            await on_created(rid)
-
-    async def aclose(self) -> None:
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
+            self._pending = on_created(rid)
