@@ -11,15 +11,18 @@ the timing, the real Router, accounting, request context and metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from ml_server.api.accounting import accounted_call
 from ml_server.api.routes.messages import _adapted
-from ml_server.context import SCOPE_KEY, RequestContext, current, set_current
+from ml_server.context import SCOPE_KEY, RequestContext, current, reset_current, set_current
 from ml_server.db.keys import KeyInfo
+from ml_server.logging import JsonFormatter
 from ml_server.metrics import Metrics
 from ml_server.providers.base import ChatResult, ChatStream, Provider, ProviderError, Usage
 from ml_server.router import Router, RoutingPolicy
@@ -171,3 +174,24 @@ async def test_adapted_routes_keep_the_providers_breaker_and_slots() -> None:
             assert wrapped.breaker is router.breakers[name]
     finally:
         await router.close()
+
+
+def test_log_lines_written_while_serving_a_request_name_it() -> None:
+    """``ml_server.logging`` reads the request's context: a server log line (e.g. the router's
+    "falling back") carries the request id; outside a request it has none."""
+    formatter = JsonFormatter()
+
+    def line(**fields: Any) -> dict[str, Any]:
+        record = logging.LogRecord("ml_server.router", logging.INFO, __file__, 1, "x", None, None)
+        record.fields = fields
+        parsed: dict[str, Any] = orjson.loads(formatter.format(record))
+        return parsed
+
+    assert "request_id" not in line()
+    token = set_current(RequestContext("req-42", "127.0.0.1"))
+    try:
+        assert line(failed="first/m1")["request_id"] == "req-42"
+        assert line(request_id="given")["request_id"] == "given"  # a field given wins
+    finally:
+        reset_current(token)
+    assert "request_id" not in line()
