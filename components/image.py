@@ -118,6 +118,11 @@ class ServerImage(Construct):
         environment: environment name (names the cache prefix).
         ghcr_token: the Data stack's ``GhcrToken.secret``, the ``ghcr`` source's credential.
         tag: image tag for the ``ghcr`` source. Default: ``config.tag``.
+        repository: GHCR ``owner/name`` of the ``ghcr`` source
+            (``EnvironmentConfig.ghcr_repository``). Default: ``config.ghcr_repository``.
+
+    Raises:
+        ValueError: the ``ghcr`` source with no repository.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class ServerImage(Construct):
         environment: str,
         ghcr_token: secretsmanager.ISecret,
         tag: str | None = None,
+        repository: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.source = config.source
@@ -155,6 +161,9 @@ class ServerImage(Construct):
             self.registry = Fn.select(0, Fn.split("/", self.asset.image_uri))
             return
 
+        repository = repository or config.ghcr_repository
+        if repository is None:
+            raise ValueError("image.source ghcr needs the GHCR owner/name (image.ghcr_repository)")
         self.prefix = ghcr_cache_prefix(environment)
         self.ghcr_token = ghcr_token
         self.cache_rule = ecr.CfnPullThroughCacheRule(
@@ -167,9 +176,7 @@ class ServerImage(Construct):
         )
         stack = Stack.of(self)
         self.registry = f"{stack.account}.dkr.ecr.{stack.region}.{stack.url_suffix}"
-        self.image_uri = (
-            f"{self.registry}/{self.prefix}/{config.ghcr_repository}:{tag or config.tag}"
-        )
+        self.image_uri = f"{self.registry}/{self.prefix}/{repository}:{tag or config.tag}"
 
     def grant_pull(self, grantee: iam.IGrantable) -> None:
         """Let ``grantee`` log in to ECR and pull the image (through the cache for ``ghcr``)."""

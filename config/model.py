@@ -301,6 +301,10 @@ class ServiceConfig(_Section):
         return value
 
 
+# The image name .github/workflows/release.yml publishes under the repository owner.
+RELEASE_IMAGE_NAME = "humansa-ml-server"
+
+
 class ImageConfig(_Section):
     """Where the server image comes from.
 
@@ -311,13 +315,14 @@ class ImageConfig(_Section):
             Default ``asset``.
         tag: release tag recorded in the ``ml_server_image_tag`` parameter; ``-c image_tag=...``
             overrides it. Default ``latest``.
-        ghcr_repository: GHCR ``owner/name`` for the ``ghcr`` source.
-            Default ``owner/humansa-ml-server``.
+        ghcr_repository: GHCR ``owner/name`` for the ``ghcr`` source. Default: where the
+            release workflow publishes, ``<owner of github.repository, lower case>/`` +
+            ``RELEASE_IMAGE_NAME`` (``EnvironmentConfig.ghcr_repository``).
     """
 
     source: ImageSource = "asset"
     tag: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")] = "latest"
-    ghcr_repository: GithubRepository = "owner/humansa-ml-server"
+    ghcr_repository: GithubRepository | None = None
 
 
 class CostConfig(_Section):
@@ -385,6 +390,16 @@ class EnvironmentConfig(_Section):
         from config.naming import title
 
         return title(self.name)
+
+    @property
+    def ghcr_repository(self) -> str:
+        """The GHCR ``owner/name`` the ``ghcr`` source pulls: ``image.ghcr_repository``, else
+        where .github/workflows/release.yml pushes a release (``ghcr.io/<repository owner,
+        lower case>/humansa-ml-server``; GHCR names are lower case)."""
+        if self.image.ghcr_repository is not None:
+            return self.image.ghcr_repository
+        owner = self.github.repository.split("/", 1)[0].lower()
+        return f"{owner}/{RELEASE_IMAGE_NAME}"
 
     @property
     def parameter_path(self) -> str:

@@ -119,7 +119,7 @@ def ghcr_token_refusal(cfg: EnvironmentConfig, session: Any) -> str | None:
     Secrets Manager keeps the labels AWSCURRENT and AWSPREVIOUS on the last two).
     """
     name = naming.ghcr_token_secret_name(cfg.name)
-    image = f"ghcr.io/{cfg.image.ghcr_repository}"
+    image = f"ghcr.io/{cfg.ghcr_repository}"
     put = f"`GHCR_USERNAME=<github user> make secrets ENV={cfg.name} NAME=GHCR_TOKEN`"
     sm = session.client("secretsmanager", region_name=cfg.region)
     try:

@@ -88,6 +88,7 @@ class ServiceStack(Stack):
             environment=config.name,
             ghcr_token=data.ghcr_token.secret,
             tag=tag,
+            repository=config.ghcr_repository,
         )
         self.logs = ServiceLogs(
             self, "Logs", environment=config.name, retain=config.termination_protection

@@ -331,7 +331,7 @@ def test_the_deploy_guard_refuses_ghcr_until_the_token_is_put(moto_env: dict[str
     assert missing.returncode == 2
     assert missing.stderr.splitlines() == [
         f"deploy refused: {name} does not exist in ap-east-1 yet, so the fleet could not pull "
-        "ghcr.io/owner/humansa-ml-server: create it with `npx cdk deploy -c env=staging "
+        "ghcr.io/humansa/humansa-ml-server: create it with `npx cdk deploy -c env=staging "
         f"Humansa-Staging-Data` (Network and Data only), then put the token with {put}"
     ]
     sm = _client(moto_env, "secretsmanager")
@@ -342,7 +342,7 @@ def test_the_deploy_guard_refuses_ghcr_until_the_token_is_put(moto_env: dict[str
     assert placeholder.returncode == 2
     assert placeholder.stderr.splitlines() == [
         f"deploy refused: {name} still holds its placeholder, so the fleet could not pull "
-        f"ghcr.io/owner/humansa-ml-server: put the token first with {put}"
+        f"ghcr.io/humansa/humansa-ml-server: put the token first with {put}"
     ]
     sm.put_secret_value(
         SecretId=name, SecretString=json.dumps({"username": "bot", "accessToken": "t-not-real"})

@@ -318,3 +318,23 @@ def test_node_22_everywhere_and_cdk_json_runs_the_venv_python() -> None:
     assert "Node 22" in readme and "Node 20" not in readme
     cdk_json = json.loads((ROOT / "cdk.json").read_text(encoding="utf-8"))
     assert cdk_json["app"] == ".venv/bin/python app.py"
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "production"])
+def test_release_deploy_pulls_the_image_the_release_workflow_pushes(env: str) -> None:
+    """The ghcr source's repository is where release.yml publishes: ghcr.io/<the repository
+    owner, lower case>/humansa-ml-server (it was the placeholder owner/humansa-ml-server,
+    an image no release ever pushed)."""
+    from config import load_environment
+
+    jobs = _load(WORKFLOWS / "release.yml")["jobs"]
+    gate = _runs(jobs["gate"])
+    pushed = re.search(r'image="ghcr\.io/\$\{OWNER,,\}/([a-z0-9._-]+)"', gate)
+    assert pushed, "release.yml's gate no longer names the image as ghcr.io/${OWNER,,}/<name>"
+    owner_step = next(s for s in jobs["gate"]["steps"] if "OWNER" in s.get("env", {}))
+    assert owner_step["env"]["OWNER"] == "${{ github.repository_owner }}"
+    config = load_environment(env)
+    # The deploying repository (github.repository, trusted by the OIDC roles) is the one whose
+    # release workflow pushed the image.
+    owner = config.github.repository.split("/")[0]
+    assert config.ghcr_repository == f"{owner.lower()}/{pushed.group(1)}"
