@@ -97,11 +97,16 @@ def _env(port: int) -> dict[str, str]:
     return env
 
 
-def _make(repo: Path, port: int, *args: str) -> str:
+def _make(repo: Path, port: int, *args: str, stdin: str | None = None, **env: str) -> str:
+    return _run(repo, port, ["make", *args], stdin=stdin, **env)
+
+
+def _run(repo: Path, port: int, cmd: list[str], *, stdin: str | None = None, **env: str) -> str:
     done = subprocess.run(
-        ["make", *args],
+        cmd,
         cwd=repo,
-        env=_env(port),
+        env={**_env(port), **env},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=600,
@@ -157,6 +162,22 @@ def test_release_deploy_then_rollback_restores_release_a(repo: Path, moto_port: 
     # GIVEN the bootstrapped account and release A deployed from its tag
     _make(repo, moto_port, "bootstrap", "ENV=dev")
     git(repo, "checkout", "-q", "release-1.0.0")
+    # The first ghcr release is refused until the pull-through credential holds a token
+    # (humansa_ops/preflight.py); the Data stack creates it, so the operator deploys Network and
+    # Data, puts the token, then releases (docs/releasing.md).
+    with pytest.raises(AssertionError, match=r"deploy refused: .*ghcr-credential does not exist"):
+        _make(repo, moto_port, "release-deploy", "ENV=dev", "VERSION=1.0.0")
+    cdk = ["node_modules/.bin/cdk", "deploy", "--no-notices", "--require-approval", "never"]
+    _run(repo, moto_port, [*cdk, "--method=direct", "-c", "env=dev", "Humansa-Dev-Data"])
+    _make(
+        repo,
+        moto_port,
+        "secrets",
+        "ENV=dev",
+        "NAME=GHCR_TOKEN",
+        stdin="ghp-test-not-a-real-token\n",
+        GHCR_USERNAME="release-bot",
+    )
     out = _make(repo, moto_port, "release-deploy", "ENV=dev", "VERSION=1.0.0")
     assert "--method=direct" in out and "-c image_source=ghcr -c image_tag=1.0.0" in out
     a = _deployed(moto_port)
