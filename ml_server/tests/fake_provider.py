@@ -405,7 +405,11 @@ class FakeProvider:
                 if request.transport is not None:
                     # The connection drops mid-stream (no terminating chunk). close(), not abort():
                     # abort() discards what is still buffered, so the chunks written before the
-                    # drop would reach the client only sometimes (a flaky test).
+                    # drop would reach the client only sometimes (a flaky test). The pause lets
+                    # the gateway read them first: aiohttp's StreamReader.readany raises a
+                    # connection error it has seen before returning data still buffered, so
+                    # chunks arriving together with the drop are lost (a race, not the point).
+                    await asyncio.sleep(0.05)
                     request.transport.close()
                 return resp
             if "chunkdelay" in d:
