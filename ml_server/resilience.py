@@ -289,6 +289,10 @@ class ResilienceCollector(Collector):
     def set_limiter(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
 
+    def add_breaker(self, breaker: CircuitBreaker) -> None:
+        """Scrape ``breaker`` from now on (a provider added while running)."""
+        self._breakers.append(breaker)
+
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = GaugeMetricFamily(
             "mlserver_circuit_state",

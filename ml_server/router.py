@@ -708,7 +708,7 @@ class Router:
         )
         self.breakers[name] = breaker
         self.slots[name] = FairShare(name, self.policy.provider_concurrency)
-        self.collector._breakers.append(breaker)  # scraped from now on
+        self.collector.add_breaker(breaker)
         self.providers[name] = provider  # last: resolvable only once complete
         for alias, chain in self._aliases.items():
             if any(_split(target)[0] == name for target in chain):
