@@ -91,6 +91,10 @@ USAGE_ALARM_METRICS: Final[tuple[str, ...]] = (
 USAGE_GAUGE_METRICS: Final[tuple[str, ...]] = ("mlserver_usage_spool_bytes",)
 """Server gauges the agent publishes as they are (dashboard)."""
 
+USAGE_STUCK_METRIC: Final = "mlserver_usage_writer_stuck"
+"""The server's stuck-writer gauge (1/0, the max of the live workers): published as it is;
+alarmed (UsageWriterStuck)."""
+
 USAGE_SPOOL_DIR: Final = "/var/lib/humansa/usage-spool"
 """Host folder of the server's usage spool (0700, the container uid): survives a container
 restart and an instance reboot."""
@@ -390,7 +394,9 @@ def _context(settings: BootSettings) -> dict[str, object]:
         "image": settings.image_uri,
         "metrics_port": METRICS_PORT,
         "job": PROMETHEUS_JOB,
-        "usage_selector": _selector(USAGE_ALARM_METRICS + USAGE_GAUGE_METRICS),
+        "usage_selector": _selector(
+            (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS, USAGE_STUCK_METRIC)
+        ),
         "spool_dir": USAGE_SPOOL_DIR,
         "container_spool_dir": CONTAINER_USAGE_SPOOL_DIR,
     }
@@ -443,6 +449,7 @@ __all__ = [
     "USAGE_ALARM_METRICS",
     "USAGE_GAUGE_METRICS",
     "USAGE_SPOOL_DIR",
+    "USAGE_STUCK_METRIC",
     "BootSettings",
     "SecretFile",
     "lifecycle_heartbeat_seconds",

@@ -22,6 +22,7 @@ from components.boot import (
     PROMETHEUS_JOB,
     USAGE_ALARM_METRICS,
     USAGE_GAUGE_METRICS,
+    USAGE_STUCK_METRIC,
 )
 from config.monitoring import MonitoringConfig
 from config.naming import alarm_prefix
@@ -228,6 +229,15 @@ class ServiceMonitoring(Construct):
             )
             for name in USAGE_GAUGE_METRICS
         ]
+        # 1 while a worker's writer has rows waiting and no write for USAGE_STUCK_SECONDS
+        # (ml_server/usage.py); the max of the live workers (an exited one no longer counts).
+        stuck = cloudwatch.Metric(
+            namespace=agent_namespace,
+            metric_name=USAGE_STUCK_METRIC,
+            dimensions_map=USAGE_METRIC_DIMENSIONS,
+            statistic="Maximum",
+            period=five_min,
+        )
         target_5xx_rate = cloudwatch.MathExpression(
             expression=(
                 f"IF(requests >= {t.target_5xx_min_requests}, 100 * FILL(errors, 0) / requests, 0)"
@@ -354,6 +364,22 @@ class ServiceMonitoring(Construct):
             )
             for name, (alarm_id, description) in _USAGE_ALARMS.items()
         ]
+        specs.append(
+            _AlarmSpec(
+                "UsageWriterStuck",
+                stuck,
+                1,
+                GTE,
+                2,
+                2,
+                Missing.NOT_BREACHING,
+                "A usage writer has had rows waiting and written nothing for 10 minutes (its "
+                "gauge stayed 1 in two 5-minute periods): accounting is stalled, rows pile up "
+                "in memory and the spool. Check first: /ready's usage details on an instance "
+                "(last_error), the UsageWriteErrors alarm and the database. No data (no "
+                "instance, or no scrape yet) counts as OK.",
+            )
+        )
         if database is not None:
             specs += [
                 _AlarmSpec(
@@ -498,7 +524,10 @@ class ServiceMonitoring(Construct):
         self.dashboard.add_widgets(
             graph(
                 "Usage accounting (rows / batches per 5 min)",
-                [m.with_(label=_USAGE_ALARMS[n][0]) for n, m in usage.items()],
+                [
+                    *(m.with_(label=_USAGE_ALARMS[n][0]) for n, m in usage.items()),
+                    stuck.with_(label="Writer stuck (1 = yes, any instance)"),
+                ],
                 right=spool,
             ),
             cloudwatch.AlarmStatusWidget(

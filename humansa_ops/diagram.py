@@ -96,7 +96,8 @@ def rollout_timeline(assembly: Path, environment: str) -> str:
     Read from the Service template: the refresh preferences (min/max healthy, checkpoints and
     their delay, warm-up, bake time), the launch hook's heartbeat, the health-check grace period,
     the group's minimum size and the target group's deregistration delay; the server's drain
-    (``DRAIN_SECONDS``) from its settings. Times are seconds from the deploy's refresh start.
+    (``DRAIN_SECONDS``, which starts at SIGTERM, after the delay) from its settings. Times are
+    seconds from the deploy's refresh start.
     """
     from ml_server.config import Settings  # the server's default, not in any template
 
@@ -142,8 +143,8 @@ def rollout_timeline(assembly: Path, environment: str) -> str:
         healthy = boot_end + warmup
         lines.append(f"  section batch {number}, {count} old")
         lines.append(
-            f"    ALB deregistration {deregistration} s, server drain {drain} s inside it "
-            f":d{number}, {healthy}, {healthy + deregistration}"
+            f"    ALB deregistration {deregistration} s serving open streams, then SIGTERM, "
+            f"drain {drain} s at most :d{number}, {healthy}, {healthy + deregistration}"
         )
         start = healthy + deregistration
         if delay and number < len(checkpoints):

@@ -210,11 +210,11 @@ def cmd_serve(settings: Settings, *, local: bool) -> None:
         os.environ["ADMIN_API_KEY"] = settings.admin_api_key.get_secret_value()
     folder = _prometheus_multiprocess_dir()
     if settings.effective_metrics_port:  # one metrics port for every worker's counters
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client import start_http_server
 
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        from ml_server.metrics import worker_registry
+
+        registry = worker_registry(folder)
         start_http_server(settings.effective_metrics_port, settings.metrics_host, registry=registry)
     log.info("starting workers", extra={"fields": {"workers": workers}})
     uvicorn.run("ml_server.app:create_app", factory=True, workers=workers, **options)

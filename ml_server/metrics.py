@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -81,6 +86,8 @@ class Metrics:
             "mlserver_usage_writer_stuck",
             "1 when rows wait and nothing was written for USAGE_STUCK_SECONDS",
             registry=r,
+            # Several workers: the max of the live ones (worker_registry forgets exited ones).
+            multiprocess_mode="livemax",
         )
         self.usage_unpriced_rows = Counter(
             "mlserver_usage_unpriced_rows_total",
@@ -116,3 +123,28 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.tokens.labels(provider, kind)
         child.inc(n)
+
+
+class _LiveWorkersCollector(MultiProcessCollector):
+    """prometheus_client's multiprocess collector, after forgetting the ``live*`` gauges of
+    workers that exited (``mark_process_dead``, which the uvicorn supervisor never calls): a
+    worker that died while its usage writer was stuck no longer holds the alarm."""
+
+    def collect(self) -> Iterable[Metric]:
+        for path in glob.glob(os.path.join(self._path, "gauge_live*_*.db")):
+            pid = int(os.path.basename(path).rsplit("_", 1)[1].removesuffix(".db"))
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                mark_process_dead(pid, self._path)  # type: ignore[no-untyped-call]
+            except PermissionError:
+                pass  # alive, another user's
+        return super().collect()  # type: ignore[no-untyped-call,no-any-return]
+
+
+def worker_registry(folder: str) -> CollectorRegistry:
+    """The registry the metrics port serves with several workers: every worker's counters
+    summed, the ``live*`` gauges of the live workers only (``folder``: PROMETHEUS_MULTIPROC_DIR)."""
+    registry = CollectorRegistry()
+    _LiveWorkersCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    return registry

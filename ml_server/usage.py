@@ -447,6 +447,7 @@ class UsageRecorder:
                     "usage write failed; will retry",
                     extra={"fields": {"error": self.last_error, "retry_in_s": backoff}},
                 )
+                self.status()  # the stuck gauge, without waiting for a /ready call
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._retry_max)
                 continue
@@ -455,4 +456,5 @@ class UsageRecorder:
             self._pending = []
             if self._queue.empty() and (self.spool is None or not self.spool.files()):
                 self._waiting_since = None
+            self._metrics.usage_writer_stuck.set(0)  # it wrote
             self._metrics.usage_queue_depth.set(self._queue.qsize())

@@ -44,6 +44,7 @@ from components.boot import (
     USAGE_ALARM_METRICS,
     USAGE_GAUGE_METRICS,
     USAGE_SPOOL_DIR,
+    USAGE_STUCK_METRIC,
     BootSettings,
     render_file,
     render_user_data,
@@ -428,7 +429,7 @@ def test_the_agents_scrape_target_serves_the_usage_metrics(production: Booted) -
 
     wait_for(f"{target}/metrics", scrape_text, 30, m)
     text = scrape_text()
-    for name in (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS):
+    for name in (*USAGE_ALARM_METRICS, *USAGE_GAUGE_METRICS, USAGE_STUCK_METRIC):
         assert any(line.split("{")[0].split(" ")[0] == name for line in text.splitlines()), name
 
 

@@ -61,6 +61,8 @@ def expected_alarms(
          "GreaterThanThreshold", "notBreaching"),
         ("UsageRowsDropped", agent_namespace, "mlserver_usage_rows_dropped_total", 0,
          "GreaterThanThreshold", "notBreaching"),
+        ("UsageWriterStuck", agent_namespace, "mlserver_usage_writer_stuck", 1,
+         "GreaterThanOrEqualToThreshold", "notBreaching"),
     ]  # fmt: skip
     if with_database:
         rows += [

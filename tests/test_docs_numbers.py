@@ -192,8 +192,39 @@ CHECKS: list[Check] = [
     ),
     Check(
         "docs/releasing.md",
-        r"\((\d+) s deregistration delay, (\d+) s\s+drain",
-        lambda f: (DEREGISTRATION_DELAY_SECONDS, _drain()),
+        r"\(the (\d+) s deregistration delay, during which",
+        lambda f: (f.target_group_attribute("production", "deregistration_delay.timeout_seconds"),),
+    ),
+    Check(
+        "docs/releasing.md",
+        r"a rollout cuts no stream shorter than (\d+) minutes",
+        lambda f: (DEREGISTRATION_DELAY_SECONDS // 60,),
+    ),
+    # docs/ml-server.md: the order of deregistration, termination and the drain
+    Check(
+        "docs/ml-server.md",
+        r"The delay ends when the last request finishes, at most (\d+) s later",
+        lambda f: (f.target_group_attribute("production", "deregistration_delay.timeout_seconds"),),
+    ),
+    Check(
+        "docs/ml-server.md",
+        r"\*\*A rollout cuts no stream shorter than (\d+) minutes\*\* \((\d+) s from the start",
+        lambda f: (DEREGISTRATION_DELAY_SECONDS // 60, DEREGISTRATION_DELAY_SECONDS),
+    ),
+    Check(
+        "docs/ml-server.md",
+        r"writes the queued usage rows \(≤ (\d+) s\)",
+        lambda f: (int(USAGE_FLUSH_AT_EXIT_SECONDS),),
+    ),
+    Check(
+        "docs/ml-server.md",
+        r"The drain \((\d+) s, below the delay\)",
+        lambda f: (_drain(),),
+    ),
+    Check(
+        "docs/ml-server.md",
+        r"there a stream shorter than (\d+) s is not cut either",
+        lambda f: (_drain(),),
     ),
     Check(
         "docs/releasing.md",

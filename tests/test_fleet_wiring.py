@@ -142,7 +142,7 @@ def test_role_scope(synth: Synth, env: str) -> None:
     assert sorted(names) == sorted(f"humansa/{env}/{n}" for n in RUNBOOK_PARAMETER_NAMES)
     (hook,) = by_action["autoscaling:CompleteLifecycleAction"]
     assert json.dumps(hook["Resource"]).endswith(
-        f':autoScalingGroup:*:autoScalingGroupName/humansa-{env}-fleet"]]}}'
+        f':autoScalingGroup:*:autoScalingGroupName/humansa-{env}-fleet"'
     )
     (metrics,) = by_action["cloudwatch:PutMetricData"]
     assert metrics["Condition"] == {
@@ -562,7 +562,7 @@ def test_ghcr_source_uses_the_pull_through_cache(variants: dict[str, Any]) -> No
         "ecr:BatchImportUpstreamImage",
         "ecr:CreateRepository",
     }
-    assert json.dumps(cache["Resource"]).endswith(':repository/humansa-staging-ghcr/*"]]}')
+    assert json.dumps(cache["Resource"]).endswith(':repository/humansa-staging-ghcr/*"')
     assert export not in json.dumps(statements)
 
 

@@ -16,6 +16,7 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk.assertions import Template
+from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from components.boot import METRICS_PORT
@@ -273,12 +274,9 @@ def test_topic_policy_lets_cloudwatch_alarms_publish(synth: Synth, env: str) -> 
     assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert allow["Action"] == "sns:Publish"
     assert allow["Condition"]["StringEquals"] == {"aws:SourceAccount": config.account}
-    source_arn = allow["Condition"]["ArnLike"]["aws:SourceArn"]
-    joined = "".join(
-        part if isinstance(part, str) else "<partition>" for part in source_arn["Fn::Join"][1]
-    )
-    assert joined == (
-        f"arn:<partition>:cloudwatch:{config.region}:{config.account}:"
+    # enablePartitionLiterals (cdk.json): the partition is written in, not Ref AWS::Partition.
+    assert allow["Condition"]["ArnLike"]["aws:SourceArn"] == (
+        f"arn:aws:cloudwatch:{config.region}:{config.account}:"
         f"alarm:Humansa-{config.name.capitalize()}-*"
     )
     # Every alarm of the environment publishes to this topic and matches that prefix.
@@ -312,6 +310,16 @@ def _agent_and_scrape(synth: Synth, env: str) -> tuple[dict[str, Any], dict[str,
     (line,) = [x for x in script.splitlines() if x.startswith("write_file ") and "prometheus" in x]
     path = line.split('"')[1].replace("$CWA", cwa)
     return agent, scrape, path
+
+
+def _server_gauges() -> dict[str, tuple[set[str], str]]:
+    """Gauge name -> (label names, multiprocess mode) of the server's gauges."""
+    metrics = Metrics()
+    return {
+        g._name: (set(g._labelnames), g._multiprocess_mode)
+        for g in vars(metrics).values()
+        if isinstance(g, Gauge)
+    }
 
 
 def _server_counters() -> dict[str, set[str]]:
@@ -356,7 +364,10 @@ def test_usage_alarms_read_exactly_what_the_agent_publishes(synth: Synth, env: s
         if str(props.get("MetricName", "")).startswith("mlserver_")
     }
     suffixes = {name.rsplit("-", 1)[1] for name in alarms}
-    assert {"UsageWriteErrors", "UsageRowsQuarantined"} <= suffixes, sorted(alarms)
+    assert {"UsageWriteErrors", "UsageRowsQuarantined", "UsageWriterStuck"} <= suffixes, sorted(
+        alarms
+    )
+    gauges = _server_gauges()
     for name, props in alarms.items():
         metric = props["MetricName"]
         assert props["Namespace"] == emf["metric_namespace"], name
@@ -364,7 +375,14 @@ def test_usage_alarms_read_exactly_what_the_agent_publishes(synth: Synth, env: s
         dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
         assert sorted(dimensions) in [sorted(d) for d in declaration["dimensions"]], name
         assert dimensions == {k: labels[k] for k in dimensions}, name
+        assert props["AlarmActions"] == [{"Ref": topic_id}], name
+        if metric in gauges:
+            # A gauge is sent as it is: Maximum over the fleet. With several workers, one
+            # series (no pid label) of the live workers only (tests/test_stuck_gauge.py).
+            assert gauges[metric] == (set(), "livemax"), (name, metric)
+            assert props["Statistic"] == "Maximum" and props["Threshold"] == 1, name
+            assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold", name
+            continue
         # A counter: the agent sends the delta of each scrape, so Sum counts new events.
         assert metric in counters and counters[metric] == set(), (name, metric)
         assert props["Statistic"] == "Sum" and props["Threshold"] == 0, name
-        assert props["AlarmActions"] == [{"Ref": topic_id}], name
