@@ -81,6 +81,16 @@ def _entity(value: Any, name: str) -> str | None:
             f"'{name}' must be a non-empty string of at most {MAX_ID_CHARS} characters",
             param=name,
         )
+    # PostgreSQL text holds neither NUL nor lone surrogates; JSON carries both (\u0000, \ud800).
+    if "\x00" in value:
+        raise invalid_request(f"'{name}' must not contain NUL characters (\\u0000)", param=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid_request(
+            f"'{name}' must be valid UTF-8 text (a lone surrogate at position {exc.start})",
+            param=name,
+        ) from None
     return value
 
 

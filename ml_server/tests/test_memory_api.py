@@ -319,6 +319,16 @@ def test_bad_requests_name_the_field(
     assert r.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("name", ["user_id", "agent_id", "run_id"])
+def test_a_nul_in_an_entity_id_is_a_400_naming_it(stand: Stand, name: str) -> None:
+    """Both stores (PostgreSQL rejects NUL in text: it was a 500 there, found by schemathesis)."""
+    with stand.client() as c:
+        r = c.post("/memories/", json={"messages": "hi", "infer": False, name: "u\u0000v"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == name
+    assert "NUL" in r.json()["error"]["message"]
+
+
 def test_chat_memory_field_errors_name_the_field(stand: Stand) -> None:
     if stand.kind != "sqlite":
         pytest.skip("validation is the same on both stores")
