@@ -53,6 +53,22 @@ from humansa_ops.diff_comment import (
 )
 
 TOOLS_ROOT = Path(__file__).resolve().parent.parent
+# What `make install` puts in a clone and git does not hold: the venv, the CDK CLI and the
+# Lambda asset's vendored packages.
+SHARED_TOOLS = (".venv", "node_modules", "components/db_bootstrap_handler/vendor")
+
+
+def link_shared_tools(checkout: Path) -> list[str]:
+    """Link this clone's installed tools (``SHARED_TOOLS``) into ``checkout`` where it lacks
+    them; the linked names."""
+    linked = []
+    for shared in SHARED_TOOLS:
+        source = TOOLS_ROOT / shared
+        target = checkout / shared
+        if source.exists() and not target.exists() and target.parent.is_dir():
+            target.symlink_to(source.resolve(), target_is_directory=True)
+            linked.append(shared)
+    return linked
 
 
 class MakeDiffError(Exception):
@@ -176,15 +192,7 @@ def synth_base(
             ["git", "worktree", "add", "--detach", "--quiet", str(checkout), ref], cwd=repo, env=env
         )
         try:
-            # + the Lambda asset's vendored packages (make install; not in git)
-            for shared in (".venv", "node_modules", "components/db_bootstrap_handler/vendor"):
-                source = TOOLS_ROOT / shared
-                if (
-                    source.exists()
-                    and not (checkout / shared).exists()
-                    and (checkout / shared).parent.is_dir()
-                ):
-                    (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
+            link_shared_tools(checkout)
             if not (checkout / "cdk.json").exists():
                 notes.append(f"The base `{ref}` has no CDK app: every stack is new.")
                 outdir.mkdir(parents=True, exist_ok=True)

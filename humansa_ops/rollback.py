@@ -26,13 +26,19 @@ import tempfile
 from pathlib import Path
 
 from config import naming
-from humansa_ops.make_diff import TOOLS_ROOT, MakeDiffError, _cdk, _run, _tool_env
+from humansa_ops.make_diff import (
+    TOOLS_ROOT,
+    MakeDiffError,
+    _cdk,
+    _run,
+    _tool_env,
+    link_shared_tools,
+)
 
 # Linked from this clone into the release's checkout, already installed. The release's `make
 # deploy` must not rebuild them: its checkout's files are newer than the links' .installed
 # markers, and `npm ci` would empty this clone's node_modules through the link. So the files
 # the Makefile's install rules depend on get an old timestamp in the (temporary) checkout.
-SHARED_TOOLS = (".venv", "node_modules", "components/db_bootstrap_handler/vendor")
 PINS = (
     "requirements.txt",
     "requirements-dev.txt",
@@ -86,16 +92,7 @@ def release_commit(repo: Path, version: str, env: dict[str, str]) -> str:
 def link_tools(checkout: Path, version: str) -> list[str]:
     """Link this clone's installed tools into the release's ``checkout`` (those it lacks) and
     date the install rules' inputs there so that its ``make`` keeps them; the linked names."""
-    linked = []
-    for shared in SHARED_TOOLS:  # + the Lambda asset's vendored packages (make install; not in git)
-        source = TOOLS_ROOT / shared
-        if (
-            source.exists()
-            and not (checkout / shared).exists()
-            and (checkout / shared).parent.is_dir()
-        ):
-            (checkout / shared).symlink_to(source.resolve(), target_is_directory=True)
-            linked.append(shared)
+    linked = link_shared_tools(checkout)
     changed = [
         pin
         for pin in PINS

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from humansa_ops.rollback import SHARED_TOOLS, link_tools
+from humansa_ops.make_diff import SHARED_TOOLS
+from humansa_ops.rollback import link_tools
 from tests.project_copy import ROOT, commit, copy_project, git
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
