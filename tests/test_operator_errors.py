@@ -154,10 +154,9 @@ def test_rejected_credentials_name_the_region_to_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Keys AWS does not know (or an opt-in region not enabled): say both, in one line."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-unknown-access-key")
     assert operate.main(["status", "--env", "dev"]) == 1
     line = _one_line(capsys.readouterr().err)
-    print(line)
     assert line.startswith(
         "make status: AWS does not accept these credentials in ap-east-1 "
         "(InvalidClientTokenId on GetCallerIdentity): check them (set AWS_PROFILE"
@@ -174,7 +173,6 @@ def test_access_denied_names_the_call(
         monkeypatch.setenv(key, value)
     assert operate.main(["logs", "--env", "dev"]) == 1
     line = _one_line(capsys.readouterr().err)
-    print(line)
     assert line.startswith(
         "make logs: the credentials may not call DescribeStacks in ap-east-1 (AccessDenied: "
         f"User: arn:aws:iam::{ACCOUNT}:user/no-policy is not authorized to perform: "
