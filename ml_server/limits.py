@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_server.errors import ApiError
+from ml_server.tasks import cancel_and_wait
 from ml_server.usage import UsageRecorder, UsageRow
 
 if TYPE_CHECKING:
@@ -388,11 +389,8 @@ class Governor:
         self._task = asyncio.create_task(self._run(), name="limits-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.shared and self._keys:
             with contextlib.suppress(Exception):
                 for ks in self._keys.values():

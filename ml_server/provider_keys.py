@@ -14,7 +14,6 @@ built as at start (``router.build_providers``) and served by the router from the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ from ml_server.catalog import Catalog
 from ml_server.config import Settings
 from ml_server.providers.base import Provider
 from ml_server.router import Router, build_providers
+from ml_server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,8 @@ class ProviderKeyFiles:
             self._task = asyncio.create_task(self._run(), name="provider-key-files")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

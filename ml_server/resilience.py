@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from ml_server.errors import ApiError
 from ml_server.providers.base import ProviderError
+from ml_server.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ml_server.db.keys import KeyInfo
@@ -433,11 +434,8 @@ class DeadlineWatch:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="deadline-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def claim(self, task: asyncio.Task[Any]) -> bool:
         """Whether a CancelledError in ``task`` came from this watch (and absorb it if so)."""

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ml_server.db.models import UsageQuarantine, UsageRecord
 from ml_server.metrics import Metrics
+from ml_server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 USAGE_TABLE = UsageRecord.metadata.tables[UsageRecord.__tablename__]
@@ -273,9 +274,7 @@ class UsageRecorder:
         goes to the spool (written at the next start)."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
         try:
             async with asyncio.timeout(flush_seconds):
