@@ -331,14 +331,7 @@ class Router:
         self.catalog = catalog or model_catalog.default()
         self._metrics = metrics
         self.policy = policy or RoutingPolicy()
-        self.breakers = {
-            name: CircuitBreaker(
-                name,
-                threshold=self.policy.breaker_threshold,
-                cooldown=self.policy.breaker_cooldown,
-            )
-            for name in providers
-        }
+        self.breakers = {name: self._new_breaker(name) for name in providers}
         self.slots = {name: FairShare(name, self.policy.provider_concurrency) for name in providers}
         self.counters = ResilienceCounters()
         # Called with a provider's name after its 401/403; True = a new key is in use, try again
@@ -369,7 +362,7 @@ class Router:
         # they are first seen.
         self._resolved: dict[str, Route] = {}
         for alias, chain in self._aliases.items():
-            targets = tuple(t for t in (self._target(x) for x in chain) if t is not None)
+            targets = self._chain_targets(chain)
             if targets:
                 self._resolved[alias] = Route(targets)
             else:
@@ -377,6 +370,16 @@ class Router:
                     "alias has no configured provider",
                     extra={"fields": {"alias": alias, "targets": chain}},
                 )
+
+    def _new_breaker(self, provider: str) -> CircuitBreaker:
+        policy = self.policy
+        return CircuitBreaker(
+            provider, threshold=policy.breaker_threshold, cooldown=policy.breaker_cooldown
+        )
+
+    def _chain_targets(self, chain: list[str]) -> tuple[Target, ...]:
+        """An alias's configured targets, in its order (unconfigured providers left out)."""
+        return tuple(t for t in (self._target(x) for x in chain) if t is not None)
 
     def _target(self, name: str) -> Target | None:
         prefix, sep, model = name.partition("/")
@@ -451,7 +454,7 @@ class Router:
         live = [x for x in chain if not _retired(self, x)]
         if not live:
             self.catalog.check_not_retired(chain[0], via=alias)
-        targets = tuple(t for t in (self._target(x) for x in live) if t is not None)
+        targets = self._chain_targets(live)
         if not targets:
             raise ModelNotFound(
                 f"The model '{alias}' is not available: the providers of its current targets "
@@ -703,15 +706,12 @@ class Router:
         if name in self.providers:
             raise ValueError(f"provider {name} is already configured")
         await provider.start()
-        breaker = CircuitBreaker(
-            name, threshold=self.policy.breaker_threshold, cooldown=self.policy.breaker_cooldown
-        )
-        self.breakers[name] = breaker
+        breaker = self.breakers[name] = self._new_breaker(name)
         self.slots[name] = FairShare(name, self.policy.provider_concurrency)
         self.collector.add_breaker(breaker)
         self.providers[name] = provider  # last: resolvable only once complete
         for alias, chain in self._aliases.items():
             if any(_split(target)[0] == name for target in chain):
-                targets = tuple(t for t in (self._target(x) for x in chain) if t is not None)
+                targets = self._chain_targets(chain)
                 if targets:
                     self._resolved[alias] = Route(targets)
