@@ -29,6 +29,7 @@ from humansa_ops.cost import DEFAULT_PRICES, PriceTable
 from ml_server.app import USAGE_FLUSH_AT_EXIT_SECONDS
 from ml_server.config import Settings
 from tests.conftest import ENVIRONMENTS, ROOT, Synth
+from tests.test_boot_script import realistic
 
 
 class Facts:
@@ -464,16 +465,7 @@ def _word(n: int) -> str:
 
 
 def _stop_timeout() -> int:
-    settings = BootSettings(
-        environment="dev",
-        region="ap-east-1",
-        parameter_path="/humansa/dev/",
-        image_uri="registry.example/humansa-ml-server:test",
-        registry="",
-        secret_files={},
-        app_log_group="/aws/ec2/humansa-ml/dev",
-        setup_log_group="/aws/ec2/humansa-ml/dev/setup",
-    )
+    settings = realistic("dev")
     unit = boot.render_file("humansa-ml.service.j2", settings)
     found = re.search(r"TimeoutStopSec=(\d+)", unit)
     assert found, unit

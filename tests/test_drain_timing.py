@@ -9,22 +9,14 @@ from components.boot import BootSettings, render_file
 from components.load_balancer import DEREGISTRATION_DELAY_SECONDS
 from ml_server.app import USAGE_FLUSH_AT_EXIT_SECONDS
 from ml_server.config import Settings
+from tests.test_boot_script import realistic
 
 
 def test_drain_fits_inside_deregistration_and_stop_timeouts() -> None:
     # GIVEN the defaults of the server, the load balancer and the boot unit
     drain = Settings.model_fields["drain_seconds"].default
     docker_grace = BootSettings.__dataclass_fields__["drain_seconds"].default
-    settings = BootSettings(
-        environment="dev",
-        region="ap-east-1",
-        parameter_path="/humansa/dev/",
-        image_uri="registry.example/humansa-ml-server:test",
-        registry="",
-        secret_files={},
-        app_log_group="/aws/ec2/humansa-ml/dev",
-        setup_log_group="/aws/ec2/humansa-ml/dev/setup",
-    )
+    settings = realistic("dev")
     # WHEN the unit is rendered
     unit = render_file("humansa-ml.service.j2", settings)
     stop_t = int(re.search(r"docker stop -t (\d+)", unit)[1])  # type: ignore[index]
